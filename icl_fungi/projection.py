@@ -1,0 +1,257 @@
+"""Random projection of per-sample gradients, and PCA.
+
+Both are scikit-learn-style estimators: ``__init__`` stores arguments, ``fit``
+returns ``self``, learned attributes end in ``_``.
+
+Example:
+    >>> import numpy as np
+    >>> proj = GradientProjection(n_components=64, random_state=0).fit(n_features=(8, 5))
+    >>> proj.transform_matrices(np.ones((2, 8, 5), dtype=np.float32)).shape
+    (2, 64)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["GradientProjection", "PCA"]
+
+_KINDS = ("sketch", "dense")
+_CHUNK_ELEMENTS = 1 << 24  # elements of per-sample gradients formed at once (64 MB)
+
+
+class GradientProjection:
+    """Seeded random projection of per-sample linear-layer gradients.
+
+    The gradient of a linear layer ``y = W x + b`` for one sample is
+    ``G = sum_t g_t [x_t; 1]^T`` (``g_t`` the gradient at the output of token ``t``).
+    ``G`` has ``d_out * (d_in + 1)`` entries (weight and bias). This class maps its
+    flattened form to ``n_components`` dimensions while preserving inner products
+    in expectation, and never holds more than ``max_bytes`` of projection state.
+
+    kinds:
+        ``"sketch"``: a signed hashing (CountSketch) projection: each gradient entry
+            is added, with a seeded random sign, to one seeded random output
+            coordinate. Memory is O(d_out * d_in) integers; cost O(d_out * d_in) per
+            sample. Unbiased for inner products.
+        ``"dense"``: a dense Rademacher (+-1 / sqrt(n_components)) matrix as in the
+            FUNGI paper, generated in seeded column blocks. Blocks are kept up to
+            ``max_bytes`` and regenerated on every call beyond that.
+
+    Example:
+        >>> p = GradientProjection(n_components=16, kind="dense", random_state=1)
+        >>> p.fit(n_features=(4, 3)).n_features_
+        16
+    """
+
+    def __init__(
+        self,
+        n_components: int = 384,
+        *,
+        kind: str = "sketch",
+        max_bytes: int = 256 * 1024 * 1024,
+        random_state: int = 0,
+    ) -> None:
+        self.n_components = n_components
+        self.kind = kind
+        self.max_bytes = max_bytes
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: object = None, *, n_features: tuple[int, int]) -> GradientProjection:
+        """Draw the projection for gradients of shape ``n_features = (d_out, d_in + 1)``."""
+        if self.kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
+        if not isinstance(self.n_components, int) or self.n_components <= 0:
+            raise ValueError(f"n_components must be a positive int, got {self.n_components!r}")
+        rows, cols = (int(v) for v in n_features)
+        if rows <= 0 or cols <= 0:
+            raise ValueError(f"n_features must be positive, got {n_features!r}")
+        self.shape_ = (rows, cols)
+        self.n_features_ = self.n_components
+        total = rows * cols
+        if self.kind == "sketch":
+            gen = torch.Generator().manual_seed(int(self.random_state))
+            self.buckets_ = torch.randint(0, self.n_components, (total,), generator=gen)
+            self.signs_ = torch.randint(0, 2, (total,), generator=gen, dtype=torch.int8) * 2 - 1
+            self._cols_per_block = total
+        else:
+            bytes_per_col = 4 * self.n_components
+            if total * bytes_per_col <= self.max_bytes:
+                cols_per_block = total  # the whole matrix fits: one cached block
+            else:  # one cached block of half the budget plus one transient block
+                cols_per_block = max(1, self.max_bytes // (2 * bytes_per_col))
+            self._cols_per_block = cols_per_block
+            self.n_blocks_ = math.ceil(total / cols_per_block)
+            self._cache = {0: self._dense_block(0)}
+        return self
+
+    def _dense_block(self, b: int) -> torch.Tensor:
+        total = self.shape_[0] * self.shape_[1]
+        lo = b * self._cols_per_block
+        hi = min(total, lo + self._cols_per_block)
+        gen = torch.Generator().manual_seed(int(self.random_state) * 1_000_003 + b)
+        block = torch.randint(0, 2, (hi - lo, self.n_components), generator=gen, dtype=torch.int8)
+        return (block.to(torch.float32) * 2 - 1) / math.sqrt(self.n_components)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays to save (the dense kind is regenerated from its seed)."""
+        if self.kind == "sketch":
+            return {"buckets": self.buckets_.numpy().astype(np.int32), "signs": self.signs_.numpy()}
+        return {}
+
+    def load_state(self, arrays: dict[str, np.ndarray], n_features: tuple[int, int]) -> GradientProjection:
+        """Restore a fitted projection from :meth:`state_arrays` output."""
+        if self.kind != "sketch":
+            return self.fit(n_features=n_features)
+        rows, cols = n_features
+        self.shape_ = (int(rows), int(cols))
+        self.n_features_ = self.n_components
+        buckets, signs = arrays["buckets"], arrays["signs"]
+        if buckets.shape != (rows * cols,) or signs.shape != (rows * cols,):
+            raise ValueError("saved projection does not match the target layer's shape")
+        self.buckets_ = torch.from_numpy(buckets.astype(np.int64))
+        self.signs_ = torch.from_numpy(signs.astype(np.int8))
+        self._cols_per_block = rows * cols
+        return self
+
+    # ---------------------------------------------------------------- transform
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "shape_"):
+            raise RuntimeError("GradientProjection is not fitted; call fit(n_features=...) first")
+
+    def _project_flat(self, flat: torch.Tensor, col_offset: int, out: torch.Tensor) -> None:
+        """Add the projection of flattened gradient columns [col_offset, +n) into ``out``."""
+        n = flat.shape[1]
+        if self.kind == "sketch":
+            idx = self.buckets_[col_offset : col_offset + n]
+            sgn = self.signs_[col_offset : col_offset + n].to(flat.dtype)
+            out.index_add_(1, idx.to(flat.device), flat * sgn.to(flat.device))
+            return
+        pos = col_offset
+        end = col_offset + n
+        while pos < end:
+            b = pos // self._cols_per_block
+            blo = b * self._cols_per_block
+            block = self._cache.get(b)
+            if block is None:
+                block = self._dense_block(b)
+            bhi = blo + block.shape[0]
+            hi = min(end, bhi)
+            out += flat[:, pos - col_offset : hi - col_offset] @ block[pos - blo : hi - blo].to(flat.device)
+            pos = hi
+
+    def transform_matrices(self, G: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Project explicit per-sample gradient matrices ``G`` of shape (n, d_out, d_in + 1)."""
+        self._check_fitted()
+        G = torch.as_tensor(G, dtype=torch.float32)
+        if G.ndim != 3 or tuple(G.shape[1:]) != self.shape_:
+            raise ValueError(f"expected gradients of shape (n, {self.shape_[0]}, {self.shape_[1]}), got {tuple(G.shape)}")
+        out = torch.zeros(G.shape[0], self.n_components)
+        self._project_flat(G.reshape(G.shape[0], -1), 0, out)
+        return out.numpy()
+
+    def transform(self, grad_output: torch.Tensor, layer_input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Project per-sample gradients of a linear layer from its hooks' tensors.
+
+        ``grad_output``: (n, T, d_out); ``layer_input``: (n, T, d_in); ``mask``: (n, T).
+        Returns (n, n_components). The gradient of the bias is included through an
+        appended constant input of 1.
+        """
+        self._check_fitted()
+        n, T, d_out = grad_output.shape
+        if mask is not None:
+            grad_output = grad_output * mask[..., None].to(grad_output.dtype)
+        ones = torch.ones(n, T, 1, dtype=layer_input.dtype, device=layer_input.device)
+        xa = torch.cat([layer_input, ones], dim=-1)
+        d_in1 = xa.shape[-1]
+        if (d_out, d_in1) != self.shape_:
+            raise ValueError(f"gradient shape {(d_out, d_in1)} does not match the fitted shape {self.shape_}")
+        out = torch.zeros(n, self.n_components, dtype=torch.float32, device=grad_output.device)
+        rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n * d_in1))
+        for r0 in range(0, d_out, rows_per_chunk):
+            r1 = min(d_out, r0 + rows_per_chunk)
+            G = torch.einsum("nto,nti->noi", grad_output[..., r0:r1], xa)
+            self._project_flat(G.reshape(n, -1), r0 * d_in1, out)
+        return out
+
+
+class PCA:
+    """Principal component analysis by exact SVD (deterministic signs).
+
+    ``n_components`` is clamped to ``min(n_samples - 1, n_features)``; with fewer
+    than two samples the transform only centres nothing and is the identity.
+
+    Example:
+        >>> import numpy as np
+        >>> X = np.random.default_rng(0).normal(size=(50, 8))
+        >>> PCA(n_components=3).fit(X).transform(X).shape
+        (50, 3)
+    """
+
+    def __init__(self, n_components: int | None = None, *, whiten: bool = False) -> None:
+        self.n_components = n_components
+        self.whiten = whiten
+
+    def fit(self, X: np.ndarray, y: object = None) -> PCA:
+        """Fit on the rows of ``X`` (n_samples, n_features)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise ValueError(f"PCA needs a non-empty 2-D array, got shape {X.shape}")
+        if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components <= 0):
+            raise ValueError(f"n_components must be a positive int or None, got {self.n_components!r}")
+        n, d = X.shape
+        self.n_features_in_ = d
+        if n < 2:
+            self.mean_ = np.zeros(d)
+            self.components_ = np.eye(d)
+            self.explained_variance_ = np.ones(d)
+            self.n_components_ = d
+            return self
+        want = d if self.n_components is None else self.n_components
+        k = max(1, min(want, n - 1, d))
+        self.mean_ = X.mean(axis=0)
+        Xc = X - self.mean_
+        U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+        # deterministic sign: the largest-magnitude entry of each component is positive
+        signs = np.sign(Vt[np.arange(Vt.shape[0]), np.argmax(np.abs(Vt), axis=1)])
+        signs[signs == 0] = 1
+        Vt *= signs[:, None]
+        self.components_ = Vt[:k]
+        self.explained_variance_ = (S[:k] ** 2) / (n - 1)
+        self.n_components_ = k
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Project rows of ``X`` on the fitted components (float32)."""
+        if not hasattr(self, "components_"):
+            raise RuntimeError("PCA is not fitted; call fit(X) first")
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected shape (n, {self.n_features_in_}), got {X.shape}")
+        Z = (X - self.mean_) @ self.components_.T
+        if self.whiten:
+            Z /= np.sqrt(np.maximum(self.explained_variance_, 1e-12))
+        return Z.astype(np.float32)
+
+    def fit_transform(self, X: np.ndarray, y: object = None) -> np.ndarray:
+        """``fit(X).transform(X)``."""
+        return self.fit(X).transform(X)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays that restore the fitted state."""
+        return {"mean": self.mean_, "components": self.components_, "explained_variance": self.explained_variance_}
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], *, n_components: int | None, whiten: bool) -> PCA:
+        """Rebuild a fitted PCA from :meth:`state_arrays` output."""
+        pca = cls(n_components, whiten=whiten)
+        pca.mean_ = arrays["mean"].astype(np.float64)
+        pca.components_ = arrays["components"].astype(np.float64)
+        pca.explained_variance_ = arrays["explained_variance"].astype(np.float64)
+        pca.n_components_ = pca.components_.shape[0]
+        pca.n_features_in_ = pca.components_.shape[1]
+        return pca

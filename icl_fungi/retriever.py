@@ -1,0 +1,430 @@
+"""``ICLRetriever``: pick in-context examples for a query with FUNGI features.
+
+Example:
+    >>> from icl_fungi import ICLRetriever                           # doctest: +SKIP
+    >>> r = ICLRetriever.from_dataset("train.csv", text_column="text", label_column="category")  # doctest: +SKIP
+    >>> [ex.label for ex in r.retrieve("I still haven't received my card", k=3)]  # doctest: +SKIP
+    ['card_arrival', 'card_arrival', 'card_delivery_estimate']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Label, check_labels, check_texts, load_pool
+from .encoder import DEFAULT_MODEL, FEATURES, FeatureConfig, FungiEncoder
+from .index import VectorIndex
+from .projection import PCA
+
+__all__ = ["ICLRetriever", "RetrievedExample"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "icl-fungi-retriever"
+FORMAT_VERSION = 1
+_MANIFEST = "manifest.json"
+_POOL = "pool.json"
+_HNSW = "hnsw.bin"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievedExample:
+    """One retrieved pool example: ``index`` is its position in the pool."""
+
+    text: str
+    label: Label
+    score: float
+    index: int
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k <= 0:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import hnswlib
+    import sentence_transformers
+    import transformers
+
+    from . import __version__
+
+    return {
+        "icl_fungi": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "hnswlib": getattr(hnswlib, "__version__", "unknown"),
+        "numpy": np.__version__,
+    }
+
+
+class ICLRetriever:
+    """A labelled example pool, its FUNGI feature vectors and a cosine index.
+
+    Build one with :meth:`from_dataset` (or construct it with an encoder and call
+    :meth:`fit`), query it with :meth:`retrieve`, persist it with :meth:`save` /
+    :meth:`load`. ``features=("embedding",)`` gives a plain-embedding retriever
+    through the same code path (PCA included), for fair comparisons.
+
+    Args:
+        encoder: the :class:`FungiEncoder` producing feature blocks.
+        pca_components: PCA output size (default: the embedding dimension), clamped
+            to the pool size.
+        whiten: whiten the PCA output.
+        block_weights: multiplier per feature block before concatenation (default 1).
+        index: a configured :class:`VectorIndex` (default settings otherwise).
+    """
+
+    def __init__(
+        self,
+        encoder: FungiEncoder,
+        *,
+        pca_components: int | None = None,
+        whiten: bool = False,
+        block_weights: dict[str, float] | None = None,
+        index: VectorIndex | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.pca = PCA(pca_components or encoder.dim, whiten=whiten)
+        weights = dict(block_weights or {})
+        unknown = set(weights) - set(encoder.config.features)
+        if unknown:
+            raise ValueError(f"block_weights names blocks not in features: {sorted(unknown)}")
+        self.block_weights = {f: float(weights.get(f, 1.0)) for f in encoder.config.features}
+        self.index = index if index is not None else VectorIndex(random_state=encoder.config.seed)
+        self._texts: list[str] = []
+        self._labels: list[Label] = []
+        self._write_lock = threading.Lock()
+        self.n_truncated_ = 0
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def from_dataset(
+        cls,
+        data: Any,
+        *,
+        text_column: str = "text",
+        label_column: str = "label",
+        split: str | None = None,
+        model: Any = DEFAULT_MODEL,
+        features: Sequence[str] = FEATURES,
+        pca_components: int | None = None,
+        whiten: bool = False,
+        block_weights: dict[str, float] | None = None,
+        batch_size: int = 32,
+        device: str | None = None,
+        show_progress_bar: bool | None = None,
+        seed: int = 0,
+        **feature_options: Any,
+    ) -> ICLRetriever:
+        """Load a pool (see :func:`icl_fungi.data.load_pool`) and build the retriever.
+
+        ``feature_options`` are :class:`FeatureConfig` fields (e.g. ``kl_temperature``).
+        """
+        texts, labels = load_pool(data, text_column=text_column, label_column=label_column, split=split)
+        config = FeatureConfig(features=tuple(features), seed=seed, **feature_options)
+        encoder = FungiEncoder(model, config, batch_size=batch_size, device=device, show_progress_bar=show_progress_bar)
+        retriever = cls(encoder, pca_components=pca_components, whiten=whiten, block_weights=block_weights)
+        return retriever.fit(texts, labels)
+
+    def fit(self, texts: Sequence[str], labels: Sequence[Label]) -> ICLRetriever:
+        """Encode the pool, fit the PCA and build the index (replaces any pool)."""
+        texts = check_texts(texts)
+        if not texts:
+            raise ValueError("the example pool is empty")
+        labels = check_labels(labels, len(texts))
+        n_dup = len(texts) - len(set(texts))
+        if n_dup:
+            logger.warning("the pool holds %d duplicate text(s); they are kept as separate examples", n_dup)
+        self.encoder.fit(texts)
+        blocks = self.encoder.encode(texts)
+        self.n_truncated_ = self.encoder.n_truncated_
+        if self.n_truncated_:
+            logger.warning(
+                "%d pool text(s) exceed the model's %d-token limit and were truncated",
+                self.n_truncated_,
+                self.encoder.max_seq_length,
+            )
+        combined = self._concat(blocks)
+        vectors = self.pca.fit_transform(combined)
+        with self._write_lock:
+            self._texts, self._labels = texts, labels
+            self.index.build(vectors)
+        return self
+
+    def _concat(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([self.block_weights[f] * blocks[f] for f in self.encoder.config.features], axis=1)
+
+    # ------------------------------------------------------------- queries
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def texts(self) -> list[str]:
+        """Pool texts (a copy)."""
+        return list(self._texts)
+
+    @property
+    def labels(self) -> list[Label]:
+        """Pool labels (a copy)."""
+        return list(self._labels)
+
+    @property
+    def config(self) -> FeatureConfig:
+        """The feature configuration."""
+        return self.encoder.config
+
+    def features(self, texts: Sequence[str] | str) -> np.ndarray:
+        """The combined, PCA-reduced, L2-normalised vectors the index searches.
+
+        One string gives a 1-D vector; a list gives (n, dim).
+        """
+        single = isinstance(texts, str)
+        batch = check_texts([texts] if single else texts, what="query")
+        self._check_built()
+        vectors = self.pca.transform(self._concat(self.encoder.encode(batch)))
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors[0] if single else vectors
+
+    def _check_built(self) -> None:
+        if not len(self.index):
+            raise RuntimeError("the retriever has no pool yet; use from_dataset() or fit()")
+
+    def retrieve(self, query: str, k: int = 20) -> list[RetrievedExample]:
+        """The ``k`` pool examples most similar to ``query``, best first.
+
+        ``k`` larger than the pool returns the whole pool.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        return self.retrieve_batch([query], k)[0]
+
+    def retrieve_batch(self, queries: Sequence[str], k: int = 20) -> list[list[RetrievedExample]]:
+        """:meth:`retrieve` for many queries (encoded in batches)."""
+        k = _check_k(k)
+        queries = check_texts(queries, what="query")
+        if not queries:
+            return []
+        vectors = self.features(queries)
+        ids, scores = self.index.query(vectors, k)
+        texts, labels = self._texts, self._labels
+        return [
+            [RetrievedExample(texts[i], labels[i], float(s), int(i)) for i, s in zip(row_ids, row_scores, strict=True)]
+            for row_ids, row_scores in zip(ids, scores, strict=True)
+        ]
+
+    def add_examples(self, texts: Sequence[str], labels: Sequence[Label]) -> list[int]:
+        """Add labelled examples to the pool (the PCA fitted on the pool is kept).
+
+        Returns the new examples' pool positions. Safe while other threads query.
+        """
+        self._check_built()
+        texts = check_texts(texts)
+        labels = check_labels(labels, len(texts))
+        if not texts:
+            return []
+        vectors = self.pca.transform(self._concat(self.encoder.encode(texts)))
+        with self._write_lock:
+            # publish the texts before the index can return their ids
+            self._texts = self._texts + texts
+            self._labels = self._labels + labels
+            ids = self.index.add(vectors)
+        return [int(i) for i in ids]
+
+    def label_counts(self) -> dict[Label, int]:
+        """Examples per label in the pool."""
+        return dict(Counter(self._labels))
+
+    # --------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to directory ``path`` (JSON manifest + ``.npy`` arrays + HNSW file).
+
+        Written to a temporary folder next to ``path`` and renamed into place; an
+        existing retriever at ``path`` is replaced only once the new one is complete.
+        A non-retriever directory at ``path`` is never overwritten.
+        """
+        self._check_built()
+        path = Path(path)
+        if path.exists() and not (path / _MANIFEST).is_file():
+            raise ValueError(f"{path} exists and is not a saved retriever; refusing to overwrite it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            with self._write_lock:
+                arrays = self._state_arrays()
+                files: dict[str, str] = {}
+                for name, arr in arrays.items():
+                    np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+                (tmp / _POOL).write_text(json.dumps({"texts": self._texts, "labels": self._labels}, ensure_ascii=False))
+                has_hnsw = self.index.save_hnsw(tmp / _HNSW)
+                for f in sorted(tmp.iterdir()):
+                    files[f.name] = _sha256(f)
+                manifest = self._manifest(files, has_hnsw)
+            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            old = None
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+                path.rename(old)
+            tmp.rename(path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        enc = self.encoder
+        arrays = {"vectors": self.index.vectors_, "kl_head": enc.kl_head.cpu().numpy()}
+        arrays.update({f"pca_{k}": v for k, v in self.pca.state_arrays().items()})
+        if enc.negatives is not None:
+            arrays["simclr_negatives"] = enc.negatives.cpu().numpy()
+        for name, proj in enc.projections.items():
+            arrays.update({f"projection_{name}_{k}": v for k, v in proj.state_arrays().items()})
+        return arrays
+
+    def _manifest(self, files: dict[str, str], has_hnsw: bool) -> dict[str, Any]:
+        enc = self.encoder
+        idx = self.index
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "model": enc.model_name,
+            "target_layer": enc.target_layer_name,
+            "target_fingerprint": enc.target_fingerprint(),
+            "feature_config": enc.config.to_dict(),
+            "block_weights": self.block_weights,
+            "pca": {"n_components": self.pca.n_components, "whiten": self.pca.whiten},
+            "index": {
+                "M": idx.M,
+                "ef_construction": idx.ef_construction,
+                "ef_search": idx.ef_search,
+                "exact_threshold": idx.exact_threshold,
+                "random_state": idx.random_state,
+                "hnsw": has_hnsw,
+            },
+            "dims": {"embedding": enc.dim, "projection": enc.projection_dim, "vectors": idx.dim},
+            "n_examples": len(self._texts),
+            "n_truncated": self.n_truncated_,
+            "files": files,
+        }
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        model: Any = None,
+        batch_size: int = 32,
+        device: str | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> ICLRetriever:
+        """Load a retriever saved by :meth:`save`, checking the manifest and file hashes.
+
+        ``model`` overrides where the encoder is loaded from (same weights required).
+        """
+        path = Path(path)
+        manifest_path = path / _MANIFEST
+        if not manifest_path.is_file():
+            raise ValueError(f"{path} is not a saved retriever (no {_MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{manifest_path} is corrupt: {err}") from None
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an icl-fungi retriever (format {manifest.get('format')!r})")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format version {manifest.get('format_version')}; this icl_fungi reads version {FORMAT_VERSION}"
+            )
+        files = manifest.get("files", {})
+        for name, digest in files.items():
+            f = path / name
+            if not f.is_file():
+                raise ValueError(f"{path}: file {name} listed in the manifest is missing")
+            if _sha256(f) != digest:
+                raise ValueError(f"{path}: file {name} is corrupt or truncated (sha256 mismatch)")
+
+        def array(name: str) -> np.ndarray:
+            if f"{name}.npy" not in files:
+                raise ValueError(f"{path}: the manifest lists no {name}.npy")
+            return np.load(path / f"{name}.npy", allow_pickle=False)
+
+        config = FeatureConfig.from_dict(manifest["feature_config"])
+        encoder = FungiEncoder(
+            model if model is not None else manifest["model"],
+            config,
+            batch_size=batch_size,
+            device=device,
+            show_progress_bar=show_progress_bar,
+        )
+        encoder.model_name = manifest["model"]
+        if encoder.target_layer_name != manifest["target_layer"] or encoder.target_fingerprint() != manifest["target_fingerprint"]:
+            raise ValueError(
+                f"the model loaded for {manifest['model']!r} differs from the one the retriever was built with "
+                "(target layer weights do not match)"
+            )
+        encoder.kl_head = torch.from_numpy(array("kl_head")).to(encoder.device)
+        if "simclr" in config.features:
+            encoder.negatives = torch.from_numpy(array("simclr_negatives")).to(encoder.device)
+        shape = (encoder.target.out_features, encoder.target.in_features + 1)
+        for name, proj in encoder.projections.items():
+            keys = [k[: -len(".npy")] for k in files if k.startswith(f"projection_{name}_")]
+            proj.load_state({k[len(f"projection_{name}_") :]: array(k) for k in keys}, shape)
+        index_cfg = manifest["index"]
+        index = VectorIndex(
+            M=index_cfg["M"],
+            ef_construction=index_cfg["ef_construction"],
+            ef_search=index_cfg["ef_search"],
+            exact_threshold=index_cfg["exact_threshold"],
+            random_state=index_cfg["random_state"],
+        )
+        pca_cfg = manifest["pca"]
+        retriever = cls(encoder, pca_components=pca_cfg["n_components"], whiten=pca_cfg["whiten"],
+                        block_weights=manifest["block_weights"], index=index)
+        retriever.pca = PCA.from_state(
+            {k: array(f"pca_{k}") for k in ("mean", "components", "explained_variance")},
+            n_components=pca_cfg["n_components"],
+            whiten=pca_cfg["whiten"],
+        )
+        pool = json.loads((path / _POOL).read_text(encoding="utf-8"))
+        texts, labels = pool["texts"], pool["labels"]
+        vectors = array("vectors")
+        if len(texts) != len(labels) or len(texts) != vectors.shape[0] or len(texts) != manifest["n_examples"]:
+            raise ValueError(f"{path}: pool, labels and vectors disagree in size")
+        if index_cfg["hnsw"] and _HNSW not in files:
+            raise ValueError(f"{path}: the manifest lists no {_HNSW}")
+        index.restore(vectors, path / _HNSW if index_cfg["hnsw"] else None)
+        retriever._texts, retriever._labels = texts, labels
+        retriever.n_truncated_ = manifest.get("n_truncated", 0)
+        return retriever

@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from icl_fungi import DEFAULT_MODEL, FeatureConfig, FungiEncoder, resolve_model
+from icl_fungi.encoder import _delete_words
+
+TEXTS = [
+    "I still haven't received my card",
+    "how do I top up with apple pay?",
+    "My transfer was declined, why?",
+    "what is the exchange rate for euros",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(st_model, small_pool):
+    enc = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
+    return enc.fit(small_pool[0])
+
+
+def _weight_grad_reference(enc: FungiEncoder, loss_fn) -> np.ndarray:
+    """Per-text gradient via autograd on the real weight (the slow, obvious way)."""
+    layer = enc.target
+    layer.weight.requires_grad_(True)
+    layer.bias.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            loss = loss_fn()
+            gw, gb = torch.autograd.grad(loss, [layer.weight, layer.bias])
+    finally:
+        layer.weight.requires_grad_(False)
+        layer.bias.requires_grad_(False)
+    return torch.cat([gw, gb[:, None]], dim=1).numpy()
+
+
+def test_default_model_resolves_to_packaged_folder():
+    path = resolve_model(DEFAULT_MODEL)
+    assert path != DEFAULT_MODEL and path.endswith("model")
+    assert resolve_model("some/other-model") == "some/other-model"
+
+
+def test_blocks_shapes_normalised_and_single_string(encoder):
+    blocks = encoder.encode(TEXTS)
+    assert sorted(blocks) == ["embedding", "kl", "simclr"]
+    for arr in blocks.values():
+        assert arr.shape == (4, 384) and arr.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(arr, axis=1), 1.0, rtol=1e-5)
+    one = encoder.encode(TEXTS[0])
+    assert one["kl"].shape == (384,)
+    # the gradient blocks carry information beyond the embedding and differ per text
+    assert np.abs(blocks["kl"][0] - blocks["kl"][1]).max() > 1e-3
+    assert np.abs(blocks["simclr"][0] - blocks["kl"][0]).max() > 1e-3
+
+
+def test_batched_gradients_equal_one_text_at_a_time(encoder):
+    batch = encoder.encode(TEXTS)
+    for i, text in enumerate(TEXTS):
+        alone = encoder.encode([text])
+        for name in batch:
+            np.testing.assert_allclose(batch[name][i], alone[name][0], atol=2e-5)
+
+
+def test_kl_feature_equals_autograd_reference(encoder):
+    text = TEXTS[2]
+    cfg = encoder.config
+
+    def loss():
+        emb = encoder._forward(encoder._tokenize([text]))
+        logp = F.log_softmax(F.normalize(emb, dim=-1) @ encoder.kl_head.T / cfg.kl_temperature, dim=-1)
+        return (logp.exp() * logp).sum()
+
+    G = _weight_grad_reference(encoder, loss)
+    ref = encoder.projections["kl"].transform_matrices(G[None])[0]
+    ref /= np.linalg.norm(ref)
+    np.testing.assert_allclose(encoder.encode([text])["kl"][0], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("view_blocks", [None, 1])
+def test_simclr_feature_equals_autograd_reference(st_model, small_pool, view_blocks):
+    enc = FungiEncoder(
+        st_model, FeatureConfig(features=("simclr",), simclr_view_blocks=view_blocks), show_progress_bar=False
+    ).fit(small_pool[0][:64])
+    text = TEXTS[1]
+    V = enc.config.simclr_views
+
+    def loss():
+        views = enc._view_embeddings([text], enc._tokenize([text]), tuple(range(V)))
+        return enc._info_nce(F.normalize(views, dim=-1).reshape(V, 1, -1)).sum()
+
+    G = _weight_grad_reference(enc, loss)
+    ref = enc.projections["simclr"].transform_matrices(G[None])[0]
+    ref /= np.linalg.norm(ref)
+    np.testing.assert_allclose(enc.encode([text])["simclr"][0], ref, atol=1e-4)
+
+
+def test_dropout_views_differ_and_are_deterministic(encoder):
+    feats = encoder._tokenize(TEXTS[:1])
+    with torch.no_grad():
+        views = encoder._view_embeddings(TEXTS[:1], feats, (0, 1))
+        again = encoder._view_embeddings(TEXTS[:1], feats, (0, 1))
+        clean = encoder._forward(feats)
+    assert not torch.allclose(views[0], views[1])
+    assert not torch.allclose(views[0], clean[0])
+    torch.testing.assert_close(views, again)
+
+
+def test_same_seed_same_features_other_seed_differs(st_model, small_pool):
+    texts = small_pool[0][:40]
+    a = FungiEncoder(st_model, FeatureConfig(seed=1), show_progress_bar=False).fit(texts).encode(TEXTS)
+    b = FungiEncoder(st_model, FeatureConfig(seed=1), show_progress_bar=False).fit(texts).encode(TEXTS)
+    c = FungiEncoder(st_model, FeatureConfig(seed=2), show_progress_bar=False).fit(texts).encode(TEXTS)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    np.testing.assert_array_equal(a["embedding"], c["embedding"])
+    assert not np.allclose(a["kl"], c["kl"])
+
+
+def test_word_deletion_views(st_model, small_pool):
+    enc = FungiEncoder(
+        st_model, FeatureConfig(features=("embedding", "simclr"), simclr_view_mode="word_deletion"), show_progress_bar=False
+    ).fit(small_pool[0][:32])
+    out = enc.encode(TEXTS)
+    assert out["simclr"].shape == (4, 384)
+    assert np.isfinite(out["simclr"]).all()
+    text = "one two three four five six seven eight nine ten"
+    assert _delete_words(text, 0.1, 5) == _delete_words(text, 0.1, 5)
+    assert _delete_words("single", 0.99, 1) == "single"  # never an empty view
+
+
+def test_truncation_is_counted(encoder):
+    long_text = "card " * 600
+    out = encoder.encode([long_text, TEXTS[0]])
+    assert encoder.n_truncated_ == 1
+    assert np.isfinite(out["kl"]).all()
+
+
+def test_simclr_needs_fit(st_model):
+    enc = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
+    with pytest.raises(RuntimeError, match="fit"):
+        enc.encode(TEXTS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"features": ("embedding", "bogus")}, "unknown feature"),
+        ({"features": ()}, "at least one"),
+        ({"features": ("kl", "kl")}, "duplicates"),
+        ({"simclr_views": 1}, "simclr_views"),
+        ({"kl_temperature": 0}, "kl_temperature"),
+        ({"simclr_view_mode": "crop"}, "simclr_view_mode"),
+        ({"word_deletion_p": 1.5}, "word_deletion_p"),
+    ],
+)
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FeatureConfig(**kwargs)
+
+
+def test_bad_target_layer_and_model(st_model):
+    with pytest.raises(ValueError, match="no module"):
+        FungiEncoder(st_model, FeatureConfig(target_layer="nope.dense"))
+    with pytest.raises(ValueError, match="Linear"):
+        FungiEncoder(st_model, FeatureConfig(target_layer="encoder.layer.5.output.LayerNorm"))
+    with pytest.raises(ValueError, match="several"):
+        FungiEncoder(st_model, FeatureConfig(target_layer="dense"))
+    with pytest.raises(TypeError):
+        FungiEncoder(42)
+
+
+def test_other_target_layer(st_model, small_pool):
+    cfg = FeatureConfig(features=("embedding", "kl"), target_layer="encoder.layer.4.output.dense")
+    enc = FungiEncoder(st_model, cfg, show_progress_bar=False)
+    assert enc.target.out_features == 384 and enc.target.in_features == 1536
+    assert enc.encode(TEXTS)["kl"].shape == (4, 384)
+
+
+def test_config_roundtrip():
+    cfg = FeatureConfig(features=("embedding", "kl"), kl_temperature=3.0)
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        FeatureConfig.from_dict({**cfg.to_dict(), "bogus": 1})

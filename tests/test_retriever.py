@@ -1,0 +1,289 @@
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from icl_fungi import ICLRetriever, RetrievedExample, load_pool
+
+from .conftest import BANKING77
+
+
+def test_retrieve_returns_best_first_with_fields(fungi_retriever, small_pool):
+    res = fungi_retriever.retrieve("I still haven't received my card", k=20)
+    assert len(res) == 20 and all(isinstance(r, RetrievedExample) for r in res)
+    assert [r.score for r in res] == sorted((r.score for r in res), reverse=True)
+    texts, labels = small_pool
+    for r in res:
+        assert texts[r.index] == r.text and labels[r.index] == r.label
+    assert res[0].label == "card_arrival"
+
+
+def test_pool_member_retrieves_itself(fungi_retriever, small_pool):
+    texts, _ = small_pool
+    for i in (0, 17, 299):
+        top = fungi_retriever.retrieve(texts[i], k=1)[0]
+        assert texts[top.index] == texts[i]
+        assert top.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_retrieve_batch_equals_single(fungi_retriever):
+    qs = ["top up failed", "exchange rate euros", "card got stolen"]
+    batch = fungi_retriever.retrieve_batch(qs, k=5)
+    for q, res in zip(qs, batch, strict=True):
+        single = fungi_retriever.retrieve(q, k=5)
+        assert [r.index for r in single] == [r.index for r in res]
+        np.testing.assert_allclose([r.score for r in single], [r.score for r in res], atol=1e-5)
+
+
+def test_features_shape_and_norm(fungi_retriever):
+    v = fungi_retriever.features(["a", "b c"])
+    assert v.shape == (2, 299)  # PCA clamped to n_pool - 1 for a pool of 300
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    assert fungi_retriever.features("a").shape == (299,)
+
+
+def test_k_larger_than_pool_and_bad_k(fungi_retriever):
+    assert len(fungi_retriever.retrieve("card", k=10_000)) == len(fungi_retriever)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        fungi_retriever.retrieve("card", k=0)
+    with pytest.raises(ValueError):
+        fungi_retriever.retrieve("card", k=-3)
+    with pytest.raises(TypeError, match="k must be an int"):
+        fungi_retriever.retrieve("card", k=2.5)
+    with pytest.raises(TypeError):
+        fungi_retriever.retrieve("card", k=True)
+
+
+def test_bad_queries(fungi_retriever):
+    with pytest.raises(ValueError, match="empty"):
+        fungi_retriever.retrieve("   ")
+    with pytest.raises(TypeError):
+        fungi_retriever.retrieve(None)
+    with pytest.raises(TypeError, match="query #1"):
+        fungi_retriever.retrieve_batch(["ok", 3])
+    assert fungi_retriever.retrieve_batch([], k=3) == []
+
+
+def test_embedding_only_retriever_is_cosine_on_centred_embeddings(small_pool, st_model):
+    texts, labels = small_pool
+    r = ICLRetriever.from_dataset(
+        [{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)],
+        model=st_model,
+        features=("embedding",),
+        show_progress_bar=False,
+    )
+    emb = st_model.encode(texts, normalize_embeddings=True)
+    q = st_model.encode(["my card has not arrived"], normalize_embeddings=True)
+    centred = emb - emb.mean(0)
+    qc = q - emb.mean(0)
+    sims = (centred / np.linalg.norm(centred, axis=1, keepdims=True)) @ (qc / np.linalg.norm(qc)).T
+    expected = np.argsort(-sims[:, 0])[:10]
+    got = [x.index for x in r.retrieve("my card has not arrived", k=10)]
+    assert got[:5] == expected[:5].tolist()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "dataset", "datasetdict", "dataframe", "records"])
+def test_from_dataset_sources(fmt, tmp_path, st_model):
+    import datasets
+    import pandas as pd
+
+    rows = [
+        {"text": "my card is lost", "intent": "lost_card"},
+        {"text": "where is my card", "intent": "card_arrival"},
+        {"text": "top up failed", "intent": "top_up_failed"},
+    ]
+    if fmt == "csv":
+        data = tmp_path / "pool.csv"
+        pd.DataFrame(rows).to_csv(data, index=False)
+    elif fmt == "jsonl":
+        data = tmp_path / "pool.jsonl"
+        data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    elif fmt == "dataset":
+        data = datasets.Dataset.from_list(rows)
+    elif fmt == "datasetdict":
+        data = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+    elif fmt == "dataframe":
+        data = pd.DataFrame(rows)
+    else:
+        data = rows
+    r = ICLRetriever.from_dataset(
+        data, label_column="intent", split="train" if fmt == "datasetdict" else None,
+        model=st_model, features=("embedding", "kl"), show_progress_bar=False,
+    )
+    assert r.labels == ["lost_card", "card_arrival", "top_up_failed"]
+    assert r.retrieve("I lost my card", k=1)[0].label == "lost_card"
+
+
+def test_banking77_csv_path_and_classlabel_mapping():
+    import datasets
+
+    texts, labels = load_pool(BANKING77 / "test.csv", label_column="category")
+    assert len(texts) == 3080 and labels[0] == "card_arrival"
+    ds = datasets.Dataset.from_dict(
+        {"text": ["a", "b"], "label": [1, 0]},
+        features=datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["x", "y"])}),
+    )
+    assert load_pool(ds)[1] == ["y", "x"]
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "exc", "match"),
+    [
+        ([], {}, ValueError, "empty"),
+        ([{"text": "a"}], {}, ValueError, "no column 'label'"),
+        ([{"text": 5, "label": "x"}], {}, TypeError, "text #0 must be a str"),
+        ([{"text": "  ", "label": "x"}], {}, ValueError, "text #0 is empty"),
+        ([{"text": "a", "label": None}], {}, TypeError, "label #0"),
+        ([{"text": "a", "label": float("nan")}], {}, ValueError, "missing"),
+        ("no/such/file.csv", {}, ValueError, "not found"),
+        ("pool.txt", {}, ValueError, "unsupported"),
+        (42, {}, TypeError, "data must be"),
+        ("surely-not-a-dataset-xyz", {}, ValueError, "hub"),
+    ],
+)
+def test_bad_pools(data, kwargs, exc, match, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pool.txt").write_text("x")
+    with pytest.raises(exc, match=match):
+        load_pool(data, **kwargs)
+
+
+def test_datasetdict_needs_split():
+    import datasets
+
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list([{"text": "a", "label": "b"}])})
+    with pytest.raises(ValueError, match="split"):
+        load_pool(dd)
+    with pytest.raises(ValueError, match="not in"):
+        load_pool(dd, split="test")
+
+
+def test_pool_of_one_and_duplicates(st_model, caplog):
+    one = ICLRetriever.from_dataset([{"text": "hello there", "label": "greet"}], model=st_model, show_progress_bar=False)
+    res = one.retrieve("anything at all", k=5)
+    assert len(res) == 1 and res[0].label == "greet" and np.isfinite(res[0].score)
+    rows = [{"text": "same text", "label": "a"}, {"text": "same text", "label": "b"}, {"text": "other", "label": "c"}]
+    with caplog.at_level("WARNING"):
+        dup = ICLRetriever.from_dataset(rows, model=st_model, show_progress_bar=False)
+    assert "duplicate" in caplog.text
+    top2 = dup.retrieve("same text", k=2)
+    assert {r.label for r in top2} == {"a", "b"}  # duplicates are kept as separate examples
+
+
+def test_add_examples_and_concurrent_queries(small_pool, st_model):
+    texts, labels = small_pool
+    r = ICLRetriever.from_dataset(
+        [{"text": t, "label": lab} for t, lab in zip(texts[:100], labels[:100], strict=True)],
+        model=st_model, features=("embedding", "kl"), show_progress_bar=False,
+    )
+    expected = [x.index for x in r.retrieve("card arrival", k=5)]
+    errors: list[BaseException] = []
+
+    def reader():
+        try:
+            for _ in range(5):
+                for x in r.retrieve("card arrival", k=5):
+                    assert r.texts[x.index] == x.text
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    ids = r.add_examples(["brand new example about crypto", "another one on refunds"], ["crypto", "refund"])
+    for t in threads:
+        t.join()
+    assert not errors
+    assert ids == [100, 101] and len(r) == 102
+    assert r.retrieve("brand new example about crypto", k=1)[0].label == "crypto"
+    assert [x.index for x in r.retrieve("card arrival", k=5)][:3] == expected[:3]
+    with pytest.raises(ValueError, match="labels"):
+        r.add_examples(["x"], ["a", "b"])
+
+
+def test_save_load_identical(fungi_retriever, tmp_path, st_model):
+    path = fungi_retriever.save(tmp_path / "r.icl")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["n_examples"] == 300
+    assert set(manifest["versions"]) >= {"icl_fungi", "torch", "transformers", "hnswlib"}
+    assert manifest["feature_config"]["features"] == ["embedding", "kl", "simclr"]
+    assert all(len(h) == 64 for h in manifest["files"].values())
+    loaded = ICLRetriever.load(path, model=st_model)
+    for q in ("card arrival", "how to top up", "exchange rate"):
+        a = fungi_retriever.retrieve(q, k=10)
+        b = loaded.retrieve(q, k=10)
+        assert [x.index for x in a] == [x.index for x in b]
+        np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=1e-6)
+    # no pickle anywhere: every array loads with allow_pickle=False
+    for f in path.glob("*.npy"):
+        np.load(f, allow_pickle=False)
+
+
+def test_load_by_model_name_and_hnsw_roundtrip(banking_train, tmp_path):
+    texts, labels = banking_train
+    rows = [{"text": t, "label": lab} for t, lab in zip(texts[:2500], labels[:2500], strict=True)]
+    r = ICLRetriever.from_dataset(rows, features=("embedding", "kl"), show_progress_bar=False)
+    assert r.index.uses_hnsw
+    r.save(tmp_path / "big")
+    loaded = ICLRetriever.load(tmp_path / "big")  # model re-resolved from its name
+    assert loaded.index.uses_hnsw
+    for q in ("card arrival", "refund please"):
+        assert [x.index for x in r.retrieve(q, k=20)] == [x.index for x in loaded.retrieve(q, k=20)]
+
+
+def test_load_detects_corruption(fungi_retriever, tmp_path, st_model):
+    path = fungi_retriever.save(tmp_path / "r")
+    vec = path / "vectors.npy"
+    data = vec.read_bytes()
+    vec.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="vectors.npy is corrupt or truncated"):
+        ICLRetriever.load(path, model=st_model)
+    vec.unlink()
+    with pytest.raises(ValueError, match="missing"):
+        ICLRetriever.load(path, model=st_model)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        ICLRetriever.load(path, model=st_model)
+    with pytest.raises(ValueError, match="not a saved retriever"):
+        ICLRetriever.load(tmp_path / "nothing-here", model=st_model)
+
+
+def test_load_rejects_other_format_version(fungi_retriever, tmp_path, st_model):
+    path = fungi_retriever.save(tmp_path / "r")
+    m = json.loads((path / "manifest.json").read_text())
+    m["format_version"] = 99
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="format version 99"):
+        ICLRetriever.load(path, model=st_model)
+
+
+def test_save_never_clobbers_user_data_and_replaces_atomically(fungi_retriever, tmp_path):
+    user_dir = tmp_path / "mine"
+    user_dir.mkdir()
+    (user_dir / "notes.txt").write_text("precious")
+    with pytest.raises(ValueError, match="refusing"):
+        fungi_retriever.save(user_dir)
+    assert (user_dir / "notes.txt").read_text() == "precious"
+    path = fungi_retriever.save(tmp_path / "r")
+    first = (path / "manifest.json").read_text()
+    fungi_retriever.save(path)  # overwrite an existing retriever
+    assert (path / "manifest.json").is_file() and first != ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "r"]  # no temp folders left
+
+
+def test_load_rejects_different_model(fungi_retriever, tmp_path, st_model):
+    import copy
+
+    import torch
+
+    path = fungi_retriever.save(tmp_path / "r")
+    other = copy.deepcopy(st_model)
+    with torch.no_grad():
+        for name, mod in other.named_modules():
+            if name.endswith("layer.5.attention.output.dense"):
+                mod.weight.add_(0.01)
+    with pytest.raises(ValueError, match="differs"):
+        ICLRetriever.load(path, model=other)
