@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_pool", "check_texts", "check_labels"]
+__all__ = ["check_labels", "check_texts", "load_pool"]
 
 Label = str | int
 
@@ -127,7 +127,7 @@ def load_pool(
 
             try:
                 ds = datasets.load_dataset(data, split=split or "train")
-            except Exception as err:  # noqa: BLE001 - the hub raises many kinds
+            except Exception as err:
                 raise ValueError(f"{data!r} is neither a local file nor a loadable hub dataset: {err}") from err
             return load_pool(ds, text_column=text_column, label_column=label_column)
         else:

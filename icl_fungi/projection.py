@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["GradientProjection", "PCA"]
+__all__ = ["PCA", "GradientProjection"]
 
 _KINDS = ("sketch", "dense")
 _CHUNK_ELEMENTS = 1 << 24  # elements of per-sample gradients formed at once (64 MB)
@@ -215,7 +215,7 @@ class PCA:
         k = max(1, min(want, n - 1, d))
         self.mean_ = X.mean(axis=0)
         Xc = X - self.mean_
-        U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+        _, S, Vt = np.linalg.svd(Xc, full_matrices=False)
         # deterministic sign: the largest-magnitude entry of each component is positive
         signs = np.sign(Vt[np.arange(Vt.shape[0]), np.argmax(np.abs(Vt), axis=1)])
         signs[signs == 0] = 1

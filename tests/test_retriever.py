@@ -239,7 +239,7 @@ def test_load_detects_corruption(fungi_retriever, tmp_path, st_model):
     vec = path / "vectors.npy"
     data = vec.read_bytes()
     vec.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="vectors.npy is corrupt or truncated"):
+    with pytest.raises(ValueError, match=r"vectors\.npy is corrupt or truncated"):
         ICLRetriever.load(path, model=st_model)
     vec.unlink()
     with pytest.raises(ValueError, match="missing"):
@@ -287,3 +287,21 @@ def test_load_rejects_different_model(fungi_retriever, tmp_path, st_model):
                 mod.weight.add_(0.01)
     with pytest.raises(ValueError, match="differs"):
         ICLRetriever.load(path, model=other)
+
+
+def test_cli_build_and_query(tmp_path, capsys):
+    from icl_fungi.cli import main
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(json.dumps({"text": t, "intent": i}) for t, i in [
+        ("my card never arrived", "card_arrival"), ("top up did not work", "top_up_failed"),
+        ("what fees do you charge", "fees")]) + "\n")
+    assert main(["-q", "build", str(pool), "--label-column", "intent", "--features", "embedding,kl",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert main(["-q", "query", str(tmp_path / "r"), "where is my card", "-k", "2", "--json"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads(out[out.index("["):])
+    assert len(res) == 2 and res[0]["label"] == "card_arrival"
+    assert main(["-q", "query", str(tmp_path / "missing"), "x"]) == 2
+    assert "not a saved retriever" in capsys.readouterr().err
+    assert main(["-q", "build", str(pool), "--label-column", "nope", "--out", str(tmp_path / "r2")]) == 2

@@ -1,0 +1,122 @@
+"""Benchmark: build the banking-77 pool with each feature set; time, latency, memory, P@20.
+
+Each feature set runs in its own process (so peak RSS is its own). Prints a table and
+writes eval/results/bench_features.json and .md.
+
+    python eval/bench_features.py [--data ../shared/data/banking77] [--queries 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+FEATURE_SETS = {
+    "embedding": ("embedding",),
+    "embedding+kl": ("embedding", "kl"),
+    "embedding+kl+simclr": ("embedding", "kl", "simclr"),
+}
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    from icl_fungi import ICLRetriever, load_pool
+    from icl_fungi.encoder import FungiEncoder
+    from icl_fungi.evaluation import retrieval_metrics
+
+    data = Path(args.data)
+    texts, labels = load_pool(data / "train.csv", label_column="category")
+    q_texts, q_labels = load_pool(data / "test.csv", label_column="category")
+    t0 = time.perf_counter()
+    from icl_fungi import FeatureConfig
+
+    encoder = FungiEncoder(config=FeatureConfig(features=FEATURE_SETS[name]), show_progress_bar=False)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r = ICLRetriever(encoder).fit(texts, labels)
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(args.seed)
+    sample = rng.choice(len(q_texts), size=min(args.queries, len(q_texts)), replace=False)
+    lat = []
+    for i in sample[: args.latency_queries]:
+        t = time.perf_counter()
+        r.retrieve(q_texts[i], k=20)
+        lat.append((time.perf_counter() - t) * 1000)
+    res = r.retrieve_batch([q_texts[i] for i in sample], k=20)
+    metrics = retrieval_metrics([[x.label for x in row] for row in res], [[x.score for x in row] for row in res],
+                                [q_labels[i] for i in sample], 20)
+    return {
+        "features": list(FEATURE_SETS[name]),
+        "pool": len(texts),
+        "model_load_s": round(load_s, 2),
+        "build_s": round(build_s, 2),
+        "retrieve_ms_p50": round(float(np.percentile(lat, 50)), 2),
+        "retrieve_ms_p95": round(float(np.percentile(lat, 95)), 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "retrieval": metrics,
+        "hnsw": r.index.uses_hnsw,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
+    ap.add_argument("--queries", type=int, default=1000, help="seeded test queries for P@20")
+    ap.add_argument("--latency-queries", type=int, default=200, help="single queries timed")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return
+    results = {}
+    for name in FEATURE_SETS:
+        cmd = [sys.executable, __file__, "--one", name, "--data", args.data, "--queries", str(args.queries),
+               "--latency-queries", str(args.latency_queries), "--seed", str(args.seed)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        if proc.returncode:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
+    base = results["embedding"]["build_s"]
+    for m in results.values():
+        m["build_ratio_to_embedding"] = round(m["build_s"] / base, 3)
+    import torch
+
+    from icl_fungi import __version__
+
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "icl_fungi": __version__,
+        "torch": torch.__version__,
+        "seed": args.seed,
+        "results": results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_features.json").write_text(json.dumps(report, indent=2))
+    lines = ["| features | build s | ratio | retrieve p50 ms | p95 ms | peak RSS MB | P@20 | 1-NN acc |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in results.items():
+        lines.append(f"| {name} | {m['build_s']} | {m['build_ratio_to_embedding']} | {m['retrieve_ms_p50']} | "
+                     f"{m['retrieve_ms_p95']} | {m['peak_rss_mb']} | {m['retrieval']['p@20']:.4f} | {m['retrieval']['1nn_acc']:.4f} |")
+    table = "\n".join(lines)
+    (out / "bench_features.md").write_text(
+        f"# bench_features ({report['date']}, {os.cpu_count()} CPUs)\n\n`python eval/bench_features.py`; "
+        f"P@20 on {args.queries} seeded banking-77 test queries, pool = full train split.\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
