@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -19,9 +20,9 @@ import shutil
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,8 +31,14 @@ from .data import Label, check_labels, check_texts, load_pool
 from .encoder import DEFAULT_MODEL, FEATURES, FeatureConfig, FungiEncoder
 from .index import VectorIndex
 from .projection import PCA
+from .selection import Selection, select
+
+if TYPE_CHECKING:
+    from .prompt import PromptTemplate
 
 __all__ = ["ICLRetriever", "RetrievedExample"]
+
+ORDERS = ("similar_last", "similar_first", "random")
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,28 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=32)
+def _load_template(name: str) -> PromptTemplate:
+    from .prompt import PromptTemplate
+
+    return PromptTemplate.load(name)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_counter(tokenizer: str | None) -> Callable[[str], int]:
+    from .prompt import make_token_counter
+
+    return make_token_counter(tokenizer)
+
+
+def _token_counter(tokenizer: object) -> Callable[[str], int]:
+    if tokenizer is None or isinstance(tokenizer, str):
+        return _cached_counter(tokenizer)
+    from .prompt import make_token_counter
+
+    return make_token_counter(tokenizer)
 
 
 def _versions() -> dict[str, str]:
@@ -122,6 +151,7 @@ class ICLRetriever:
         self._texts: list[str] = []
         self._labels: list[Label] = []
         self._write_lock = threading.Lock()
+        self._label_cache: tuple[list | None, list] = (None, [])
         self.n_truncated_ = 0
 
     # ------------------------------------------------------------ building
@@ -217,28 +247,97 @@ class ICLRetriever:
         if not len(self.index):
             raise RuntimeError("the retriever has no pool yet; use from_dataset() or fit()")
 
-    def retrieve(self, query: str, k: int = 20) -> list[RetrievedExample]:
-        """The ``k`` pool examples most similar to ``query``, best first.
+    def retrieve(self, query: str, k: int = 20, *, selection: Selection | str | None = None) -> list[RetrievedExample]:
+        """The ``k`` pool examples chosen for ``query``, most similar first.
 
-        ``k`` larger than the pool returns the whole pool.
+        ``selection`` picks the strategy (see :class:`~icl_fungi.selection.Selection`;
+        default: plain top-k). ``k`` larger than the pool returns the whole pool.
         """
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
-        return self.retrieve_batch([query], k)[0]
+        return self.retrieve_batch([query], k, selection=selection)[0]
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 20) -> list[list[RetrievedExample]]:
+    def retrieve_batch(
+        self, queries: Sequence[str], k: int = 20, *, selection: Selection | str | None = None
+    ) -> list[list[RetrievedExample]]:
         """:meth:`retrieve` for many queries (encoded in batches)."""
         k = _check_k(k)
+        sel = Selection.coerce(selection)
         queries = check_texts(queries, what="query")
         if not queries:
             return []
         vectors = self.features(queries)
-        ids, scores = self.index.query(vectors, k)
-        texts, labels = self._texts, self._labels
+        if sel.is_plain:
+            ids, scores = self.index.query(vectors, k)
+            picked = [list(zip(i.tolist(), s.tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)]
+            texts, labels = self._texts, self._labels  # read after the query: texts are published before ids
+        else:
+            with self._write_lock:  # one consistent snapshot of the pool
+                texts, labels, pool_vectors = self._texts, self._labels, self.index.vectors_
+            picked = [self._select(q, v, k, sel, texts, labels, pool_vectors) for q, v in zip(queries, vectors, strict=True)]
         return [
-            [RetrievedExample(texts[i], labels[i], float(s), int(i)) for i, s in zip(row_ids, row_scores, strict=True)]
-            for row_ids, row_scores in zip(ids, scores, strict=True)
+            sorted((RetrievedExample(texts[i], labels[i], float(s), int(i)) for i, s in row), key=lambda x: (-x.score, x.index))
+            for row in picked
         ]
+
+    def _select(self, query: str, vector: np.ndarray, k: int, sel: Selection, texts: list, labels: list,
+                pool_vectors: np.ndarray) -> list[tuple[int, float]]:
+        n = len(pool_vectors)
+        fetch = min(n, sel.fetch_size(k))
+        while True:
+            ids, scores = self.index.query(vector[None], fetch)
+            keep = ids[0] < n  # ignore examples added after the snapshot
+            chosen = select(vector, ids[0][keep], scores[0][keep], pool_vectors, labels, k, sel, texts=texts, query=query)
+            if len(chosen) >= k or fetch >= n:
+                return chosen
+            fetch = min(n, fetch * 4)
+
+    def build_prompt(
+        self,
+        query: str,
+        k: int = 20,
+        *,
+        template: str | PromptTemplate = "classification-completion",
+        order: str = "similar_last",
+        max_tokens: int | None = None,
+        tokenizer: object = None,
+        selection: Selection | str | None = None,
+        seed: int = 0,
+    ) -> str | list[dict[str, str]]:
+        """A ready prompt for ``query`` with ``k`` retrieved examples.
+
+        Returns a string for completion templates and a list of ``{"role", "content"}``
+        messages for chat templates. ``order``: ``"similar_last"`` (most similar example
+        next to the query), ``"similar_first"`` or ``"random"`` (seeded). With
+        ``max_tokens``, the least similar examples are dropped until the prompt fits,
+        counting with ``tokenizer`` (see :func:`icl_fungi.prompt.make_token_counter`;
+        default: ``ceil(characters / 4)``).
+        """
+        from .prompt import PromptTemplate, render_prompt
+
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        tpl = _load_template(template) if isinstance(template, str) else PromptTemplate.load(template)
+        examples = self.retrieve(query, k, selection=selection)  # most similar first
+        if order == "similar_last":
+            examples = examples[::-1]
+        elif order == "random":
+            examples = [examples[i] for i in np.random.default_rng(seed).permutation(len(examples))]
+        drop_order = sorted(range(len(examples)), key=lambda i: (examples[i].score, -examples[i].index))
+        counter = _token_counter(tokenizer) if max_tokens is not None else None
+        prompt, _ = render_prompt(
+            tpl, [(x.text, x.label) for x in examples], query,
+            labels=self.label_set() if tpl.uses_labels else (),
+            max_tokens=max_tokens, counter=counter, drop_order=drop_order,
+        )
+        return prompt
+
+    def label_set(self) -> list[Label]:
+        """The pool's distinct labels, sorted."""
+        labels = self._labels
+        if self._label_cache[0] is not labels:
+            self._label_cache = (labels, sorted(set(labels), key=lambda lab: (str(type(lab)), lab)))
+        return list(self._label_cache[1])
 
     def add_examples(self, texts: Sequence[str], labels: Sequence[Label]) -> list[int]:
         """Add labelled examples to the pool (the PCA fitted on the pool is kept).

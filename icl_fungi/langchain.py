@@ -1,0 +1,116 @@
+"""LangChain drop-ins: a retriever and a few-shot example selector backed by ``ICLRetriever``.
+
+Needs the ``langchain`` extra (``pip install "icl-fungi[langchain]"``).
+
+Example:
+    >>> from icl_fungi.langchain import ICLFungiRetriever, ICLFungiExampleSelector  # doctest: +SKIP
+    >>> docs = ICLFungiRetriever(retriever=r, k=4).invoke("card not here")          # doctest: +SKIP
+    >>> docs[0].metadata["label"]                                                    # doctest: +SKIP
+    'card_arrival'
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+try:
+    from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+    from langchain_core.documents import Document
+    from langchain_core.example_selectors import BaseExampleSelector
+    from langchain_core.retrievers import BaseRetriever
+    from pydantic import BaseModel, ConfigDict
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "icl_fungi.langchain needs langchain-core: pip install 'icl-fungi[langchain]'"
+    ) from err
+
+from .retriever import ICLRetriever
+from .selection import Selection
+
+__all__ = ["ICLFungiExampleSelector", "ICLFungiRetriever"]
+
+
+class ICLFungiRetriever(BaseRetriever):
+    """A LangChain retriever returning ``Document(page_content=text, metadata={label, score, index})``.
+
+    Example:
+        >>> ICLFungiRetriever(retriever=r, k=4).invoke("where is my card?")  # doctest: +SKIP
+    """
+
+    retriever: Any
+    k: int = 4
+    selection: Any = None
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not isinstance(self.retriever, ICLRetriever):
+            raise TypeError(f"retriever must be an ICLRetriever, got {type(self.retriever).__name__}")
+        Selection.coerce(self.selection)
+
+    def _to_documents(self, query: str) -> list[Document]:
+        return [
+            Document(page_content=x.text, metadata={"label": x.label, "score": x.score, "index": x.index})
+            for x in self.retriever.retrieve(query, self.k, selection=self.selection)
+        ]
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return self._to_documents(query)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        return await asyncio.get_running_loop().run_in_executor(None, self._to_documents, query)
+
+
+class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
+    """A LangChain example selector for ``FewShotPromptTemplate`` / ``FewShotChatMessagePromptTemplate``.
+
+    Selected examples are dicts ``{text_key: text, label_key: label}``, most similar
+    last (next to the query). The query is ``input_variables[input_key]``, or the only
+    input variable when ``input_key`` is ``None``.
+
+    Example:
+        >>> sel = ICLFungiExampleSelector(retriever=r, k=4)         # doctest: +SKIP
+        >>> sel.select_examples({"query": "card not here"})[-1]     # doctest: +SKIP
+        {'text': 'My card has not arrived yet.', 'label': 'card_arrival'}
+    """
+
+    retriever: Any
+    k: int = 4
+    input_key: str | None = None
+    text_key: str = "text"
+    label_key: str = "label"
+    selection: Any = None
+    similar_last: bool = True
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not isinstance(self.retriever, ICLRetriever):
+            raise TypeError(f"retriever must be an ICLRetriever, got {type(self.retriever).__name__}")
+        Selection.coerce(self.selection)
+
+    def _query(self, input_variables: dict[str, Any]) -> str:
+        if self.input_key is not None:
+            if self.input_key not in input_variables:
+                raise ValueError(f"input variables lack {self.input_key!r} (got {sorted(input_variables)})")
+            return input_variables[self.input_key]
+        if len(input_variables) != 1:
+            raise ValueError(f"several input variables {sorted(input_variables)}: set input_key to the query's")
+        return next(iter(input_variables.values()))
+
+    def select_examples(self, input_variables: dict[str, str]) -> list[dict]:
+        """Examples for the query in ``input_variables``."""
+        res = self.retriever.retrieve(self._query(input_variables), self.k, selection=self.selection)
+        if self.similar_last:
+            res = res[::-1]
+        return [{self.text_key: x.text, self.label_key: x.label} for x in res]
+
+    def add_example(self, example: dict[str, str]) -> Any:
+        """Add one example (a dict with ``text_key`` and ``label_key``) to the pool."""
+        for key in (self.text_key, self.label_key):
+            if key not in example:
+                raise ValueError(f"example lacks {key!r} (got {sorted(example)})")
+        return self.retriever.add_examples([example[self.text_key]], [example[self.label_key]])[0]

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from icl_fungi import ICLRetriever
+from icl_fungi.selection import Selection, select
+
+
+def _unit(*rows):
+    v = np.array(rows, dtype=np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+# pool: three near-copies of A close to the query, a B a bit further, a C further still
+POOL = _unit([1, 0, 0], [1, 0.01, 0], [1, 0, 0.01], [0.8, 0.6, 0], [0.6, 0, 0.8])
+LABELS = ["a", "a", "a", "b", "c"]
+TEXTS = ["x", "x copy", "x again", "y", "z"]
+Q = _unit([1, 0.05, 0.05])[0]
+SIMS = POOL @ Q
+ORDER = list(np.argsort(-SIMS))
+
+
+def run(sel, k=3, query_text="q"):
+    return [i for i, _ in select(Q, ORDER, SIMS[ORDER], POOL, LABELS, k, sel, texts=TEXTS, query=query_text)]
+
+
+def test_topk():
+    assert run(Selection()) == ORDER[:3]
+
+
+def test_mmr_skips_near_copies():
+    assert set(run(Selection("mmr", mmr_lambda=0.3))) == {ORDER[0], 3, 4}
+    assert run(Selection("mmr", mmr_lambda=1.0)) == ORDER[:3]  # lambda 1: plain relevance
+
+
+def test_label_cap():
+    assert run(Selection("label_cap", max_per_label=1)) == [ORDER[0], 3, 4]
+    assert [LABELS[i] for i in run(Selection("label_cap", max_per_label=2), k=4)] == ["a", "a", "b", "c"]
+
+
+def test_label_coverage():
+    out = run(Selection("label_coverage", n_labels=3), k=4)
+    assert out[:3] == [ORDER[0], 3, 4] and LABELS[out[3]] == "a"
+    out = run(Selection("label_coverage", n_labels=1), k=2)
+    assert out == ORDER[:2]
+
+
+def test_exclude_query_and_dedup():
+    assert TEXTS[ORDER[0]] not in [TEXTS[i] for i in run(Selection(exclude_query=True), query_text=f"  {TEXTS[ORDER[0]].upper()} ")]
+    dedup = run(Selection(dedup_threshold=0.99))
+    assert dedup == [ORDER[0], 3, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"strategy": "best"}, {"strategy": "label_cap"}, {"strategy": "label_coverage"}, {"mmr_lambda": 2.0}, {"fetch_k": 0}],
+)
+def test_bad_selection(kwargs):
+    with pytest.raises(ValueError):
+        Selection(**kwargs)
+
+
+def test_retriever_strategies_on_real_pool(st_model):
+    rows = [{"text": f"my card has not arrived yet, day {i}", "label": "card_arrival"} for i in range(6)]
+    rows += [{"text": "where is my new card?", "label": "card_delivery"},
+             {"text": "card delivery takes how long", "label": "card_delivery_estimate"},
+             {"text": "exchange rate for dollars", "label": "exchange_rate"}]
+    r = ICLRetriever.from_dataset(rows, model=st_model, features=("embedding", "kl"), show_progress_bar=False)
+    q = "my card has not arrived yet, day 3"
+    top = r.retrieve(q, k=3)
+    assert all(x.label == "card_arrival" for x in top) and top[0].text == q
+    assert q not in [x.text for x in r.retrieve(q, k=3, selection=Selection(exclude_query=True))]
+    capped = r.retrieve(q, k=3, selection=Selection("label_cap", max_per_label=1))
+    assert len({x.label for x in capped}) == 3
+    cov = r.retrieve(q, k=4, selection=Selection("label_coverage", n_labels=3))
+    assert len({x.label for x in cov}) >= 3
+    mmr = r.retrieve(q, k=3, selection=Selection("mmr", mmr_lambda=0.2))
+    assert len({x.label for x in mmr}) >= 2
+    for res in (capped, cov, mmr):
+        assert [x.score for x in res] == sorted((x.score for x in res), reverse=True)
+    # filters that leave few candidates fetch more, up to the whole pool
+    assert len(r.retrieve(q, k=9, selection=Selection("label_cap", max_per_label=10, fetch_k=2))) == 9
+    with pytest.raises(TypeError):
+        r.retrieve(q, selection=3)
