@@ -1,18 +1,21 @@
-# Set-up and entry points. `make test` and `make eval` work on a fresh machine:
-# they create .venv, install torch==2.13.0 first (CPU wheel; an unpinned torch pulls a
-# multi-GB CUDA build), then the package with its extras.
+# Set-up and entry points. `make eval` and `make test` work on a fresh machine: they
+# create .venv, install torch==2.13.0 first (CPU wheel; an unpinned torch pulls a
+# multi-GB CUDA build), then the package with its extras. llama-cpp-python (the
+# embedded LLM server) is built with GGML_NATIVE=OFF: the native build crashes here.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BANKING77 ?= ../shared/data/banking77
+EVAL_OUT ?= eval/results/banking77-gemma3-270m
+EVAL_LIMIT ?= 240
 
-.PHONY: venv test eval demo lint clean
+.PHONY: venv test eval bench demo lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[dev]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install -e ".[dev,llm]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -21,9 +24,15 @@ test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-# Main job (until the LLM eval lands): build the banking-77 retriever with each feature
-# set, measure build time / latency / memory / retrieval quality, write eval/results/.
+# Main job: build the banking-77 retrievers and run the in-context-learning comparison
+# (fungi, embedding, random; k = 20; a seeded sample of test queries) against the
+# embedded local LLM (Gemma 3 270M); writes report.json / report.md / plots to EVAL_OUT.
 eval: venv
+	$(VENV)/bin/icl-fungi eval --data $(BANKING77) --selectors fungi,embedding,random -k 20 \
+		--limit $(EVAL_LIMIT) --seed 0 --out $(EVAL_OUT)
+
+# Build-time / latency / memory / retrieval-quality benchmark of the feature sets.
+bench: venv
 	$(PY) eval/bench_features.py --data $(BANKING77)
 
 demo: venv

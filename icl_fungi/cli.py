@@ -1,8 +1,9 @@
-"""Command line: ``icl-fungi build`` and ``icl-fungi query``.
+"""Command line: ``icl-fungi build``, ``icl-fungi query`` and ``icl-fungi eval``.
 
 Example:
     $ icl-fungi build ../shared/data/banking77/train.csv --label-column category --out banking77.icl
-    $ icl-fungi query banking77.icl "I still haven't received my card" -k 5
+    $ icl-fungi query banking77.icl "I still haven't received my card" -k 5 --prompt
+    $ icl-fungi eval --data ../shared/data/banking77 --limit 100 --out eval/results/run
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .encoder import DEFAULT_MODEL, FEATURES
@@ -36,11 +38,38 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     b.add_argument("--seed", type=int, default=0, help="seed of heads, projections, views (default: 0)")
 
-    q = sub.add_parser("query", help="print the examples retrieved for a query")
+    q = sub.add_parser("query", help="print the examples retrieved for a query, and the prompt")
     q.add_argument("retriever", help="directory of a saved retriever")
     q.add_argument("query", help="the query text")
     q.add_argument("-k", type=int, default=20, help="number of examples (default: 20)")
+    q.add_argument("--template", default="classification-completion",
+                   help="prompt template name or JSON file (default: classification-completion)")
+    q.add_argument("--prompt", action="store_true", help="also print the rendered prompt")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    e = sub.add_parser("eval", help="measure in-context-learning accuracy against an OpenAI-compatible endpoint")
+    e.add_argument("--data", required=True,
+                   help="a folder with train.* and test.* files (e.g. ../shared/data/banking77), 'TRAIN,TEST' files, or a hub name")
+    e.add_argument("--text-column", default="text", help="text column (default: text)")
+    e.add_argument("--label-column", default=None, help="label column (default: the first of label, category, intent present)")
+    e.add_argument("--retriever", default=None, help="a saved FUNGI retriever built on the train split (default: build one)")
+    e.add_argument("--selectors", default="fungi,embedding,random",
+                   help="comma-separated example selectors from fungi, embedding, random (default: all three)")
+    e.add_argument("-k", "--k", type=int, default=20, help="examples per prompt (default: 20)")
+    e.add_argument("--limit", type=int, default=300, help="seeded sample of test queries; 0 = all (default: 300)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the query sample and random selector (default: 0)")
+    e.add_argument("--template", default=None,
+                   help="prompt template name or file (default: classification-completion, or banking77-chat in chat mode)")
+    e.add_argument("--mode", choices=("completion", "chat"), default="completion",
+                   help="completions or chat API (default: completion; the embedded model is a base model)")
+    e.add_argument("--base-url", default=None,
+                   help="OpenAI-compatible endpoint; without it the embedded local LLM (Gemma 3 270M) is started")
+    e.add_argument("--model", default=None, help="model name at --base-url (required with it)")
+    e.add_argument("--concurrency", type=int, default=1, help="requests in flight (default: 1)")
+    e.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default: 120)")
+    e.add_argument("--max-retries", type=int, default=6, help="client retries for 429/5xx/timeouts (default: 6)")
+    e.add_argument("--cache", default=None, help="response cache file (default: OUT/responses.jsonl)")
+    e.add_argument("--out", required=True, help="output folder for report.json, report.md and plots")
     return p
 
 
@@ -59,15 +88,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             path = r.save(args.out)
             print(f"saved a retriever over {len(r)} examples to {path}")
-        else:
+        elif args.command == "query":
             r = ICLRetriever.load(args.retriever)
             res = r.retrieve(args.query, k=args.k)
+            prompt = r.build_prompt(args.query, k=args.k, template=args.template) if args.prompt else None
             if args.json:
-                print(json.dumps([{"index": x.index, "score": x.score, "label": x.label, "text": x.text} for x in res],
-                                 ensure_ascii=False, indent=2))
+                print(json.dumps({"examples": [{"index": x.index, "score": x.score, "label": x.label, "text": x.text} for x in res],
+                                  "prompt": prompt}, ensure_ascii=False, indent=2))
             else:
                 for x in res:
                     print(f"{x.score:.3f}\t{x.label}\t{x.text}")
+                if prompt is not None:
+                    print("\n--- prompt ---")
+                    print(prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, indent=2))
+        else:
+            from .harness import EvalSettings, run_icl_eval
+
+            settings = EvalSettings(
+                data=args.data, out=args.out, text_column=args.text_column, label_column=args.label_column,
+                retriever=args.retriever, selectors=tuple(s.strip() for s in args.selectors.split(",") if s.strip()),
+                k=args.k, limit=args.limit or None, seed=args.seed, template=args.template, mode=args.mode,
+                base_url=args.base_url, model=args.model, concurrency=args.concurrency, timeout=args.timeout,
+                max_retries=args.max_retries, cache=args.cache, show_progress=not args.quiet,
+            )
+            report = run_icl_eval(settings)
+            for name, m in report["selectors"].items():
+                lo, hi = m["accuracy_ci95"]
+                print(f"{name:<10} accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f})  invalid {m['invalid_rate']:.4f}  n={m['n']}")
+            print(f"report: {Path(args.out) / 'report.md'}  (wall time {report['wall_time_s']} s)")
+    except KeyboardInterrupt:
+        print("icl-fungi: interrupted (responses received so far are cached)", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError, RuntimeError) as err:
         print(f"icl-fungi: error: {err}", file=sys.stderr)
         return 2

@@ -336,7 +336,7 @@ class ICLRetriever:
         """The pool's distinct labels, sorted."""
         labels = self._labels
         if self._label_cache[0] is not labels:
-            self._label_cache = (labels, sorted(set(labels), key=lambda lab: (str(type(lab)), lab)))
+            self._label_cache = (labels, sorted(set(labels), key=lambda lab: (str(lab).casefold(), str(lab))))
         return list(self._label_cache[1])
 
     def add_examples(self, texts: Sequence[str], labels: Sequence[Label]) -> list[int]:

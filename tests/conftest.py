@@ -54,3 +54,27 @@ def fungi_retriever(small_pool, st_model):
     texts, labels = small_pool
     records = [{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)]
     return ICLRetriever.from_dataset(records, model=st_model, show_progress_bar=False)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory, small_pool):
+    """A banking-77 folder in miniature: 300 train examples, 40 test queries."""
+    import csv
+
+    from icl_fungi import load_pool
+
+
+    d = tmp_path_factory.mktemp("b77")
+    texts, labels = small_pool
+    with (d / "train.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "category"])
+        w.writerows(zip(texts, labels, strict=True))
+    te_texts, te_labels = load_pool(BANKING77 / "test.csv", label_column="category")
+    keep = set(labels)
+    rows = [(t, lab) for t, lab in zip(te_texts, te_labels, strict=True) if lab in keep][::25][:40]
+    with (d / "test.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "category"])
+        w.writerows(rows)
+    return d

@@ -300,7 +300,7 @@ def test_cli_build_and_query(tmp_path, capsys):
                  "--out", str(tmp_path / "r")]) == 0
     assert main(["-q", "query", str(tmp_path / "r"), "where is my card", "-k", "2", "--json"]) == 0
     out = capsys.readouterr().out
-    res = json.loads(out[out.index("["):])
+    res = json.loads(out[out.index("{"):])["examples"]
     assert len(res) == 2 and res[0]["label"] == "card_arrival"
     assert main(["-q", "query", str(tmp_path / "missing"), "x"]) == 2
     assert "not a saved retriever" in capsys.readouterr().err

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from icl_fungi.evaluation import macro_f1, mcnemar_p, paired_comparison, parse_label, wilson_interval
+from icl_fungi.harness import load_splits, run_icl_eval
+from icl_fungi.llm import ResponseCache, redact_url
+
+from .llm_fakes import FakeLLM
+from .llm_fakes import eval_settings as _settings
+from .llm_fakes import report_records as _records
+
+LABELS = ["card_arrival", "reverted_card_payment?", "Refund_not_showing_up", "top_up_failed"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (" card_arrival", "card_arrival"),
+        ("Card Arrival.", "card_arrival"),
+        ("card_arrival\nQuery: next", "card_arrival"),
+        ("  reverted_card_payment ", "reverted_card_payment?"),
+        ("refund not showing up!", "Refund_not_showing_up"),
+        ("card_arrival, top_up_failed", None),
+        ("", None),
+        ("   ", None),
+        ("lost_card", None),
+        ("The intent is card_arrival", None),
+    ],
+)
+def test_parse_label(reply, expected):
+    assert parse_label(reply, LABELS) == expected
+
+
+def test_metric_helpers():
+    lo, hi = wilson_interval(90, 100)
+    assert 0.82 < lo < 0.9 < hi < 0.95
+    assert wilson_interval(0, 0) == (0.0, 0.0)
+    assert macro_f1(["a", "a", "b"], ["a", None, "b"]) == pytest.approx((2 / 3 + 1) / 2)
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(0, 10) == pytest.approx(2 / 1024)
+    c = paired_comparison([True, True, False, True], [True, False, False, False])
+    assert c["difference"] == 0.5 and c["only_first_correct"] == 2 and c["only_second_correct"] == 0
+
+
+def test_redact_url_and_cache(tmp_path):
+    assert redact_url("https://user:secret@api.example.com:8443/v1?key=abc") == "https://api.example.com:8443/v1"
+    cache = ResponseCache(tmp_path / "c.jsonl")
+    k1 = ResponseCache.key("e", "m1", {"t": 0}, "prompt")
+    assert k1 != ResponseCache.key("e", "m2", {"t": 0}, "prompt")  # another model: no hit
+    assert k1 != ResponseCache.key("e", "m1", {"t": 1}, "prompt")
+    cache.put(k1, {"text": "x", "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.1})
+    cache.put(k1, {"text": "y", "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.1})
+    with (tmp_path / "c.jsonl").open("a") as fh:
+        fh.write('{"key": "torn li')  # a kill mid-write
+    again = ResponseCache(tmp_path / "c.jsonl")
+    assert len(again) == 1 and again.get(k1)["text"] == "x"
+
+
+def test_load_splits_detects_label_column(small_data):
+    tr, _, te, _, col = load_splits(str(small_data))
+    assert col == "category" and len(tr) == 300 and len(te) == 40
+    tr2, *_ = load_splits(f"{small_data / 'train.csv'},{small_data / 'test.csv'}")
+    assert tr2 == tr
+    with pytest.raises(ValueError, match=r"no column .nope."):
+        load_splits(str(small_data), text_column="text", label_column="nope")
+    with pytest.raises(ValueError, match="train and test"):
+        load_splits(str(small_data / "train.csv"))
+
+
+def test_eval_report_against_fake_endpoint(small_data, tmp_path):
+    with FakeLLM() as llm:
+        report = run_icl_eval(_settings(small_data, tmp_path / "a", llm.base_url, selectors=("fungi", "embedding", "random")))
+        assert sum(llm.requests.values()) == 60
+        again = run_icl_eval(_settings(small_data, tmp_path / "a", llm.base_url, selectors=("fungi", "embedding", "random")))
+        assert sum(llm.requests.values()) == 60 and again["requests_sent"] == 0  # all from the cache
+        other_model = run_icl_eval(_settings(small_data, tmp_path / "b", llm.base_url, model="fake-2", selectors=("random",),
+                                             cache=str(tmp_path / "a" / "responses.jsonl")))
+        assert other_model["requests_sent"] == 20  # another model: no cache hits
+    for name in ("fungi", "embedding", "random"):
+        m = report["selectors"][name]
+        assert m["n"] == 20 and 0 <= m["accuracy"] <= 1 and m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1]
+        assert again["selectors"][name]["accuracy"] == m["accuracy"]
+    # the fake answers with the nearest example's label: LLM accuracy equals retrieval 1-NN accuracy
+    assert report["selectors"]["embedding"]["accuracy"] == report["selectors"]["embedding"]["retrieval"]["1nn_acc"]
+    assert report["selectors"]["embedding"]["accuracy"] > report["selectors"]["random"]["accuracy"]
+    assert set(report["paired"]) == {"fungi_vs_embedding", "fungi_vs_random", "embedding_vs_random"}
+    saved = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert saved["selectors"]["fungi"]["n"] == 20 and len(saved["records"]) == 60
+    assert {"versions", "endpoint", "settings", "date", "data"} <= set(saved)
+    assert (tmp_path / "a" / "report.md").read_text().startswith("# In-context-learning evaluation")
+    assert (tmp_path / "a" / "accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "a" / "per_class_difference.png").stat().st_size > 1000
+
+
+def test_api_key_never_written(small_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-test-key-123")
+    with FakeLLM() as llm:
+        run_icl_eval(_settings(small_data, tmp_path / "k", llm.base_url, selectors=("random",), limit=3))
+    for f in (tmp_path / "k").iterdir():
+        if f.suffix in (".json", ".md", ".jsonl"):
+            assert "sk-secret" not in f.read_text()
+
+
+def test_kill_and_resume_gives_the_same_report(small_data, tmp_path):
+    with FakeLLM(delay=0.15) as llm:
+        full = run_icl_eval(_settings(small_data, tmp_path / "full", llm.base_url))
+        out = tmp_path / "killed"
+        cmd = [sys.executable, "-m", "icl_fungi.cli", "-q", "eval", "--data", str(small_data), "--selectors", "embedding,random",
+               "-k", "5", "--limit", "20", "--base-url", llm.base_url, "--model", "fake", "--out", str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cache = out / "responses.jsonl"
+        deadline = time.time() + 240
+        while time.time() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 10):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        n_cached = len(ResponseCache(cache))
+        assert 10 <= n_cached < 40
+        before = sum(llm.requests.values())
+        resumed = run_icl_eval(_settings(small_data, out, llm.base_url))
+        sent_after = sum(llm.requests.values()) - before
+    assert resumed["requests_sent"] == sent_after == 40 - n_cached  # only the missing requests
+    assert _records(resumed) == _records(full)
+    for name in ("embedding", "random"):
+        a, b = full["selectors"][name], resumed["selectors"][name]
+        for key in ("n", "accuracy", "accuracy_ci95", "macro_f1", "invalid_rate", "per_class_accuracy", "retrieval"):
+            assert a[key] == b[key]
+    assert len(ResponseCache(cache)) == 40
+
+
+def test_bad_settings(small_data, tmp_path):
+    with pytest.raises(ValueError, match="selector"):
+        run_icl_eval(_settings(small_data, tmp_path, "http://127.0.0.1:9/v1", selectors=("best",)))
+    with pytest.raises(ValueError, match="--model"):
+        run_icl_eval(_settings(small_data, tmp_path, "http://127.0.0.1:9/v1", model=None))
+    with pytest.raises(ValueError, match="chat template"):
+        run_icl_eval(_settings(small_data, tmp_path, "http://127.0.0.1:9/v1", template="banking77-chat"))
+
+
+def test_cli_eval_errors_are_one_line(tmp_path, capsys):
+    from icl_fungi.cli import main
+
+    assert main(["-q", "eval", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"),
+                 "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("icl-fungi: error:") and "\n" not in err
+
+
+def test_unreachable_endpoint_fails_cleanly(small_data, tmp_path):
+    with pytest.raises(RuntimeError, match="rerun to resume"):
+        run_icl_eval(_settings(small_data, tmp_path / "u", "http://127.0.0.1:9/v1", max_retries=0, timeout=2, limit=2,
+                               selectors=("random",)))

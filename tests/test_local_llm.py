@@ -1,0 +1,58 @@
+"""End-to-end tests against the real embedded LLM (Gemma 3 270M via llama-cpp-python's server)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from icl_fungi.harness import EvalSettings, run_icl_eval
+from icl_fungi.llm import ResponseCache
+
+from .llm_fakes import FaultProxy
+from .llm_fakes import eval_settings as _settings
+from .llm_fakes import report_records as _records
+
+# ----------------------------------------------------------- real local LLM
+if os.environ.get("CI"):
+    import llama_cpp  # noqa: F401 - in CI the embedded LLM must be installed: fail, never skip
+else:
+    pytest.importorskip("llama_cpp", reason="the embedded LLM needs the llm extra")
+
+
+@pytest.fixture(scope="module")
+def local_server():
+    from icl_fungi.llm import LocalServer
+
+    with LocalServer() as server:
+        yield server
+
+
+def test_end_to_end_embedded_server(small_data, tmp_path):
+    """The default path: no --base-url starts the embedded Gemma 3 270M server and stops it."""
+    settings = EvalSettings(data=str(small_data), out=str(tmp_path / "e2e"), k=5, limit=4, show_progress=False)
+    report = run_icl_eval(settings)
+    for name in ("fungi", "embedding", "random"):
+        m = report["selectors"][name]
+        assert m["n"] == 4 and m["prompt_tokens"] > 0 and m["latency_s_p50"] > 0
+    assert report["endpoint"]["id"] == "embedded:gemma-3-270m-q4_k_m"
+    assert report["requests_sent"] == 12
+    replies = [r["reply"] for r in report["records"]]
+    assert all("\n" not in r for r in replies)  # generation stopped at the newline
+
+
+def test_fault_injecting_proxy_loses_and_duplicates_nothing(small_data, tmp_path, local_server):
+    direct = run_icl_eval(_settings(small_data, tmp_path / "direct", local_server.base_url, model=local_server.model, limit=4,
+                                    timeout=60))
+    with FaultProxy(local_server.base_url) as proxy:
+        via = run_icl_eval(_settings(small_data, tmp_path / "proxy", proxy.base_url, model=local_server.model, limit=4,
+                                     timeout=60))
+    assert set(proxy.faults) == {"429", "503", "drop", "slow", "ok"}
+    assert via["requests_sent"] == 8
+    keys = [(r["selector"], r["query_index"]) for r in via["records"]]
+    assert len(keys) == len(set(keys)) == 8
+    assert len(ResponseCache(tmp_path / "proxy" / "responses.jsonl")) == 8
+    assert _records(via) == _records(direct)
+    for name in ("embedding", "random"):
+        assert via["selectors"][name]["n"] == 4
+        assert via["selectors"][name]["accuracy"] == direct["selectors"][name]["accuracy"]
