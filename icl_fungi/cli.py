@@ -77,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``icl-fungi`` console script."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    for noisy in ("httpx", "openai", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from .retriever import ICLRetriever
 
     try:

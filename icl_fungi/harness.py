@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -158,8 +158,10 @@ def _examples(settings: EvalSettings, name: str, pool: tuple[list, list], querie
     if name == "fungi":
         r = fungi
     else:
+        # the plain-embedding baseline: the encoder's own normalised embeddings, no block centring
         r = ICLRetriever.from_dataset([{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)],
-                                      features=("embedding",), seed=settings.seed, show_progress_bar=settings.show_progress)
+                                      features=("embedding",), center_blocks=False, seed=settings.seed,
+                                      show_progress_bar=settings.show_progress)
     return [[(x.index, x.score) for x in row] for row in r.retrieve_batch(queries, k)]
 
 
@@ -215,18 +217,16 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
         bar = tqdm(total=len(jobs), desc="LLM requests", disable=not settings.show_progress, unit="req")
         with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
             futures = {pool.submit(client.complete, prompts[name][j]): (name, j) for name, j in jobs}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for f in done:
-                    if f.exception() is not None:
-                        for p in pending:
-                            p.cancel()
-                        bar.close()
-                        raise RuntimeError(f"an LLM request failed after retries ({type(f.exception()).__name__}: "
-                                           f"{f.exception()}); responses so far are cached: rerun to resume") from f.exception()
+            try:
+                for f in as_completed(futures):
                     responses[futures[f]] = f.result()
                     bar.update(1)
+            except Exception as err:
+                for p in futures:
+                    p.cancel()
+                bar.close()
+                raise RuntimeError(f"an LLM request failed after retries ({type(err).__name__}: {err}); "
+                                   "responses so far are cached: rerun to resume") from err
         bar.close()
 
     records = []

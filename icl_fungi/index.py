@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
-import hnswlib
 import numpy as np
 
 __all__ = ["VectorIndex"]
@@ -50,7 +50,7 @@ class VectorIndex:
         self.random_state = random_state
         self._lock = threading.RLock()
         self.vectors_: np.ndarray | None = None
-        self._hnsw: hnswlib.Index | None = None
+        self._hnsw: Any = None  # an hnswlib.Index when the pool is large
 
     def __len__(self) -> int:
         return 0 if self.vectors_ is None else self.vectors_.shape[0]
@@ -65,7 +65,9 @@ class VectorIndex:
         """True when queries go through the HNSW graph rather than exact search."""
         return self._hnsw is not None
 
-    def _new_hnsw(self, dim: int, capacity: int) -> hnswlib.Index:
+    def _new_hnsw(self, dim: int, capacity: int) -> Any:
+        import hnswlib
+
         index = hnswlib.Index(space="cosine", dim=dim)
         index.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=self.M, random_seed=self.random_state)
         return index
@@ -152,6 +154,8 @@ class VectorIndex:
             self.vectors_ = vectors
             self._hnsw = None
             if hnsw_path is not None:
+                import hnswlib
+
                 index = hnswlib.Index(space="cosine", dim=vectors.shape[1])
                 index.load_index(str(hnsw_path), max_elements=len(vectors))
                 if index.get_current_count() != len(vectors):

@@ -31,6 +31,12 @@ from .selection import Selection
 __all__ = ["ICLFungiExampleSelector", "ICLFungiRetriever"]
 
 
+def _check(retriever: Any, selection: Any) -> None:
+    if not isinstance(retriever, ICLRetriever):
+        raise TypeError(f"retriever must be an ICLRetriever, got {type(retriever).__name__}")
+    Selection.coerce(selection)
+
+
 class ICLFungiRetriever(BaseRetriever):
     """A LangChain retriever returning ``Document(page_content=text, metadata={label, score, index})``.
 
@@ -45,9 +51,7 @@ class ICLFungiRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     def model_post_init(self, __context: Any) -> None:
-        if not isinstance(self.retriever, ICLRetriever):
-            raise TypeError(f"retriever must be an ICLRetriever, got {type(self.retriever).__name__}")
-        Selection.coerce(self.selection)
+        _check(self.retriever, self.selection)
 
     def _to_documents(self, query: str) -> list[Document]:
         return [
@@ -88,9 +92,7 @@ class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     def model_post_init(self, __context: Any) -> None:
-        if not isinstance(self.retriever, ICLRetriever):
-            raise TypeError(f"retriever must be an ICLRetriever, got {type(self.retriever).__name__}")
-        Selection.coerce(self.selection)
+        _check(self.retriever, self.selection)
 
     def _query(self, input_variables: dict[str, Any]) -> str:
         if self.input_key is not None:

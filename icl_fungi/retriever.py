@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["ICLRetriever", "RetrievedExample"]
 
 ORDERS = ("similar_last", "similar_first", "random")
+# measured on the dev split (eval/results/ablate_quality/dev-final.md); leave-one-out on the pool picks the same
+DEFAULT_BLOCK_WEIGHTS = {"embedding": 1.0, "kl": 0.5, "simclr": 0.25}
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +129,11 @@ class ICLRetriever:
         pca_components: PCA output size (default: the embedding dimension), clamped
             to the pool size.
         whiten: whiten the PCA output.
-        block_weights: multiplier per feature block before concatenation (default 1).
+        block_weights: multiplier per feature block before concatenation (default: embedding 1,
+            kl 0.5, simclr 0.25, measured on the dev split).
         index: a configured :class:`VectorIndex` (default settings otherwise).
+        fit_weights: ``"loo"`` chooses the gradient blocks' weights by leave-one-out
+            P@20 on the labelled pool itself (no held-out labels used).
     """
 
     def __init__(
@@ -139,19 +144,24 @@ class ICLRetriever:
         whiten: bool = False,
         block_weights: dict[str, float] | None = None,
         index: VectorIndex | None = None,
+        fit_weights: str | None = None,
     ) -> None:
+        if fit_weights not in (None, "loo"):
+            raise ValueError(f"fit_weights must be None or 'loo', got {fit_weights!r}")
+        self.fit_weights = fit_weights
         self.encoder = encoder
         self.pca = PCA(pca_components or encoder.dim, whiten=whiten)
         weights = dict(block_weights or {})
         unknown = set(weights) - set(encoder.config.features)
         if unknown:
             raise ValueError(f"block_weights names blocks not in features: {sorted(unknown)}")
-        self.block_weights = {f: float(weights.get(f, 1.0)) for f in encoder.config.features}
+        self.block_weights = {f: float(weights.get(f, DEFAULT_BLOCK_WEIGHTS[f])) for f in encoder.config.features}
         self.index = index if index is not None else VectorIndex(random_state=encoder.config.seed)
         self._texts: list[str] = []
         self._labels: list[Label] = []
         self._write_lock = threading.Lock()
         self._label_cache: tuple[list | None, list] = (None, [])
+        self.block_means_: dict[str, np.ndarray] = {}
         self.n_truncated_ = 0
 
     # ------------------------------------------------------------ building
@@ -168,6 +178,7 @@ class ICLRetriever:
         pca_components: int | None = None,
         whiten: bool = False,
         block_weights: dict[str, float] | None = None,
+        fit_weights: str | None = None,
         batch_size: int = 32,
         device: str | None = None,
         show_progress_bar: bool | None = None,
@@ -181,7 +192,8 @@ class ICLRetriever:
         texts, labels = load_pool(data, text_column=text_column, label_column=label_column, split=split)
         config = FeatureConfig(features=tuple(features), seed=seed, **feature_options)
         encoder = FungiEncoder(model, config, batch_size=batch_size, device=device, show_progress_bar=show_progress_bar)
-        retriever = cls(encoder, pca_components=pca_components, whiten=whiten, block_weights=block_weights)
+        retriever = cls(encoder, pca_components=pca_components, whiten=whiten, block_weights=block_weights,
+                        fit_weights=fit_weights)
         return retriever.fit(texts, labels)
 
     def fit(self, texts: Sequence[str], labels: Sequence[Label]) -> ICLRetriever:
@@ -202,6 +214,10 @@ class ICLRetriever:
                 self.n_truncated_,
                 self.encoder.max_seq_length,
             )
+        if self.encoder.config.center_blocks:
+            self.block_means_ = {f: b.mean(axis=0) for f, b in blocks.items()}
+        if self.fit_weights == "loo":
+            self.block_weights = self._loo_weights(blocks, labels)
         combined = self._concat(blocks)
         vectors = self.pca.fit_transform(combined)
         with self._write_lock:
@@ -209,8 +225,62 @@ class ICLRetriever:
             self.index.build(vectors)
         return self
 
+    def _loo_weights(self, blocks: dict[str, np.ndarray], labels: list, k: int = 20, n_queries: int = 2000) -> dict[str, float]:
+        """Gradient-block weights maximising leave-one-out P@k on the labelled pool (coordinate search)."""
+        grid = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+        weights = dict(self.block_weights)
+        grads = [f for f in self.encoder.config.features if f != "embedding"]
+        n = len(labels)
+        if not grads or n < 3:
+            return weights
+        lab = np.array([str(x) for x in labels])
+        rng = np.random.default_rng(self.encoder.config.seed)
+        queries = np.sort(rng.choice(n, size=min(n, n_queries), replace=False))
+        kk = min(k, n - 1)
+
+        def score(w: dict[str, float]) -> float:
+            saved, self.block_weights = self.block_weights, w
+            try:
+                v = self._concat(blocks).astype(np.float32)
+            finally:
+                self.block_weights = saved
+            v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            hits = 0.0
+            for start in range(0, len(queries), 500):
+                q = queries[start : start + 500]
+                sims = v[q] @ v.T
+                sims[np.arange(len(q)), q] = -np.inf  # leave the query itself out
+                top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+                hits += float((lab[top] == lab[q][:, None]).sum())
+            return hits / (len(queries) * kk)
+
+        best = score(weights)
+        self.weight_search_ = [{"weights": dict(weights), "loo_p@k": best}]
+        for _ in range(2):
+            changed = False
+            for f in grads:
+                for g in grid:
+                    if g == weights[f]:
+                        continue
+                    trial = {**weights, f: g}
+                    sc = score(trial)
+                    self.weight_search_.append({"weights": trial, "loo_p@k": sc})
+                    if sc > best + 1e-9:
+                        best, weights, changed = sc, trial, True
+            if not changed:
+                break
+        logger.info("leave-one-out block weights: %s (P@%d %.4f)", weights, kk, best)
+        return weights
+
     def _concat(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([self.block_weights[f] * blocks[f] for f in self.encoder.config.features], axis=1)
+        parts = []
+        for f in self.encoder.config.features:
+            b = blocks[f]
+            if self.encoder.config.center_blocks:
+                b = b - self.block_means_[f]
+                b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+            parts.append(self.block_weights[f] * b)
+        return np.concatenate(parts, axis=1)
 
     # ------------------------------------------------------------- queries
     def __len__(self) -> int:
@@ -406,6 +476,8 @@ class ICLRetriever:
         arrays.update({f"pca_{k}": v for k, v in self.pca.state_arrays().items()})
         if enc.negatives is not None:
             arrays["simclr_negatives"] = enc.negatives.cpu().numpy()
+        if enc.config.center_blocks:
+            arrays.update({f"block_mean_{f}": m for f, m in self.block_means_.items()})
         for name, proj in enc.projections.items():
             arrays.update({f"projection_{name}_{k}": v for k, v in proj.state_arrays().items()})
         return arrays
@@ -494,6 +566,7 @@ class ICLRetriever:
                 "(target layer weights do not match)"
             )
         encoder.kl_head = torch.from_numpy(array("kl_head")).to(encoder.device)
+        encoder._prototypes_fitted = True
         if "simclr" in config.features:
             encoder.negatives = torch.from_numpy(array("simclr_negatives")).to(encoder.device)
         shape = (encoder.target.out_features, encoder.target.in_features + 1)
@@ -516,6 +589,8 @@ class ICLRetriever:
             n_components=pca_cfg["n_components"],
             whiten=pca_cfg["whiten"],
         )
+        if config.center_blocks:
+            retriever.block_means_ = {f: array(f"block_mean_{f}") for f in config.features}
         pool = json.loads((path / _POOL).read_text(encoding="utf-8"))
         texts, labels = pool["texts"], pool["labels"]
         vectors = array("vectors")

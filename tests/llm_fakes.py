@@ -33,6 +33,20 @@ class _Server:
         self.httpd.server_close()
 
 
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, status: int, data: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class FakeLLM(_Server):
     """Answers with the label of the example nearest the query (the last ``Intent:`` line)."""
 
@@ -43,10 +57,7 @@ class FakeLLM(_Server):
         self.lock = threading.Lock()
 
 
-class _FakeHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
+class _FakeHandler(_Handler):
     def do_GET(self) -> None:
         self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
@@ -67,15 +78,8 @@ class _FakeHandler(BaseHTTPRequestHandler):
             choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
             self._send(200, {"id": "x", "object": "text_completion", "created": 0, "model": "fake", "choices": [choice], "usage": usage})
 
-    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+    def _send(self, status: int, payload: dict) -> None:
+        self._reply(status, json.dumps(payload).encode())
 
 
 class FaultProxy(_Server):
@@ -93,10 +97,7 @@ class FaultProxy(_Server):
         self.lock = threading.Lock()
 
 
-class _ProxyHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
+class _ProxyHandler(_Handler):
     def do_POST(self) -> None:
         owner = self.server.owner
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -105,9 +106,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             owner.count += 1
             owner.faults[action] += 1
         if action == "429":
-            return self._plain(429, b'{"error": "rate limited"}', {"Retry-After": "0.2"})
+            return self._reply(429, b'{"error": "rate limited"}', {"Retry-After": "0.2"})
         if action == "503":
-            return self._plain(503, b'{"error": "unavailable"}')
+            return self._reply(503, b'{"error": "unavailable"}')
         if action == "drop":
             self.close_connection = True
             self.connection.shutdown(2)
@@ -119,16 +120,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         resp = conn.getresponse()
         data = resp.read()
         conn.close()
-        return self._plain(resp.status, data)
-
-    def _plain(self, status: int, data: bytes, headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        return self._reply(resp.status, data)
 
 
 def eval_settings(small_data, out, base_url, **kw) -> EvalSettings:

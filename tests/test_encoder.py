@@ -70,7 +70,7 @@ def test_kl_feature_equals_autograd_reference(encoder):
 
     def loss():
         emb = encoder._forward(encoder._tokenize([text]))
-        logp = F.log_softmax(F.normalize(emb, dim=-1) @ encoder.kl_head.T / cfg.kl_temperature, dim=-1)
+        logp = F.log_softmax(F.normalize(emb, dim=-1) @ encoder.kl_head.T / cfg.kl_tau, dim=-1)
         return (logp.exp() * logp).sum()
 
     G = _weight_grad_reference(encoder, loss)
@@ -174,7 +174,7 @@ def test_bad_target_layer_and_model(st_model):
 
 def test_other_target_layer(st_model, small_pool):
     cfg = FeatureConfig(features=("embedding", "kl"), target_layer="encoder.layer.4.output.dense")
-    enc = FungiEncoder(st_model, cfg, show_progress_bar=False)
+    enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(small_pool[0])
     assert enc.target.out_features == 384 and enc.target.in_features == 1536
     assert enc.encode(TEXTS)["kl"].shape == (4, 384)
 
@@ -184,3 +184,22 @@ def test_config_roundtrip():
     assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         FeatureConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_prototype_head_is_fitted_kmeans_and_random_head_needs_no_fit(st_model, small_pool):
+    from icl_fungi.encoder import spherical_kmeans
+
+    enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl")), show_progress_bar=False)
+    assert enc.needs_fit
+    enc.fit(small_pool[0])
+    assert not enc.needs_fit and enc.kl_head.shape == (256, 384)
+    np.testing.assert_allclose(enc.kl_head.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    assert enc.config.kl_tau == 0.07
+    rnd = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl"), kl_head="random"), show_progress_bar=False)
+    assert not rnd.needs_fit and rnd.config.kl_tau == 15.0
+    assert rnd.encode(TEXTS)["kl"].shape == (4, 384)
+    # spherical k-means recovers well separated directions
+    centres = F.normalize(torch.eye(3, 8), dim=-1)
+    x = F.normalize(centres.repeat(20, 1) + 0.05 * torch.randn(60, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    found = spherical_kmeans(x, 3, seed=1)
+    assert sorted((found @ centres.T).max(dim=1).values.gt(0.99).tolist()) == [True, True, True]

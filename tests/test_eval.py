@@ -78,9 +78,12 @@ def test_load_splits_detects_label_column(small_data):
 def test_eval_report_against_fake_endpoint(small_data, tmp_path):
     with FakeLLM() as llm:
         report = run_icl_eval(_settings(small_data, tmp_path / "a", llm.base_url, selectors=("fungi", "embedding", "random")))
-        assert sum(llm.requests.values()) == 60
+        sent = sum(llm.requests.values())
+        # one request per distinct prompt (selectors choosing the same examples share a prompt)
+        assert set(llm.requests.values()) == {1} and report["requests_sent"] == sent
+        assert 40 <= sent <= 60 and len(report["records"]) == 60
         again = run_icl_eval(_settings(small_data, tmp_path / "a", llm.base_url, selectors=("fungi", "embedding", "random")))
-        assert sum(llm.requests.values()) == 60 and again["requests_sent"] == 0  # all from the cache
+        assert sum(llm.requests.values()) == sent and again["requests_sent"] == 0  # all from the cache
         other_model = run_icl_eval(_settings(small_data, tmp_path / "b", llm.base_url, model="fake-2", selectors=("random",),
                                              cache=str(tmp_path / "a" / "responses.jsonl")))
         assert other_model["requests_sent"] == 20  # another model: no cache hits

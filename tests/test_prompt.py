@@ -145,7 +145,7 @@ def test_build_prompt_orders_and_labels(fungi_retriever):
     assert rand_a == r.build_prompt(q, k=5, order="random", seed=1)
     assert {rand_a.count(f'Query: {t}\n') for t in best_first} == {1}
     chat = r.build_prompt(q, k=5, template="banking77-chat")
-    labels = sorted(set(r.labels))
+    labels = sorted(set(r.labels), key=lambda lab: (lab.casefold(), lab))
     assert ", ".join(labels) in chat[1]["content"]
     with pytest.raises(ValueError, match="order"):
         r.build_prompt(q, order="backwards")

@@ -67,7 +67,7 @@ def test_bad_queries(fungi_retriever):
     assert fungi_retriever.retrieve_batch([], k=3) == []
 
 
-def test_embedding_only_retriever_is_cosine_on_centred_embeddings(small_pool, st_model):
+def test_embedding_only_retriever_is_cosine_on_centred_embeddings(small_pool, st_model):  # same code path as FUNGI
     texts, labels = small_pool
     r = ICLRetriever.from_dataset(
         [{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)],
@@ -75,11 +75,16 @@ def test_embedding_only_retriever_is_cosine_on_centred_embeddings(small_pool, st
         features=("embedding",),
         show_progress_bar=False,
     )
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
     emb = st_model.encode(texts, normalize_embeddings=True)
     q = st_model.encode(["my card has not arrived"], normalize_embeddings=True)
-    centred = emb - emb.mean(0)
-    qc = q - emb.mean(0)
-    sims = (centred / np.linalg.norm(centred, axis=1, keepdims=True)) @ (qc / np.linalg.norm(qc)).T
+    # the embedding block is centred on the pool mean and re-normalised, then PCA centres the pool again
+    mean = emb.mean(0)
+    pool_b, q_b = unit(emb - mean), unit(q - mean)
+    centred, qc = pool_b - pool_b.mean(0), q_b - pool_b.mean(0)
+    sims = unit(centred) @ unit(qc).T
     expected = np.argsort(-sims[:, 0])[:10]
     got = [x.index for x in r.retrieve("my card has not arrived", k=10)]
     assert got[:5] == expected[:5].tolist()
@@ -305,3 +310,19 @@ def test_cli_build_and_query(tmp_path, capsys):
     assert main(["-q", "query", str(tmp_path / "missing"), "x"]) == 2
     assert "not a saved retriever" in capsys.readouterr().err
     assert main(["-q", "build", str(pool), "--label-column", "nope", "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_default_weights_centring_and_loo_weights(small_pool, st_model, tmp_path):
+    texts, labels = small_pool
+    rows = [{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)]
+    r = ICLRetriever.from_dataset(rows, model=st_model, features=("embedding", "kl"), show_progress_bar=False)
+    assert r.block_weights == {"embedding": 1.0, "kl": 0.5}
+    assert set(r.block_means_) == {"embedding", "kl"}
+    loaded = ICLRetriever.load(r.save(tmp_path / "c"), model=st_model)
+    np.testing.assert_array_equal(loaded.block_means_["kl"], r.block_means_["kl"])
+    assert [x.index for x in loaded.retrieve("card arrival", 5)] == [x.index for x in r.retrieve("card arrival", 5)]
+    loo = ICLRetriever.from_dataset(rows, model=st_model, features=("embedding", "kl"), fit_weights="loo", show_progress_bar=False)
+    best = max(loo.weight_search_, key=lambda t: t["loo_p@k"])
+    assert loo.block_weights == best["weights"] and len(loo.weight_search_) >= 6
+    with pytest.raises(ValueError, match="fit_weights"):
+        ICLRetriever.from_dataset(rows[:5], model=st_model, fit_weights="cv")
