@@ -76,13 +76,15 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=200, help="single queries timed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--sets", default=",".join(FEATURE_SETS), help="comma-separated feature sets (embedding is always run)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
     results = {}
-    for name in FEATURE_SETS:
+    wanted = {"embedding", *args.sets.split(",")}
+    for name in [n for n in FEATURE_SETS if n in wanted]:
         cmd = [sys.executable, __file__, "--one", name, "--data", args.data, "--queries", str(args.queries),
                "--latency-queries", str(args.latency_queries), "--seed", str(args.seed)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})

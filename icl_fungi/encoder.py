@@ -329,9 +329,9 @@ class FungiEncoder:
         if "kl" in cfg.features and cfg.kl_head == "prototypes":
             rng = np.random.default_rng(cfg.seed)
             sample = [texts[i] for i in sorted(rng.choice(len(texts), size=min(len(texts), 4096), replace=False))]
-            with self._lock, torch.inference_mode():
-                emb = torch.cat([F.normalize(self._forward(self._tokenize(sample[i : i + 64])), dim=-1)
-                                 for i in range(0, len(sample), 64)])
+            with self._lock:  # sentence-transformers' own encode: length-sorted batches, inference mode
+                emb = self.model.encode(sample, batch_size=self.batch_size, convert_to_tensor=True,
+                                        normalize_embeddings=True, show_progress_bar=False)
             self.kl_head = spherical_kmeans(emb.float().cpu(), cfg.kl_head_dim, seed=cfg.seed).to(self.device)
             self._prototypes_fitted = True
         if "simclr" not in cfg.features:
