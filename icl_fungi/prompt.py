@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -278,7 +279,9 @@ def make_token_counter(tokenizer: object = None) -> Callable[[str], int]:
     raise TypeError(f"tokenizer must be None, a name/path, a callable or a tokenizer, got {type(tokenizer).__name__}")
 
 
+@functools.lru_cache(maxsize=8)
 def _named_counter(tokenizer: str) -> Callable[[str], int]:
+    """Counter for a tokenizer given by name or path (loaded once per name)."""
     if tokenizer.lower().startswith(_OPENAI_PREFIXES):
         try:
             import tiktoken

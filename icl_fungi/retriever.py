@@ -20,7 +20,7 @@ import shutil
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["ICLRetriever", "RetrievedExample"]
 
 ORDERS = ("similar_last", "similar_first", "random")
-# measured on the dev split (eval/results/ablate_quality/dev-final.md); leave-one-out on the pool picks the same
+# measured on the dev split (eval/results/ablate_quality/dev-final.md); leave-one-out on the pool chose the
+# same weights for prototypes K = 256, T = 0.05 (dev-core_layers.log)
 DEFAULT_BLOCK_WEIGHTS = {"embedding": 1.0, "kl": 0.5, "simclr": 0.25}
 
 logger = logging.getLogger(__name__)
@@ -82,21 +83,6 @@ def _load_template(name: str) -> PromptTemplate:
     from .prompt import PromptTemplate
 
     return PromptTemplate.load(name)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_counter(tokenizer: str | None) -> Callable[[str], int]:
-    from .prompt import make_token_counter
-
-    return make_token_counter(tokenizer)
-
-
-def _token_counter(tokenizer: object) -> Callable[[str], int]:
-    if tokenizer is None or isinstance(tokenizer, str):
-        return _cached_counter(tokenizer)
-    from .prompt import make_token_counter
-
-    return make_token_counter(tokenizer)
 
 
 def _versions() -> dict[str, str]:
@@ -239,11 +225,7 @@ class ICLRetriever:
         kk = min(k, n - 1)
 
         def score(w: dict[str, float]) -> float:
-            saved, self.block_weights = self.block_weights, w
-            try:
-                v = self._concat(blocks).astype(np.float32)
-            finally:
-                self.block_weights = saved
+            v = self._concat(blocks, w).astype(np.float32)
             v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
             hits = 0.0
             for start in range(0, len(queries), 500):
@@ -272,14 +254,15 @@ class ICLRetriever:
         logger.info("leave-one-out block weights: %s (P@%d %.4f)", weights, kk, best)
         return weights
 
-    def _concat(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
+    def _concat(self, blocks: dict[str, np.ndarray], weights: dict[str, float] | None = None) -> np.ndarray:
+        weights = self.block_weights if weights is None else weights
         parts = []
         for f in self.encoder.config.features:
             b = blocks[f]
             if self.encoder.config.center_blocks:
                 b = b - self.block_means_[f]
                 b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-            parts.append(self.block_weights[f] * b)
+            parts.append(weights[f] * b)
         return np.concatenate(parts, axis=1)
 
     # ------------------------------------------------------------- queries
@@ -383,7 +366,7 @@ class ICLRetriever:
         counting with ``tokenizer`` (see :func:`icl_fungi.prompt.make_token_counter`;
         default: ``ceil(characters / 4)``).
         """
-        from .prompt import PromptTemplate, render_prompt
+        from .prompt import PromptTemplate, make_token_counter, render_prompt
 
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -394,7 +377,7 @@ class ICLRetriever:
         elif order == "random":
             examples = [examples[i] for i in np.random.default_rng(seed).permutation(len(examples))]
         drop_order = sorted(range(len(examples)), key=lambda i: (examples[i].score, -examples[i].index))
-        counter = _token_counter(tokenizer) if max_tokens is not None else None
+        counter = make_token_counter(tokenizer) if max_tokens is not None else None
         prompt, _ = render_prompt(
             tpl, [(x.text, x.label) for x in examples], query,
             labels=self.label_set() if tpl.uses_labels else (),
