@@ -12,7 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .data import load_pool
-from .encoder import DEFAULT_MODEL, FEATURES, FeatureConfig, FungiEncoder, resolve_model
+from .encoder import DEFAULT_MODEL, FEATURES, FeatureConfig, FungiEncoder, MeanPooledModel, resolve_model
 from .index import VectorIndex
 from .projection import PCA, GradientProjection
 from .retriever import ICLRetriever, RetrievedExample
@@ -25,6 +25,7 @@ __all__ = [
     "FungiEncoder",
     "GradientProjection",
     "ICLRetriever",
+    "MeanPooledModel",
     "RetrievedExample",
     "VectorIndex",
     "load_pool",

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .projection import GradientProjection
 
-__all__ = ["DEFAULT_MODEL", "FEATURES", "FeatureConfig", "FungiEncoder", "resolve_model", "spherical_kmeans"]
+__all__ = ["DEFAULT_MODEL", "FEATURES", "FeatureConfig", "FungiEncoder", "MeanPooledModel", "resolve_model", "spherical_kmeans"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,49 @@ def candidates_hint(named: dict[str, torch.nn.Module]) -> str:
     return ", ".join(repr(n) for n in linear[-3:]) or "no Linear layers"
 
 
+class MeanPooledModel(torch.nn.Module):
+    """A plain transformers model and its tokenizer as a sentence encoder: the mean of the
+    last hidden states over the attention mask (for models that are not sentence-transformers).
+
+    Example (Gemma 3 270M from its GGUF file; needs the ``gguf`` and ``accelerate`` packages):
+        >>> from transformers import AutoModel, AutoTokenizer                    # doctest: +SKIP
+        >>> hf = AutoModel.from_pretrained(folder, gguf_file=name)                # doctest: +SKIP
+        >>> tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)           # doctest: +SKIP
+        >>> enc = FungiEncoder(MeanPooledModel(hf, tok), FeatureConfig(simclr_view_mode="word_deletion"))  # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, max_seq_length: int | None = None) -> None:
+        super().__init__()
+        if not callable(tokenizer):
+            raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        if not isinstance(model, torch.nn.Module) or hidden is None:
+            raise TypeError(f"model must be a transformers model with config.hidden_size, got {type(model).__name__}")
+        self.auto_model = model
+        self.tokenizer = tokenizer
+        if getattr(tokenizer, "pad_token", "") is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        limit = max_seq_length or getattr(tokenizer, "model_max_length", None) or 512
+        self.max_seq_length = int(min(limit, 8192))
+        self._dim = int(hidden)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Padded, truncated model inputs."""
+        return dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="pt"))
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"sentence_embedding": (batch, hidden) masked mean}``."""
+        inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out = self.auto_model(**inputs)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return {"sentence_embedding": (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)}
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """The hidden size."""
+        return self._dim
+
+
 class _Capture:
     """Forward hook on the target layer: keeps its input and makes its output the grad leaf."""
 
@@ -242,6 +285,11 @@ class FungiEncoder:
                 self.model = SentenceTransformer(path, device=device)
             except OSError as err:
                 raise ValueError(f"could not load the sentence-transformers model {model!r}: {err}") from err
+        elif isinstance(model, MeanPooledModel):
+            self.model = model
+            self.model_name = str(getattr(model.auto_model.config, "_name_or_path", "") or "custom")
+            if device is not None:
+                self.model.to(device)
         elif hasattr(model, "encode") and (hasattr(model, "preprocess") or hasattr(model, "tokenize")):
             self.model = model
             card = getattr(model, "model_card_data", None)
@@ -249,7 +297,8 @@ class FungiEncoder:
             if device is not None:
                 self.model.to(device)
         else:
-            raise TypeError(f"model must be a name, a path or a SentenceTransformer, got {type(model).__name__}")
+            hint = " (wrap a transformers model as MeanPooledModel(model, tokenizer))" if hasattr(model, "config") else ""
+            raise TypeError(f"model must be a name, a path, a SentenceTransformer or a MeanPooledModel, got {type(model).__name__}{hint}")
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -260,6 +309,12 @@ class FungiEncoder:
         self.n_truncated_ = 0
         self._locate_layers()
         self._init_heads()
+        cfg = self.config
+        if "simclr" in cfg.features and cfg.simclr_view_mode == "dropout" and not self._dropout_modules(self._split_block()):
+            raise ValueError(
+                "the model has no torch.nn.Dropout modules where the SimCLR views are made (simclr_view_blocks="
+                f"{cfg.simclr_view_blocks}); use simclr_view_mode='word_deletion' or more simclr_view_blocks"
+            )
 
     # ------------------------------------------------------------- set-up
     def _locate_layers(self) -> None:
@@ -322,20 +377,18 @@ class FungiEncoder:
             "kl" in cfg.features and cfg.kl_head == "prototypes" and not self._prototypes_fitted
         )
 
-    def fit(self, texts: Sequence[str]) -> FungiEncoder:
-        """Fit the pool-dependent parts (seeded): SimCLR negatives, KL prototypes. No-op otherwise."""
-        texts = list(texts)
+    def _sample_indices(self, n: int) -> list[int]:
+        """The seeded pool sample (at most 4096 texts) whose embeddings give the KL prototypes."""
+        rng = np.random.default_rng(self.config.seed)
+        return sorted(rng.choice(n, size=min(n, 4096), replace=False).tolist())
+
+    def _fit_prototypes(self, emb: torch.Tensor) -> None:
         cfg = self.config
-        if "kl" in cfg.features and cfg.kl_head == "prototypes":
-            rng = np.random.default_rng(cfg.seed)
-            sample = [texts[i] for i in sorted(rng.choice(len(texts), size=min(len(texts), 4096), replace=False))]
-            with self._lock:  # sentence-transformers' own encode: length-sorted batches, inference mode
-                emb = self.model.encode(sample, batch_size=self.batch_size, convert_to_tensor=True,
-                                        normalize_embeddings=True, show_progress_bar=False)
-            self.kl_head = spherical_kmeans(emb.float().cpu(), cfg.kl_head_dim, seed=cfg.seed).to(self.device)
-            self._prototypes_fitted = True
-        if "simclr" not in cfg.features:
-            return self
+        self.kl_head = spherical_kmeans(F.normalize(emb.float().cpu(), dim=-1), cfg.kl_head_dim, seed=cfg.seed).to(self.device)
+        self._prototypes_fitted = True
+
+    def _fit_negatives(self, texts: list[str]) -> None:
+        cfg = self.config
         rng = np.random.default_rng(cfg.seed)
         n = min(cfg.simclr_negatives, len(texts))
         chosen = [texts[i] for i in sorted(rng.choice(len(texts), size=n, replace=False))]
@@ -343,10 +396,53 @@ class FungiEncoder:
         with self._lock, torch.no_grad():
             for start in range(0, n, self.batch_size):
                 batch = chosen[start : start + self.batch_size]
-                features = self._tokenize(batch)
-                views.append(self._view_embeddings(batch, features, view_ids=("neg",)).detach())
+                views.append(self._view_embeddings(batch, self._tokenize(batch), view_ids=("neg",)).detach())
         self.negatives = F.normalize(torch.cat(views), dim=-1)
+
+    def fit(self, texts: Sequence[str]) -> FungiEncoder:
+        """Fit the pool-dependent parts (seeded): SimCLR negatives, KL prototypes. No-op otherwise."""
+        texts = list(texts)
+        cfg = self.config
+        if "kl" in cfg.features and cfg.kl_head == "prototypes":
+            sample = np.asarray(self._sample_indices(len(texts)))
+            lengths = np.asarray(self.token_lengths(texts))
+            with self._lock:
+                emb = _in_row_order([(rows, emb) for rows, _, emb, _ in self._trunk_batches(texts, sample, lengths, keep=False)])
+            self._fit_prototypes(emb)
+        if "simclr" in cfg.features:
+            self._fit_negatives(texts)
         return self
+
+    def fit_encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """``fit(texts)`` then ``encode(texts)``, sharing work: the trunk pass that embeds the
+        prototype sample is kept and reused for its features, so every text runs the trunk once.
+
+        Example:
+            >>> blocks = FungiEncoder().fit_encode(["hello", "goodbye"])  # doctest: +SKIP
+        """
+        texts = list(texts)
+        cfg = self.config
+        if not ("kl" in cfg.features and cfg.kl_head == "prototypes") or not texts:
+            return self.fit(texts).encode(texts)
+        n = len(texts)
+        lengths = np.asarray(self.token_lengths(texts))
+        self.n_truncated_ = int((lengths > self.max_seq_length).sum())
+        out = self._empty_blocks(n)
+        sample = np.asarray(self._sample_indices(n))
+        in_sample = np.zeros(n, dtype=bool)
+        in_sample[sample] = True
+        with self._lock, self._progress(n, "Encoding") as bar:
+            kept = list(self._trunk_batches(texts, sample, lengths, keep=True))
+            self._fit_prototypes(_in_row_order([(rows, emb) for rows, _, emb, _ in kept]))
+            if "simclr" in cfg.features:
+                self._fit_negatives(texts)
+            while kept:  # free each batch's cached hidden states once used
+                rows, features, emb, cached = kept.pop(0)
+                for f, arr in self._gradient_blocks([texts[i] for i in rows], features, emb, cached).items():
+                    out[f][rows] = arr
+                bar.update(len(rows))
+            self._encode_into(texts, np.flatnonzero(~in_sample), lengths, out, bar)
+        return out
 
     # ----------------------------------------------------------- encoding
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -369,6 +465,9 @@ class FungiEncoder:
             show = logger.getEffectiveLevel() <= logging.INFO
         return tqdm(total=total, desc=desc, disable=not show or total == 0, unit="text")
 
+    def _empty_blocks(self, n: int) -> dict[str, np.ndarray]:
+        return {f: np.zeros((n, self.dim if f == "embedding" else self.projection_dim), np.float32) for f in self.config.features}
+
     def encode(self, texts: Sequence[str] | str) -> dict[str, np.ndarray]:
         """Feature blocks for ``texts``: ``{name: (n, dim) float32}``, rows L2-normalised.
 
@@ -379,35 +478,44 @@ class FungiEncoder:
         batch_texts = [texts] if single else list(texts)
         if self.needs_fit:
             raise RuntimeError("call fit(pool_texts) before encode() when 'simclr' is among the features")
-        cfg = self.config
         n = len(batch_texts)
-        out = {f: np.zeros((n, self.dim if f == "embedding" else self.projection_dim), np.float32) for f in cfg.features}
+        out = self._empty_blocks(n)
         if n == 0:
             return out
-        lengths = self.token_lengths(batch_texts)
-        self.n_truncated_ = sum(1 for n_tok in lengths if n_tok > self.max_seq_length)
-        order = np.argsort([-n_tok for n_tok in lengths], kind="stable")
+        lengths = np.asarray(self.token_lengths(batch_texts))
+        self.n_truncated_ = int((lengths > self.max_seq_length).sum())
         with self._lock, self._progress(n, "Encoding") as bar:
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                blocks = self._encode_batch([batch_texts[i] for i in idx])
-                for f, arr in blocks.items():
-                    out[f][idx] = arr
-                bar.update(len(idx))
+            self._encode_into(batch_texts, np.arange(n), lengths, out, bar)
         if single:
             return {f: a[0] for f, a in out.items()}
         return out
 
-    @contextlib.contextmanager
-    def _hooked(self, capture: _Capture, split: _BlockCache | None = None) -> Iterator[None]:
-        handles = [self.target.register_forward_hook(capture)]
-        if split is not None and self.blocks is not None:
-            handles.append(self.blocks[self._split_block() - 1].register_forward_hook(split.store))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+    def _sorted_batches(self, rows: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:
+        """``rows`` in length-sorted (longest first) batches."""
+        order = rows[np.argsort(-lengths[rows], kind="stable")]
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def _encode_into(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, out: dict[str, np.ndarray], bar: tqdm) -> None:
+        for idx in self._sorted_batches(rows, lengths):
+            batch = [texts[i] for i in idx]
+            features = self._tokenize(batch)
+            if self.config.gradient_features:
+                emb, cached, clean = self._trunk(features, with_kl=True)
+                blocks = self._gradient_blocks(batch, features, emb, cached, clean)
+            else:  # plain embeddings: no graph, no hooks
+                with torch.inference_mode():
+                    blocks = {"embedding": F.normalize(self._forward(features), dim=-1).float().cpu().numpy()}
+            for f, arr in blocks.items():
+                out[f][idx] = arr
+            bar.update(len(idx))
+
+    def _trunk_batches(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, *, keep: bool) -> Iterator[tuple]:
+        """Trunk pass over ``texts[rows]``: yields ``(rows, features, embedding, cached)`` per batch."""
+        for idx in self._sorted_batches(rows, lengths):
+            features = self._tokenize([texts[i] for i in idx])
+            emb, cached, _ = self._trunk(features, cache=keep)
+            yield idx, (features if keep else None), emb, cached
 
     def _split_block(self) -> int:
         """Index of the first block with dropout in SimCLR views (0: the whole model)."""
@@ -416,42 +524,115 @@ class FungiEncoder:
             return 0
         return max(0, len(self.blocks) - n_blocks)
 
-    def _encode_batch(self, texts: list[str]) -> dict[str, np.ndarray]:
-        cfg = self.config
-        features = self._tokenize(texts)
-        mask = features["attention_mask"]
-        capture = _Capture()
-        split_store = _BlockCache() if "simclr" in cfg.features and self._split_block() > 0 else None
-        result: dict[str, np.ndarray] = {}
-        if not cfg.gradient_features:  # plain embeddings: no graph, no hooks
-            with torch.inference_mode():
-                emb = self._forward(features)
-            return {"embedding": F.normalize(emb, dim=-1).float().cpu().numpy()}
-        with torch.enable_grad(), self._hooked(capture, split_store):
+    def _tail_start(self) -> int:
+        """First block that the gradient pass recomputes (0: the whole model)."""
+        if self.blocks is None or self.target_block < 0:
+            return 0
+        start = self.target_block
+        if "simclr" in self.config.features and self.config.simclr_view_mode == "dropout":
+            start = min(start, self._split_block())
+        return start
+
+    def _trunk(self, features: dict[str, Any], *, cache: bool = True, with_kl: bool = False) -> tuple[torch.Tensor, Any, Any]:
+        """The model's forward pass: ``(embedding, cached, clean)``.
+
+        ``cached`` is the hidden state entering block ``_tail_start()`` (for the SimCLR views).
+        With ``with_kl`` (and the KL head ready) the pass also records the graph from the
+        target layer on (the weights are frozen, so nothing below it is recorded) and
+        ``clean`` is ``(normalised embedding, capture)`` for the KL loss; else ``None``.
+        """
+        store = _BlockCache()
+        want_views = "simclr" in self.config.features and self.config.simclr_view_mode == "dropout"
+        start = self._tail_start() if cache and want_views else 0
+        fused = with_kl and "kl" in self.config.features and not self.needs_fit
+        cap = _Capture()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.enable_grad() if fused else torch.no_grad())
+            if fused:
+                stack.enter_context(_hook(self.target, cap))
+            if start > 0:
+                stack.enter_context(_hook(self.blocks[start - 1], store.store))
             emb = self._forward(features)
+        clean = (F.normalize(emb, dim=-1), cap) if fused else None
+        return emb.detach(), store.value, clean
+
+    def _kl_loss(self, z: torch.Tensor) -> torch.Tensor:
+        # KL(p || uniform) = sum p log p + log C, per sample; summed over the batch
+        logp = F.log_softmax(z @ self.kl_head.T / self.config.kl_tau, dim=-1)
+        return (logp.exp() * logp).sum()
+
+    def _gradient_blocks(
+        self, texts: list[str], features: dict[str, Any], emb: torch.Tensor, cached: Any, clean: Any = None
+    ) -> dict[str, np.ndarray]:
+        """All blocks of a batch from its trunk pass: one gradient forward over the rows [clean; dropout views]
+        (blocks below ``_tail_start()`` replaced by ``cached``; no clean rows when the trunk pass gave
+        ``clean``) and one backward for both losses."""
+        cfg = self.config
+        result: dict[str, np.ndarray] = {}
         if "embedding" in cfg.features:
-            result["embedding"] = F.normalize(emb.detach(), dim=-1).float().cpu().numpy()
-        if "kl" in cfg.features:
-            z = F.normalize(emb, dim=-1)
-            logp = F.log_softmax(z @ self.kl_head.T / cfg.kl_tau, dim=-1)
-            # KL(p || uniform) = sum p log p + log C, per sample; summed over the batch
-            loss = (logp.exp() * logp).sum()
-            (g,) = torch.autograd.grad(loss, capture.output)
-            proj = self.projections["kl"].transform(g, capture.inputs, self._token_mask(mask, capture.inputs))
-            result["kl"] = F.normalize(proj, dim=-1).cpu().numpy()
-        if "simclr" in cfg.features:
-            view_ids = tuple(range(cfg.simclr_views))
-            vcap = _Capture()
-            with torch.enable_grad(), self._hooked(vcap):
-                views = self._view_embeddings(texts, features, view_ids, split_store)
-            z = F.normalize(views, dim=-1).reshape(cfg.simclr_views, len(texts), -1)
-            loss = self._info_nce(z).sum()
-            (g,) = torch.autograd.grad(loss, vcap.output)
-            vmask = self._token_mask(self._view_mask(texts, features, view_ids), vcap.inputs)
-            proj = self.projections["simclr"].transform(g, vcap.inputs, vmask)
-            proj = proj.reshape(cfg.simclr_views, len(texts), -1).sum(0)
-            result["simclr"] = F.normalize(proj, dim=-1).cpu().numpy()
+            result["embedding"] = F.normalize(emb, dim=-1).float().cpu().numpy()
+        B, V = len(texts), cfg.simclr_views
+        want_kl, want_sc = "kl" in cfg.features, "simclr" in cfg.features
+        dropout_views = want_sc and cfg.simclr_view_mode == "dropout"
+        tail_kl = want_kl and clean is None  # the KL rows are recomputed in the tail
+        seeds: list[int | None] = [None] * B if tail_kl else []
+        if dropout_views:
+            seeds += [_text_seed(cfg.seed, f"do{v}", t) for v in range(V) for t in texts]
+        R = len(seeds) // B
+        mask = features["attention_mask"]
+        captures: list[_Capture] = []
+        with torch.enable_grad():
+            loss = torch.zeros((), device=self.device)
+            if clean is not None:
+                loss = loss + self._kl_loss(clean[0])
+                captures.append(clean[1])
+            if R:
+                cap = _Capture()
+                tiled = {k: v.repeat(R, *([1] * (v.ndim - 1))) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+                start = self._tail_start()
+                with contextlib.ExitStack() as stack:
+                    stack.enter_context(_hook(self.target, cap))
+                    if dropout_views:
+                        stack.enter_context(_DropoutViews(self._dropout_modules(self._split_block()), seeds, cfg.simclr_dropout))
+                    if start > 0 and cached is not None:
+                        stack.enter_context(_SkipBlocks(self.blocks, start, _tile(cached, R)))
+                    z = F.normalize(self._forward(tiled), dim=-1)
+                if tail_kl:
+                    loss = loss + self._kl_loss(z[:B])
+                if dropout_views:
+                    loss = loss + self._info_nce(z[B * tail_kl :].reshape(V, B, -1)).sum()
+                captures.append(cap)
+            if want_sc and not dropout_views:  # word deletion: the views are other token sequences
+                vcap = _Capture()
+                with _hook(self.target, vcap):
+                    views = self._forward(self._deleted_features(texts, tuple(range(V))))
+                loss = loss + self._info_nce(F.normalize(views, dim=-1).reshape(V, B, -1)).sum()
+                captures.append(vcap)
+            grads = torch.autograd.grad(loss, [c.output for c in captures])
+        if want_kl:
+            g, x = grads[0][:B], captures[0].inputs[:B]
+            result["kl"] = F.normalize(self.projections["kl"].transform(g, x, self._token_mask(mask, x)), dim=-1).cpu().numpy()
+        if dropout_views:
+            i = 1 if clean is not None else 0
+            g, x = grads[i][B * tail_kl :], captures[i].inputs[B * tail_kl :]
+            result["simclr"] = self._simclr_block(g, x, mask.repeat(V, 1), V)
+        if want_sc and not dropout_views:
+            vmask = self._deleted_features(texts, tuple(range(V)))["attention_mask"]
+            result["simclr"] = self._simclr_block(grads[-1], captures[-1].inputs, vmask, V)
         return result
+
+    def _simclr_block(self, g: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, V: int) -> np.ndarray:
+        """Project the view-major per-view gradients ``g`` (inputs ``x``, token mask ``mask``) and sum each text's views."""
+        n = g.shape[0] // V
+        xs = x.reshape(V, n, *x.shape[1:])
+        same = x.shape[:2] == mask.shape and all(torch.equal(xs[0], xs[v]) for v in range(1, V))
+        if same and all(torch.equal(mask[:n], mask[v * n : (v + 1) * n]) for v in range(1, V)):
+            # the views share the layer input (dropout after the layer): sum_v g_v x^T = (sum_v g_v) x^T
+            g_sum = g.reshape(V, n, *g.shape[1:]).sum(0)
+            proj = self.projections["simclr"].transform(g_sum, xs[0], mask[:n])
+        else:
+            proj = self.projections["simclr"].transform(g, x, self._token_mask(mask, x)).reshape(V, n, -1).sum(0)
+        return F.normalize(proj, dim=-1).cpu().numpy()
 
     @staticmethod
     def _token_mask(mask: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor | None:
@@ -474,11 +655,6 @@ class FungiEncoder:
         return -terms.sum(dim=(1, 2)) / (V * (V - 1))
 
     # ---------------------------------------------------------------- views
-    def _view_mask(self, texts: list[str], features: dict[str, Any], view_ids: tuple) -> torch.Tensor:
-        if self.config.simclr_view_mode == "dropout":
-            return features["attention_mask"].repeat(len(view_ids), 1)
-        return self._deleted_features(texts, view_ids)["attention_mask"]
-
     def _deleted_features(self, texts: list[str], view_ids: tuple) -> dict[str, Any]:
         p = self.config.word_deletion_p
         views = [_delete_words(t, p, _text_seed(self.config.seed, f"wd{v}", t)) for v in view_ids for t in texts]
@@ -489,7 +665,6 @@ class FungiEncoder:
         texts: list[str],
         features: dict[str, Any],
         view_ids: tuple,
-        split_store: _BlockCache | None = None,
     ) -> torch.Tensor:
         """Embeddings of views ``view_ids`` of every text, stacked view-major (V * n, d)."""
         if self.config.simclr_view_mode == "word_deletion":
@@ -497,11 +672,7 @@ class FungiEncoder:
         V = len(view_ids)
         tiled = {k: v.repeat(V, *([1] * (v.ndim - 1))) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         seeds = [_text_seed(self.config.seed, f"do{v}", t) for v in view_ids for t in texts]
-        split = self._split_block()
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(_DropoutViews(self._dropout_modules(split), seeds, self.config.simclr_dropout))
-            if split > 0 and split_store is not None and split_store.value is not None:
-                stack.enter_context(_SkipBlocks(self.blocks, split, split_store.tiled(V)))
+        with _DropoutViews(self._dropout_modules(self._split_block()), seeds, self.config.simclr_dropout):
             return self._forward(tiled)
 
     def _dropout_modules(self, split: int) -> list[torch.nn.Dropout]:
@@ -521,13 +692,33 @@ class _BlockCache:
     def store(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         self.value = output.detach() if isinstance(output, torch.Tensor) else output
 
-    def tiled(self, V: int) -> Any:
-        def tile(t: Any) -> Any:
-            return t.detach().repeat(V, *([1] * (t.ndim - 1))) if isinstance(t, torch.Tensor) else t
 
-        if isinstance(self.value, tuple):
-            return (tile(self.value[0]), *self.value[1:])
-        return tile(self.value)
+
+def _in_row_order(parts: list[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:
+    """Concatenate per-batch ``(rows, tensor)`` pairs in ascending row order."""
+    rows = np.concatenate([r for r, _ in parts])
+    return torch.cat([t for _, t in parts])[torch.from_numpy(np.argsort(rows, kind="stable"))]
+
+
+def _tile(value: Any, R: int) -> Any:
+    """A cached block output repeated ``R`` times along the batch (tuples: their first element)."""
+
+    def tile(t: Any) -> Any:
+        return t.detach().repeat(R, *([1] * (t.ndim - 1))) if isinstance(t, torch.Tensor) else t
+
+    if isinstance(value, tuple):
+        return (tile(value[0]), *value[1:])
+    return tile(value)
+
+
+@contextlib.contextmanager
+def _hook(module: torch.nn.Module, fn: Any) -> Iterator[None]:
+    """A forward hook for the duration of the block."""
+    handle = module.register_forward_hook(fn)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class _SkipBlocks:
@@ -565,8 +756,11 @@ class _DropoutViews:
             masks = []
             gen = torch.Generator()
             for seed in self.seeds:
+                if seed is None:  # a clean row: mask * 1/(1-p) = 1
+                    masks.append(torch.full(output.shape[1:], 1.0 - p))
+                    continue
                 gen.manual_seed((seed + 0x9E3779B97F4A7C15 * (position + 1)) & ((1 << 63) - 1))
-                masks.append(torch.rand(output.shape[1:], generator=gen) >= p)
+                masks.append((torch.rand(output.shape[1:], generator=gen) >= p).float())
             mask = torch.stack(masks).to(output.device, output.dtype)
             return output * mask / (1.0 - p)
 

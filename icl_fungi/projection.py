@@ -21,6 +21,7 @@ __all__ = ["PCA", "GradientProjection"]
 
 _KINDS = ("sketch", "dense")
 _CHUNK_ELEMENTS = 1 << 24  # elements of per-sample gradients formed at once (64 MB)
+_PCA_ROWS = 8192  # rows converted to float64 at once by PCA
 
 
 class GradientProjection:
@@ -180,7 +181,10 @@ class GradientProjection:
 
 
 class PCA:
-    """Principal component analysis by exact SVD (deterministic signs).
+    """Principal component analysis, exact (deterministic signs).
+
+    Tall inputs (more than twice as many samples as features) use the eigendecomposition
+    of the scatter matrix, others the SVD; both in float64.
 
     ``n_components`` is clamped to ``min(n_samples - 1, n_features)``; with fewer
     than two samples the transform only centres nothing and is the identity.
@@ -198,7 +202,9 @@ class PCA:
 
     def fit(self, X: np.ndarray, y: object = None) -> PCA:
         """Fit on the rows of ``X`` (n_samples, n_features)."""
-        X = np.asarray(X, dtype=np.float64)
+        X = np.asarray(X)
+        if not np.issubdtype(X.dtype, np.number):
+            raise TypeError(f"PCA needs a numeric array, got dtype {X.dtype}")
         if X.ndim != 2 or X.shape[0] == 0:
             raise ValueError(f"PCA needs a non-empty 2-D array, got shape {X.shape}")
         if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components <= 0):
@@ -213,9 +219,20 @@ class PCA:
             return self
         want = d if self.n_components is None else self.n_components
         k = max(1, min(want, n - 1, d))
-        self.mean_ = X.mean(axis=0)
-        Xc = X - self.mean_
-        _, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+        self.mean_ = np.zeros(d)
+        for lo in range(0, n, _PCA_ROWS):
+            self.mean_ += X[lo : lo + _PCA_ROWS].sum(axis=0, dtype=np.float64)
+        self.mean_ /= n
+        if n > 2 * d:  # tall: eigendecomposition of the d x d scatter matrix, accumulated in row chunks
+            scatter = np.zeros((d, d))
+            for lo in range(0, n, _PCA_ROWS):
+                Xc = X[lo : lo + _PCA_ROWS].astype(np.float64) - self.mean_
+                scatter += Xc.T @ Xc
+            evals, evecs = np.linalg.eigh(scatter)
+            S = np.sqrt(np.clip(evals[::-1], 0.0, None))
+            Vt = np.ascontiguousarray(evecs[:, ::-1].T)
+        else:
+            _, S, Vt = np.linalg.svd(X.astype(np.float64) - self.mean_, full_matrices=False)
         # deterministic sign: the largest-magnitude entry of each component is positive
         signs = np.sign(Vt[np.arange(Vt.shape[0]), np.argmax(np.abs(Vt), axis=1)])
         signs[signs == 0] = 1
@@ -229,13 +246,15 @@ class PCA:
         """Project rows of ``X`` on the fitted components (float32)."""
         if not hasattr(self, "components_"):
             raise RuntimeError("PCA is not fitted; call fit(X) first")
-        X = np.asarray(X, dtype=np.float64)
+        X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"expected shape (n, {self.n_features_in_}), got {X.shape}")
-        Z = (X - self.mean_) @ self.components_.T
-        if self.whiten:
-            Z /= np.sqrt(np.maximum(self.explained_variance_, 1e-12))
-        return Z.astype(np.float32)
+        Z = np.empty((X.shape[0], self.components_.shape[0]), dtype=np.float32)
+        scale = 1.0 / np.sqrt(np.maximum(self.explained_variance_, 1e-12)) if self.whiten else None
+        for lo in range(0, X.shape[0], _PCA_ROWS):  # float64 in row chunks: bounded extra memory
+            z = (X[lo : lo + _PCA_ROWS].astype(np.float64) - self.mean_) @ self.components_.T
+            Z[lo : lo + _PCA_ROWS] = z * scale if scale is not None else z
+        return Z
 
     def fit_transform(self, X: np.ndarray, y: object = None) -> np.ndarray:
         """``fit(X).transform(X)``."""

@@ -191,8 +191,7 @@ class ICLRetriever:
         n_dup = len(texts) - len(set(texts))
         if n_dup:
             logger.warning("the pool holds %d duplicate text(s); they are kept as separate examples", n_dup)
-        self.encoder.fit(texts)
-        blocks = self.encoder.encode(texts)
+        blocks = self.encoder.fit_encode(texts)
         self.n_truncated_ = self.encoder.n_truncated_
         if self.n_truncated_:
             logger.warning(

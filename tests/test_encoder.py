@@ -203,3 +203,56 @@ def test_prototype_head_is_fitted_kmeans_and_random_head_needs_no_fit(st_model, 
     x = F.normalize(centres.repeat(20, 1) + 0.05 * torch.randn(60, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     found = spherical_kmeans(x, 3, seed=1)
     assert sorted((found @ centres.T).max(dim=1).values.gt(0.99).tolist()) == [True, True, True]
+
+
+def test_fit_encode_equals_fit_then_encode(st_model, small_pool):
+    """The shared trunk pass of fit_encode gives the same prototypes and features as fit() + encode()."""
+    texts = small_pool[0][:120]
+    cfg = FeatureConfig()
+    a = FungiEncoder(st_model, cfg, show_progress_bar=False)
+    b = FungiEncoder(st_model, cfg, show_progress_bar=False)
+    fused = a.fit_encode(texts)
+    plain = b.fit(texts).encode(texts)
+    torch.testing.assert_close(a.kl_head, b.kl_head, atol=1e-5, rtol=0)
+    for f in cfg.features:
+        np.testing.assert_allclose(fused[f], plain[f], atol=1e-4)
+
+
+def test_plain_transformers_model_with_mean_pooling(st_model, small_pool):
+    """A transformers model wrapped as MeanPooledModel: MiniLM loaded with AutoModel gives the
+    sentence-transformers embedding (mean pooling) and the same gradient features."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from icl_fungi import MeanPooledModel
+
+    path = resolve_model(DEFAULT_MODEL)
+    plain = MeanPooledModel(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), max_seq_length=256)
+    cfg = FeatureConfig(features=("embedding", "kl", "simclr"))
+    ours = FungiEncoder(plain, cfg, show_progress_bar=False)
+    assert ours.target_layer_name.endswith("encoder.layer.5.attention.output.dense")
+    ref = FungiEncoder(st_model, cfg, show_progress_bar=False)
+    texts = small_pool[0][:64]
+    got, want = ours.fit_encode(texts), ref.fit_encode(texts)
+    for f in cfg.features:
+        np.testing.assert_allclose(got[f], want[f], atol=2e-4)
+    with pytest.raises(TypeError, match="MeanPooledModel"):
+        FungiEncoder(AutoModel.from_pretrained(path))
+
+
+def test_model_without_dropout_needs_word_deletion_views(small_pool):
+    from transformers import AutoModel, AutoTokenizer
+
+    from icl_fungi import MeanPooledModel
+
+    path = resolve_model(DEFAULT_MODEL)
+    model = AutoModel.from_pretrained(path)
+    for module in list(model.modules()):  # a model with no Dropout modules (like Gemma 3)
+        for child, sub in list(module.named_children()):
+            if isinstance(sub, torch.nn.Dropout):
+                setattr(module, child, torch.nn.Identity())
+    plain = MeanPooledModel(model, AutoTokenizer.from_pretrained(path))
+    with pytest.raises(ValueError, match="word_deletion"):
+        FungiEncoder(plain, FeatureConfig())
+    enc = FungiEncoder(plain, FeatureConfig(simclr_view_mode="word_deletion"), show_progress_bar=False)
+    blocks = enc.fit_encode(small_pool[0][:40])
+    assert np.isfinite(blocks["simclr"]).all() and np.allclose(np.linalg.norm(blocks["simclr"], axis=1), 1, atol=1e-5)

@@ -101,3 +101,21 @@ def test_pca_whiten():
     X = np.random.default_rng(1).normal(size=(200, 4)) * [10, 1, 1, 1]
     Z = PCA(n_components=4, whiten=True).fit_transform(X)
     np.testing.assert_allclose(Z.var(axis=0, ddof=1), 1.0, rtol=1e-3)
+
+
+def test_pca_tall_path_matches_svd_and_chunks():
+    """Tall inputs use the scatter-matrix eigendecomposition in row chunks: same result as the SVD."""
+    from icl_fungi import projection
+
+    rng = np.random.default_rng(3)
+    X = (rng.normal(size=(20_000, 24)) * np.linspace(3, 0.1, 24)).astype(np.float32)
+    pca = PCA(8).fit(X)
+    Xc = X.astype(np.float64) - X.astype(np.float64).mean(0)
+    _, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+    Vt *= np.sign(Vt[np.arange(24), np.argmax(np.abs(Vt), axis=1)])[:, None]
+    np.testing.assert_allclose(pca.components_, Vt[:8], atol=1e-8)
+    np.testing.assert_allclose(pca.explained_variance_, S[:8] ** 2 / (len(X) - 1), rtol=1e-8)
+    assert len(X) > 2 * projection._PCA_ROWS  # several chunks were used
+    np.testing.assert_allclose(pca.transform(X), (Xc @ Vt[:8].T).astype(np.float32), atol=1e-4)
+    with pytest.raises(TypeError, match="numeric"):
+        PCA(2).fit(np.array([["a", "b"], ["c", "d"]]))

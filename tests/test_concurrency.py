@@ -1,0 +1,108 @@
+"""Many threads at once: the same answers as one thread; adding examples never tears an answer."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from icl_fungi import FeatureConfig, FungiEncoder, ICLRetriever, VectorIndex
+from icl_fungi.selection import Selection
+
+QUERIES = [
+    "I still haven't received my card",
+    "how do I top up with apple pay?",
+    "my transfer did not arrive",
+    "the exchange rate on my payment looks wrong",
+    "can I get a virtual card",
+    "why was I charged a fee for the cash withdrawal",
+    "my pin is blocked",
+    "I want to close my account",
+]
+
+
+@pytest.fixture(scope="module")
+def hnsw_retriever(small_pool, st_model) -> ICLRetriever:
+    """All three blocks, searched through the HNSW graph (exact search switched off)."""
+    texts, labels = small_pool
+    encoder = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
+    retriever = ICLRetriever(encoder, index=VectorIndex(exact_threshold=0))
+    retriever.fit(texts, labels)
+    assert retriever.index.uses_hnsw
+    return retriever
+
+
+def _run_threads(n: int, fn) -> list:
+    barrier = threading.Barrier(n)
+
+    def task(i: int):
+        barrier.wait()  # all threads start together
+        return fn(i)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(task, range(n)))
+
+
+def test_32_threads_get_what_one_thread_gets(hnsw_retriever):
+    r = hnsw_retriever
+    alone_retrieve = {q: r.retrieve(q, k=20) for q in QUERIES}
+    alone_prompt = {q: r.build_prompt(q, k=20) for q in QUERIES}
+    alone_mmr = {q: r.retrieve(q, k=10, selection="mmr") for q in QUERIES}
+
+    def work(i: int):
+        q = QUERIES[i % len(QUERIES)]
+        return q, r.retrieve(q, k=20), r.build_prompt(q, k=20), r.retrieve(q, k=10, selection="mmr")
+
+    for q, got, prompt, mmr in _run_threads(32, work):
+        assert [(x.index, x.text, x.label) for x in got] == [(x.index, x.text, x.label) for x in alone_retrieve[q]]
+        assert [x.score for x in got] == pytest.approx([x.score for x in alone_retrieve[q]], abs=1e-6)
+        assert prompt == alone_prompt[q]
+        assert [x.index for x in mmr] == [x.index for x in alone_mmr[q]]
+
+
+def test_add_examples_while_32_threads_query(small_pool, st_model, banking_train):
+    texts, labels = small_pool
+    encoder = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
+    r = ICLRetriever(encoder, index=VectorIndex(exact_threshold=0))
+    r.fit(texts, labels)
+    pool = set(texts)
+    extra = [(t, lab) for t, lab in zip(*banking_train, strict=True) if t not in pool][:96]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for start in range(0, len(extra), 8):
+                chunk = extra[start : start + 8]
+                r.add_examples([t for t, _ in chunk], [lab for _, lab in chunk])
+        except BaseException as err:  # noqa: BLE001 - reported by the test below
+            errors.append(err)
+        finally:
+            stop.set()
+
+    def reader(i: int) -> int:
+        checked = 0
+        q = QUERIES[i % len(QUERIES)]
+        while not stop.is_set() or checked == 0:
+            got = r.retrieve(q, k=20, selection=Selection("label_cap", max_per_label=5) if i % 4 == 0 else None)
+            assert len(got) == 20
+            scores = [x.score for x in got]
+            assert scores == sorted(scores, reverse=True)
+            snapshot_texts, snapshot_labels = r.texts, r.labels
+            for x in got:  # every answer names an example exactly as it is stored in the pool
+                assert snapshot_texts[x.index] == x.text and snapshot_labels[x.index] == x.label
+            checked += 1
+        return checked
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    counts = _run_threads(32, reader)
+    thread.join()
+    assert not errors, errors
+    assert all(c >= 1 for c in counts)
+    assert len(r) == len(texts) + len(extra)
+    # every added example is in the index and is its own nearest neighbour
+    for text, label in extra[::12]:
+        top = r.retrieve(text, k=1)[0]
+        assert (top.text, top.label) == (text, label)
