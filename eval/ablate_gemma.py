@@ -38,6 +38,11 @@ COMBOS: dict[str, dict[str, float]] = {
     "emb + kl proto + simclr": {"embedding": 1.0, "kl": 1.0, "simclr": 1.0},
     "emb + kl proto + simclr (default weights 1/0.5/0.25)": {"embedding": 1.0, "kl": 0.5, "simclr": 0.25},
     "emb + kl random + simclr": {"embedding": 1.0, "kl_random": 1.0, "simclr": 1.0},
+    "kl proto centred-head alone": {"kl_pc": 1.0},
+    "emb + kl proto centred-head": {"embedding": 1.0, "kl_pc": 1.0},
+    "emb + kl proto centred-head w0.5": {"embedding": 1.0, "kl_pc": 0.5},
+    "emb + kl proto centred-head T0.2": {"embedding": 1.0, "kl_pc_t02": 1.0},
+    "emb + kl proto centred-head + kl random": {"embedding": 1.0, "kl_pc": 1.0, "kl_random": 1.0},
 }
 
 
@@ -67,6 +72,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=600, help="seeded query sample (0: all)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--configs", default="", help="comma-separated heads to encode (default: all); others keep earlier rows")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ablate_gemma"))
     args = ap.parse_args()
     data = Path(args.data)
@@ -88,28 +94,48 @@ def main() -> None:
 
     t0 = time.perf_counter()
     model = load_gemma()
-    load_s = time.perf_counter() - t0
+    load_s = time.perf_counter() - t0  # (loaded even when every block is cached: simpler, ~1 min)
     configs = {
         "proto": FeatureConfig(features=("embedding", "kl", "simclr"), simclr_view_mode="word_deletion"),
         "random": FeatureConfig(features=("kl",), kl_head="random", kl_head_dim=1024, kl_temperature=15.0),
+        "pc": FeatureConfig(features=("embedding", "kl"), kl_center=True),
+        "pc_t02": FeatureConfig(features=("kl",), kl_center=True, kl_temperature=0.2),
     }
+    keys = {"random": "kl_random", "pc": "kl_pc", "pc_t02": "kl_pc_t02"}
+    if args.configs:
+        configs = {tag: configs[tag] for tag in args.configs.split(",")}
     pool_b: dict[str, np.ndarray] = {}
     query_b: dict[str, np.ndarray] = {}
     timings = {"model_load_s": round(load_s, 1)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.split}-{len(texts)}-{len(q_texts)}"
     for tag, cfg in configs.items():
-        enc = FungiEncoder(model, cfg, batch_size=args.batch_size, show_progress_bar=True)
-        t0 = time.perf_counter()
-        pb = enc.fit_encode(texts)
-        qb = enc.encode(q_texts)
-        timings[f"encode_{tag}_s"] = round(time.perf_counter() - t0, 1)
+        cache = out / f"blocks-{stem}-{tag}.npz"  # resumable: encoded blocks are kept (git-ignored)
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as z:
+                pb = {k[5:]: z[k] for k in z.files if k.startswith("pool_")}
+                qb = {k[6:]: z[k] for k in z.files if k.startswith("query_")}
+        else:
+            enc = FungiEncoder(model, cfg, batch_size=args.batch_size, show_progress_bar=True)
+            t0 = time.perf_counter()
+            pb = enc.fit_encode(texts)
+            qb = enc.encode(q_texts)
+            timings[f"encode_{tag}_s"] = round(time.perf_counter() - t0, 1)
+            np.savez(cache, **{f"pool_{k}": v for k, v in pb.items()}, **{f"query_{k}": v for k, v in qb.items()})
         for name in cfg.features:
-            key = "kl_random" if tag == "random" else name
+            key = keys.get(tag, name) if name == "kl" else name
             pool_b[key], query_b[key] = pb[name], qb[name]
         print(tag, timings, file=sys.stderr, flush=True)
 
     k = 20
-    rows = {}
+    # combinations whose blocks were not encoded in this run keep their earlier results
+    earlier = out / f"{stem}.json"
+    prior = json.loads(earlier.read_text()) if earlier.is_file() else {}
+    rows = prior.get("results", {})
     for combo, weights in COMBOS.items():
+        if not set(weights) <= set(pool_b):
+            continue
         means = None if combo == "embedding (raw)" else {b: pool_b[b].mean(axis=0) for b in weights}
         P = combine(pool_b, weights, means)
         Q = combine(query_b, weights, means)
@@ -132,20 +158,17 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
         "split": args.split, "pool": len(texts), "queries": len(q_texts), "seed": args.seed,
         "encoder": "Gemma 3 270M (GGUF q4_k_m dequantised), mean-pooled; target layer: last block self_attn.o_proj",
-        "configs": {tag: cfg.to_dict() for tag, cfg in configs.items()},
-        "timings": timings,
+        "configs": {**prior.get("configs", {}), **{tag: cfg.to_dict() for tag, cfg in configs.items()}},
+        "timings": timings,  # this run's encodings only
         "results": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.split}-{len(texts)}-{len(q_texts)}"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     base = rows["embedding (raw)"]["p@20"]
     lines = [f"# Gemma 3 270M encoder: FUNGI vs embeddings ({report['date']})", "",
              f"`{report['command']}`; {args.split} split, pool {len(texts)} (seeded stratified sample), "
              f"{len(q_texts)} seeded queries, exact search, PCA to 640 on the pool. SimCLR: 2 word-deletion views.", "",
              "| features | P@20 | vs embedding | gold in top-20 | 1-NN acc | weighted 20-NN vote |", "|---|---|---|---|---|---|"]
-    for combo, m in rows.items():
+    for combo, m in sorted(rows.items(), key=lambda kv: list(COMBOS).index(kv[0]) if kv[0] in COMBOS else 99):
         lines.append(f"| {combo} | {m['p@20']:.4f} | {m['p@20'] - base:+.4f} | {m['gold_in_top20']:.4f} | {m['1nn_acc']:.4f} | "
                      f"{m['knn20_vote_acc']:.4f} |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")

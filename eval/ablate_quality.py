@@ -97,6 +97,12 @@ GRIDS["final"] = {
                                          "center_blocks": True, "block_weights": {"kl": 0.5}},
 }
 
+# depth at which the SimCLR dropout views split (blocks recomputed per view), with the default configuration
+GRIDS["views"] = {
+    f"default, views split {n} block(s) below the top": {"features": ALL, **PROTO, "simclr_view_blocks": n}
+    for n in (1, 2, 3)
+}
+
 _CONFIG_FIELDS = {f for f in FeatureConfig.__dataclass_fields__}
 
 

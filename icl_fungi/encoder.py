@@ -89,6 +89,9 @@ class FeatureConfig:
     kl_head: str = "prototypes"
     kl_head_dim: int = 256  # number of prototypes, or width of the random head
     kl_temperature: float | None = None  # None: 0.07 for prototypes, 15 (the paper's) for the random head
+    # prototype head on pool-centred embeddings: subtract the prototype sample's mean embedding before the
+    # cosine to the prototypes (for anisotropic encoders such as mean-pooled language models)
+    kl_center: bool = False
     center_blocks: bool = True  # subtract each block's pool mean before L2-normalising it
     simclr_views: int = 2
     simclr_view_mode: str = "dropout"  # "dropout" | "word_deletion"
@@ -119,6 +122,8 @@ class FeatureConfig:
             raise ValueError(f"simclr_views must be an int >= 2, got {self.simclr_views!r}")
         if self.kl_head not in ("random", "prototypes"):
             raise ValueError(f"kl_head must be 'random' or 'prototypes', got {self.kl_head!r}")
+        if self.kl_center and self.kl_head != "prototypes":
+            raise ValueError("kl_center=True needs kl_head='prototypes'")
         for name in ("kl_temperature", "simclr_temperature"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -358,6 +363,7 @@ class FungiEncoder:
             if f in cfg.features
         }
         self.negatives: torch.Tensor | None = None
+        self.kl_center_: torch.Tensor | None = None  # the prototype sample's mean embedding (kl_center=True)
         self._prototypes_fitted = False
         self.kl_head = self.kl_head.to(self.device)
 
@@ -384,7 +390,11 @@ class FungiEncoder:
 
     def _fit_prototypes(self, emb: torch.Tensor) -> None:
         cfg = self.config
-        self.kl_head = spherical_kmeans(F.normalize(emb.float().cpu(), dim=-1), cfg.kl_head_dim, seed=cfg.seed).to(self.device)
+        z = F.normalize(emb.float().cpu(), dim=-1)
+        if cfg.kl_center:
+            self.kl_center_ = z.mean(dim=0).to(self.device)
+            z = F.normalize(z - self.kl_center_.cpu(), dim=-1)
+        self.kl_head = spherical_kmeans(z, cfg.kl_head_dim, seed=cfg.seed).to(self.device)
         self._prototypes_fitted = True
 
     def _fit_negatives(self, texts: list[str]) -> None:
@@ -558,6 +568,8 @@ class FungiEncoder:
 
     def _kl_loss(self, z: torch.Tensor) -> torch.Tensor:
         # KL(p || uniform) = sum p log p + log C, per sample; summed over the batch
+        if self.kl_center_ is not None:
+            z = F.normalize(z - self.kl_center_, dim=-1)
         logp = F.log_softmax(z @ self.kl_head.T / self.config.kl_tau, dim=-1)
         return (logp.exp() * logp).sum()
 

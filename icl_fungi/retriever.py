@@ -458,6 +458,8 @@ class ICLRetriever:
         arrays.update({f"pca_{k}": v for k, v in self.pca.state_arrays().items()})
         if enc.negatives is not None:
             arrays["simclr_negatives"] = enc.negatives.cpu().numpy()
+        if enc.kl_center_ is not None:
+            arrays["kl_center"] = enc.kl_center_.cpu().numpy()
         if enc.config.center_blocks:
             arrays.update({f"block_mean_{f}": m for f, m in self.block_means_.items()})
         for name, proj in enc.projections.items():
@@ -548,6 +550,8 @@ class ICLRetriever:
                 "(target layer weights do not match)"
             )
         encoder.kl_head = torch.from_numpy(array("kl_head")).to(encoder.device)
+        if config.kl_center:
+            encoder.kl_center_ = torch.from_numpy(array("kl_center")).to(encoder.device)
         encoder._prototypes_fitted = True
         if "simclr" in config.features:
             encoder.negatives = torch.from_numpy(array("simclr_negatives")).to(encoder.device)

@@ -256,3 +256,25 @@ def test_model_without_dropout_needs_word_deletion_views(small_pool):
     enc = FungiEncoder(plain, FeatureConfig(simclr_view_mode="word_deletion"), show_progress_bar=False)
     blocks = enc.fit_encode(small_pool[0][:40])
     assert np.isfinite(blocks["simclr"]).all() and np.allclose(np.linalg.norm(blocks["simclr"], axis=1), 1, atol=1e-5)
+
+
+def test_kl_center_prototypes_match_autograd_reference(st_model, small_pool):
+    """kl_center: prototypes fitted on pool-centred embeddings, logits on the centred query embedding."""
+    with pytest.raises(ValueError, match="kl_center"):
+        FeatureConfig(kl_head="random", kl_center=True)
+    pool = small_pool[0][:150]
+    enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl"), kl_center=True), show_progress_bar=False).fit(pool)
+    plain = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl")), show_progress_bar=False).fit(pool)
+    emb = torch.from_numpy(plain.encode(pool)["embedding"])
+    torch.testing.assert_close(enc.kl_center_, emb.mean(0), atol=1e-5, rtol=0)
+    text = TEXTS[0]
+
+    def loss():
+        z = F.normalize(F.normalize(enc._forward(enc._tokenize([text])), dim=-1) - enc.kl_center_, dim=-1)
+        logp = F.log_softmax(z @ enc.kl_head.T / enc.config.kl_tau, dim=-1)
+        return (logp.exp() * logp).sum()
+
+    ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
+    got = enc.encode([text])["kl"][0]
+    np.testing.assert_allclose(got, ref / np.linalg.norm(ref), atol=1e-4)
+    assert not np.allclose(got, plain.encode([text])["kl"][0], atol=1e-2)

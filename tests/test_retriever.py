@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from icl_fungi import ICLRetriever, RetrievedExample, load_pool
 
@@ -326,3 +327,12 @@ def test_default_weights_centring_and_loo_weights(small_pool, st_model, tmp_path
     assert loo.block_weights == best["weights"] and len(loo.weight_search_) >= 6
     with pytest.raises(ValueError, match="fit_weights"):
         ICLRetriever.from_dataset(rows[:5], model=st_model, fit_weights="cv")
+
+
+def test_save_load_keeps_kl_center(small_pool, tmp_path, st_model):
+    texts, labels = small_pool
+    r = ICLRetriever.from_dataset([{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)],
+                                  model=st_model, features=("embedding", "kl"), kl_center=True, show_progress_bar=False)
+    loaded = ICLRetriever.load(r.save(tmp_path / "c.icl"), model=st_model)
+    torch.testing.assert_close(loaded.encoder.kl_center_, r.encoder.kl_center_)
+    np.testing.assert_allclose(loaded.features("card arrival"), r.features("card arrival"), atol=1e-6)
