@@ -552,8 +552,7 @@ class FungiEncoder:
         ``clean`` is ``(normalised embedding, capture)`` for the KL loss; else ``None``.
         """
         store = _BlockCache()
-        want_views = "simclr" in self.config.features and self.config.simclr_view_mode == "dropout"
-        start = self._tail_start() if cache and want_views else 0
+        start = self._tail_start() if cache else 0  # (a reference to the block's output: no copy)
         fused = with_kl and "kl" in self.config.features and not self.needs_fit
         cap = _Capture()
         with contextlib.ExitStack() as stack:

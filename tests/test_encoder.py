@@ -205,10 +205,11 @@ def test_prototype_head_is_fitted_kmeans_and_random_head_needs_no_fit(st_model, 
     assert sorted((found @ centres.T).max(dim=1).values.gt(0.99).tolist()) == [True, True, True]
 
 
-def test_fit_encode_equals_fit_then_encode(st_model, small_pool):
+@pytest.mark.parametrize("features", [("embedding", "kl", "simclr"), ("embedding", "kl")])
+def test_fit_encode_equals_fit_then_encode(st_model, small_pool, features):
     """The shared trunk pass of fit_encode gives the same prototypes and features as fit() + encode()."""
     texts = small_pool[0][:120]
-    cfg = FeatureConfig()
+    cfg = FeatureConfig(features=features)
     a = FungiEncoder(st_model, cfg, show_progress_bar=False)
     b = FungiEncoder(st_model, cfg, show_progress_bar=False)
     fused = a.fit_encode(texts)
