@@ -457,7 +457,8 @@ class FungiEncoder:
     # ----------------------------------------------------------- encoding
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         prep = getattr(self.model, "preprocess", None) or self.model.tokenize  # older sentence-transformers
-        features = prep(texts)
+        with self._lock:
+            features = prep(texts)
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
     def _forward(self, features: dict[str, Any]) -> torch.Tensor:
@@ -466,7 +467,8 @@ class FungiEncoder:
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token counts without truncation (special tokens included)."""
         tok = self.model.tokenizer
-        enc = tok(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        with self._lock:  # fast tokenizers keep truncation/padding state: never call one from two threads at once
+            enc = tok(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in enc]
 
     def _progress(self, total: int, desc: str) -> tqdm:

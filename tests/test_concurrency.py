@@ -106,3 +106,37 @@ def test_add_examples_while_32_threads_query(small_pool, st_model, banking_train
     for text, label in extra[::12]:
         top = r.retrieve(text, k=1)[0]
         assert (top.text, top.label) == (text, label)
+
+
+def test_token_counting_and_encoding_from_many_threads(st_model, small_pool):
+    """Fast tokenizers keep truncation/padding state: token_lengths (length sorting) racing with an encode's
+    padded tokenisation used to fail with 'Unable to create tensor' before the encoder serialised them."""
+    encoder = FungiEncoder(st_model, FeatureConfig(features=("embedding",)), show_progress_bar=False)
+    texts = small_pool[0][:64]
+    want = encoder.token_lengths(texts)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                assert encoder.token_lengths(texts) == want
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+                stop.set()
+
+    def writer() -> None:
+        try:
+            for _ in range(40):
+                encoder.encode(texts[:8])
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+        finally:
+            stop.set()
+
+    threads = [threading.Thread(target=reader) for _ in range(8)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:2]
