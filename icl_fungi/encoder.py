@@ -601,7 +601,7 @@ class FungiEncoder:
                 captures.append(clean[1])
             if R:
                 cap = _Capture()
-                tiled = {k: v.repeat(R, *([1] * (v.ndim - 1))) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+                tiled = _repeat_rows(features, R)
                 start = self._tail_start()
                 with contextlib.ExitStack() as stack:
                     stack.enter_context(_hook(self.target, cap))
@@ -617,8 +617,9 @@ class FungiEncoder:
                 captures.append(cap)
             if want_sc and not dropout_views:  # word deletion: the views are other token sequences
                 vcap = _Capture()
+                deleted = self._deleted_features(texts, tuple(range(V)))
                 with _hook(self.target, vcap):
-                    views = self._forward(self._deleted_features(texts, tuple(range(V))))
+                    views = self._forward(deleted)
                 loss = loss + self._info_nce(F.normalize(views, dim=-1).reshape(V, B, -1)).sum()
                 captures.append(vcap)
             grads = torch.autograd.grad(loss, [c.output for c in captures])
@@ -630,8 +631,7 @@ class FungiEncoder:
             g, x = grads[i][B * tail_kl :], captures[i].inputs[B * tail_kl :]
             result["simclr"] = self._simclr_block(g, x, mask.repeat(V, 1), V)
         if want_sc and not dropout_views:
-            vmask = self._deleted_features(texts, tuple(range(V)))["attention_mask"]
-            result["simclr"] = self._simclr_block(grads[-1], captures[-1].inputs, vmask, V)
+            result["simclr"] = self._simclr_block(grads[-1], captures[-1].inputs, deleted["attention_mask"], V)
         return result
 
     def _simclr_block(self, g: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, V: int) -> np.ndarray:
@@ -683,7 +683,7 @@ class FungiEncoder:
         if self.config.simclr_view_mode == "word_deletion":
             return self._forward(self._deleted_features(texts, view_ids))
         V = len(view_ids)
-        tiled = {k: v.repeat(V, *([1] * (v.ndim - 1))) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        tiled = _repeat_rows(features, V)
         seeds = [_text_seed(self.config.seed, f"do{v}", t) for v in view_ids for t in texts]
         with _DropoutViews(self._dropout_modules(self._split_block()), seeds, self.config.simclr_dropout):
             return self._forward(tiled)
@@ -713,15 +713,21 @@ def _in_row_order(parts: list[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:
     return torch.cat([t for _, t in parts])[torch.from_numpy(np.argsort(rows, kind="stable"))]
 
 
+def _repeat(t: Any, R: int) -> Any:
+    """A tensor repeated ``R`` times along its first (batch) dimension; anything else as is."""
+    return t.detach().repeat(R, *([1] * (t.ndim - 1))) if isinstance(t, torch.Tensor) else t
+
+
+def _repeat_rows(features: dict[str, Any], R: int) -> dict[str, Any]:
+    """Model inputs with every row repeated ``R`` times (view-major)."""
+    return {k: _repeat(v, R) for k, v in features.items()}
+
+
 def _tile(value: Any, R: int) -> Any:
     """A cached block output repeated ``R`` times along the batch (tuples: their first element)."""
-
-    def tile(t: Any) -> Any:
-        return t.detach().repeat(R, *([1] * (t.ndim - 1))) if isinstance(t, torch.Tensor) else t
-
     if isinstance(value, tuple):
-        return (tile(value[0]), *value[1:])
-    return tile(value)
+        return (_repeat(value[0], R), *value[1:])
+    return _repeat(value, R)
 
 
 @contextlib.contextmanager
