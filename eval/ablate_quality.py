@@ -103,6 +103,34 @@ GRIDS["views"] = {
     for n in (1, 2, 3)
 }
 
+# KL heads: label means of the pool (needs its labels) vs k-means prototypes, centred logits, temperature, weight
+LAB = {"kl_head": "labels", "center_blocks": True}
+GRIDS["heads"] = {
+    "embedding": {"features": EMB, "center_blocks": False},
+    "kl proto K256 T0.07 w0.5 (previous default)": {"features": KL, **PROTO, "kl_temperature": 0.07,
+                                                    "block_weights": {"kl": 0.5}},
+    **{f"kl labels T0.05 w{w}": {"features": KL, **LAB, "kl_temperature": 0.05, "block_weights": {"kl": w}}
+       for w in (0.25, 0.5)},
+    **{f"kl labels centred T{t} w{w}": {"features": KL, **LAB, "kl_center": True, "kl_temperature": t,
+                                        "block_weights": {"kl": w}}
+       for t, w in ((0.1, 0.3), (0.1, 0.5), (0.1, 0.75), (0.07, 0.3), (0.2, 0.5))},
+    "all labels centred T0.1 w0.5/0.25": {"features": ALL, **LAB, "kl_center": True, "kl_temperature": 0.1,
+                                          "block_weights": {"kl": 0.5, "simclr": 0.25}},
+    "all labels centred T0.1 loo": {"features": ALL, **LAB, "kl_center": True, "kl_temperature": 0.1,
+                                    "fit_weights": "loo"},
+    "all labels centred T0.07 w0.3/0.15": {"features": ALL, **LAB, "kl_center": True, "kl_temperature": 0.07,
+                                           "block_weights": {"kl": 0.3, "simclr": 0.15}},
+    "all labels centred T0.07 w0.3/0.3": {"features": ALL, **LAB, "kl_center": True, "kl_temperature": 0.07,
+                                          "block_weights": {"kl": 0.3, "simclr": 0.3}},
+}
+
+# the defaults chosen on the dev split (dev-heads), reported once on the test split
+GRIDS["final2"] = {
+    "embedding": {"features": EMB, "center_blocks": False},
+    "default: all labels centred T0.07 w0.3/0.3": {"features": ALL},
+    "kl labels centred T0.07 w0.3": {"features": KL, "block_weights": {"kl": 0.3}},
+}
+
 _CONFIG_FIELDS = {f for f in FeatureConfig.__dataclass_fields__}
 
 

@@ -4,7 +4,9 @@ For every text the encoder returns feature *blocks*, each L2-normalised:
 
 * ``embedding`` - the sentence-transformers embedding;
 * ``kl`` - the per-sample gradient of KL(softmax(head(z) / T) || uniform), ``z`` the
-  normalised embedding and ``head`` a fixed seeded random linear layer;
+  normalised embedding and ``head`` the unit mean embedding of each pool label
+  (default; on pool-centred embeddings), k-means prototypes of the pool, or the
+  paper's fixed seeded random linear layer;
 * ``simclr`` - the per-sample gradient of an InfoNCE loss between ``V`` views of the
   text (dropout views by default, word-deletion views as an option) against a fixed
   bank of negatives (views of seeded pool texts, detached).
@@ -14,8 +16,8 @@ computed for a whole batch in one backward pass from hooks (the per-sample weigh
 gradient is ``sum_t g_t x_t^T``), and randomly projected to the embedding size.
 
 Example:
-    >>> enc = FungiEncoder(features=("embedding", "kl"))          # doctest: +SKIP
-    >>> blocks = enc.fit(["hello", "goodbye"]).encode(["hi there"])  # doctest: +SKIP
+    >>> enc = FungiEncoder(config=FeatureConfig(features=("embedding", "kl")))     # doctest: +SKIP
+    >>> blocks = enc.fit(["hello", "bye", "hi", "ciao"], ["greet", "leave", "greet", "leave"]).encode(["hi there"])  # doctest: +SKIP
     >>> sorted(blocks), blocks["kl"].shape                          # doctest: +SKIP
     (['embedding', 'kl'], (1, 384))
 """
@@ -43,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FEATURES = ("embedding", "kl", "simclr")
+KL_HEADS = ("labels", "prototypes", "random")
+_SAMPLE = 4096  # pool texts whose embeddings fit the KL head
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
 # suffixes of attention-output projections, by architecture family
 _ATTN_OUT_SUFFIXES = (
@@ -83,15 +87,17 @@ class FeatureConfig:
 
     features: tuple[str, ...] = FEATURES
     target_layer: str | None = None  # None: last block's attention output projection
-    # KL head: "prototypes" = unit k-means centroids of the pool's embeddings (logits = cosine / T),
-    # "random" = the paper's seeded Gaussian head. Prototypes K = 256, T = 0.07 with centred blocks
-    # measured best on the dev split (eval/results/ablate_quality: dev-tune, dev-final, test-final).
-    kl_head: str = "prototypes"
-    kl_head_dim: int = 256  # number of prototypes, or width of the random head
-    kl_temperature: float | None = None  # None: 0.07 for prototypes, 15 (the paper's) for the random head
-    # prototype head on pool-centred embeddings: subtract the prototype sample's mean embedding before the
-    # cosine to the prototypes (for anisotropic encoders such as mean-pooled language models)
-    kl_center: bool = False
+    # KL head: "labels" = the unit mean embedding of each pool label (needs the pool's labels),
+    # "prototypes" = unit k-means centroids of the pool's embeddings (logits = cosine / T; no labels used),
+    # "random" = the paper's seeded Gaussian head. The loss is KL(softmax || uniform), i.e. minus the entropy.
+    # Measured on the dev split: eval/results/ablate_quality (dev-heads, dev-tune, dev-final).
+    kl_head: str = "labels"
+    kl_head_dim: int = 256  # number of prototypes, or width of the random head (unused by "labels")
+    kl_temperature: float | None = None  # None: 0.07 for labels and prototypes, 15 (the paper's) random
+    # head on pool-centred embeddings: subtract the head sample's mean embedding before the cosine to the
+    # prototypes or label means. None: on for the "labels" head (measured better there), off for "prototypes"
+    # (it hurt on Gemma, eval/results/ablate_gemma); never for the random head.
+    kl_center: bool | None = None
     center_blocks: bool = True  # subtract each block's pool mean before L2-normalising it
     simclr_views: int = 2
     simclr_view_mode: str = "dropout"  # "dropout" | "word_deletion"
@@ -120,10 +126,12 @@ class FeatureConfig:
             raise ValueError(f"simclr_view_mode must be 'dropout' or 'word_deletion', got {self.simclr_view_mode!r}")
         if not isinstance(self.simclr_views, int) or self.simclr_views < 2:
             raise ValueError(f"simclr_views must be an int >= 2, got {self.simclr_views!r}")
-        if self.kl_head not in ("random", "prototypes"):
-            raise ValueError(f"kl_head must be 'random' or 'prototypes', got {self.kl_head!r}")
-        if self.kl_center and self.kl_head != "prototypes":
-            raise ValueError("kl_center=True needs kl_head='prototypes'")
+        if self.kl_head not in KL_HEADS:
+            raise ValueError(f"kl_head must be one of {KL_HEADS}, got {self.kl_head!r}")
+        if self.kl_center is not None and not isinstance(self.kl_center, bool):
+            raise TypeError(f"kl_center must be a bool or None, got {type(self.kl_center).__name__}")
+        if self.kl_center and self.kl_head == "random":
+            raise ValueError("kl_center=True needs kl_head='prototypes' or 'labels'")
         for name in ("kl_temperature", "simclr_temperature"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -141,7 +149,19 @@ class FeatureConfig:
         """The KL temperature in force."""
         if self.kl_temperature is not None:
             return float(self.kl_temperature)
-        return 0.07 if self.kl_head == "prototypes" else 15.0
+        return {"labels": 0.07, "prototypes": 0.07}.get(self.kl_head, 15.0)
+
+    @property
+    def kl_centered(self) -> bool:
+        """Whether the KL head works on pool-centred embeddings (``kl_center`` resolved)."""
+        if self.kl_center is None:
+            return self.kl_head == "labels"
+        return self.kl_center
+
+    @property
+    def fitted_head(self) -> bool:
+        """True when the KL head is fitted on the pool (prototypes or label means)."""
+        return "kl" in self.features and self.kl_head != "random"
 
     @property
     def gradient_features(self) -> tuple[str, ...]:
@@ -365,6 +385,7 @@ class FungiEncoder:
         self.negatives: torch.Tensor | None = None
         self.kl_center_: torch.Tensor | None = None  # the prototype sample's mean embedding (kl_center=True)
         self._prototypes_fitted = False
+        self.kl_head_source_ = cfg.kl_head  # what the fitted head was made from ("prototypes" when labels fell back)
         self.kl_head = self.kl_head.to(self.device)
 
     def target_fingerprint(self) -> str:
@@ -379,23 +400,65 @@ class FungiEncoder:
     def needs_fit(self) -> bool:
         """True when pool-dependent state (SimCLR negatives, KL prototypes) is not fitted yet."""
         cfg = self.config
-        return ("simclr" in cfg.features and self.negatives is None) or (
-            "kl" in cfg.features and cfg.kl_head == "prototypes" and not self._prototypes_fitted
-        )
+        return ("simclr" in cfg.features and self.negatives is None) or (cfg.fitted_head and not self._prototypes_fitted)
 
-    def _sample_indices(self, n: int) -> list[int]:
-        """The seeded pool sample (at most 4096 texts) whose embeddings give the KL prototypes."""
+    def _sample_indices(self, n: int, labels: list | None = None) -> list[int]:
+        """The seeded pool sample (at most 4096 texts) whose embeddings fit the KL head.
+
+        With ``labels`` (the "labels" head) the sample is stratified: every label keeps its share, at least one text.
+        """
         rng = np.random.default_rng(self.config.seed)
-        return sorted(rng.choice(n, size=min(n, 4096), replace=False).tolist())
+        if labels is None or n <= _SAMPLE:
+            return sorted(rng.choice(n, size=min(n, _SAMPLE), replace=False).tolist())
+        groups: dict[Any, list[int]] = {}
+        for i, lab in enumerate(labels):
+            groups.setdefault(lab, []).append(i)
+        if len(groups) > _SAMPLE:  # free-text labels: the head falls back to prototypes anyway
+            return sorted(rng.choice(n, size=_SAMPLE, replace=False).tolist())
+        rows: list[int] = []
+        for members in groups.values():
+            m = min(len(members), max(1, round(_SAMPLE * len(members) / n)))
+            rows += rng.choice(members, size=m, replace=False).tolist()
+        return sorted(rows)
 
-    def _fit_prototypes(self, emb: torch.Tensor) -> None:
+    def _fit_prototypes(self, emb: torch.Tensor, labels: list | None = None) -> None:
+        """Fit the KL head on the sample's embeddings ``emb`` (and its ``labels`` for the "labels" head)."""
         cfg = self.config
         z = F.normalize(emb.float().cpu(), dim=-1)
-        if cfg.kl_center:
+        if cfg.kl_centered:
             self.kl_center_ = z.mean(dim=0).to(self.device)
             z = F.normalize(z - self.kl_center_.cpu(), dim=-1)
+        self.kl_head_source_ = cfg.kl_head
+        if cfg.kl_head == "labels":
+            classes: dict[Any, int] = {}
+            ids = torch.tensor([classes.setdefault(lab, len(classes)) for lab in labels or []], dtype=torch.long)
+            if 2 <= len(classes) <= len(z) // 2:
+                sums = torch.zeros(len(classes), z.shape[1]).index_add_(0, ids, z)
+                self.kl_head = F.normalize(sums, dim=-1).to(self.device)
+                self._prototypes_fitted = True
+                return
+            logger.warning(
+                "kl_head='labels' needs at least 2 labels and about 2 examples per label; the pool sample has %d "
+                "label(s) for %d texts, so the KL head falls back to %d k-means prototypes",
+                len(classes), len(z), cfg.kl_head_dim,
+            )
+            self.kl_head_source_ = "prototypes"
         self.kl_head = spherical_kmeans(z, cfg.kl_head_dim, seed=cfg.seed).to(self.device)
         self._prototypes_fitted = True
+
+    def _check_fit_labels(self, texts: list[str], labels: Sequence | None) -> list | None:
+        if not (self.config.fitted_head and self.config.kl_head == "labels"):
+            return None
+        if labels is None:
+            raise ValueError("kl_head='labels' fits the KL head on the pool's labels: call fit(texts, labels)")
+        labels = list(labels)
+        if len(labels) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
+        try:
+            set(labels)
+        except TypeError:
+            raise TypeError("labels must be hashable (str or int)") from None
+        return labels
 
     def _fit_negatives(self, texts: list[str]) -> None:
         cfg = self.config
@@ -409,41 +472,45 @@ class FungiEncoder:
                 views.append(self._view_embeddings(batch, self._tokenize(batch), view_ids=("neg",)).detach())
         self.negatives = F.normalize(torch.cat(views), dim=-1)
 
-    def fit(self, texts: Sequence[str]) -> FungiEncoder:
-        """Fit the pool-dependent parts (seeded): SimCLR negatives, KL prototypes. No-op otherwise."""
+    def fit(self, texts: Sequence[str], labels: Sequence | None = None) -> FungiEncoder:
+        """Fit the pool-dependent parts (seeded): SimCLR negatives, the KL head (prototypes, or the
+        label means, which need ``labels``). No-op otherwise."""
         texts = list(texts)
         cfg = self.config
-        if "kl" in cfg.features and cfg.kl_head == "prototypes":
-            sample = np.asarray(self._sample_indices(len(texts)))
+        labels = self._check_fit_labels(texts, labels)
+        if cfg.fitted_head:
+            sample = np.asarray(self._sample_indices(len(texts), labels))
             lengths = np.asarray(self.token_lengths(texts))
             with self._lock:
                 emb = _in_row_order([(rows, emb) for rows, _, emb, _ in self._trunk_batches(texts, sample, lengths, keep=False)])
-            self._fit_prototypes(emb)
+            self._fit_prototypes(emb, None if labels is None else [labels[i] for i in sample])
         if "simclr" in cfg.features:
             self._fit_negatives(texts)
         return self
 
-    def fit_encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """``fit(texts)`` then ``encode(texts)``, sharing work: the trunk pass that embeds the
-        prototype sample is kept and reused for its features, so every text runs the trunk once.
+    def fit_encode(self, texts: Sequence[str], labels: Sequence | None = None) -> dict[str, np.ndarray]:
+        """``fit(texts, labels)`` then ``encode(texts)``, sharing work: the trunk pass that embeds the
+        head's sample is kept and reused for its features, so every text runs the trunk once.
 
         Example:
             >>> blocks = FungiEncoder().fit_encode(["hello", "goodbye"])  # doctest: +SKIP
         """
         texts = list(texts)
         cfg = self.config
-        if not ("kl" in cfg.features and cfg.kl_head == "prototypes") or not texts:
-            return self.fit(texts).encode(texts)
+        labels = self._check_fit_labels(texts, labels)
+        if not cfg.fitted_head or not texts:
+            return self.fit(texts, labels).encode(texts)
         n = len(texts)
         lengths = np.asarray(self.token_lengths(texts))
         self.n_truncated_ = int((lengths > self.max_seq_length).sum())
         out = self._empty_blocks(n)
-        sample = np.asarray(self._sample_indices(n))
+        sample = np.asarray(self._sample_indices(n, labels))
         in_sample = np.zeros(n, dtype=bool)
         in_sample[sample] = True
         with self._lock, self._progress(n, "Encoding") as bar:
             kept = list(self._trunk_batches(texts, sample, lengths, keep=True))
-            self._fit_prototypes(_in_row_order([(rows, emb) for rows, _, emb, _ in kept]))
+            emb = _in_row_order([(rows, emb) for rows, _, emb, _ in kept])
+            self._fit_prototypes(emb, None if labels is None else [labels[i] for i in sample])
             if "simclr" in cfg.features:
                 self._fit_negatives(texts)
             while kept:  # free each batch's cached hidden states once used
@@ -489,7 +556,7 @@ class FungiEncoder:
         single = isinstance(texts, str)
         batch_texts = [texts] if single else list(texts)
         if self.needs_fit:
-            raise RuntimeError("call fit(pool_texts) before encode() when 'simclr' is among the features")
+            raise RuntimeError("call fit(pool_texts, labels) before encode(): the SimCLR negatives and the KL head are fitted on the pool")
         n = len(batch_texts)
         out = self._empty_blocks(n)
         if n == 0:

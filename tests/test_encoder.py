@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def encoder(st_model, small_pool):
     enc = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
-    return enc.fit(small_pool[0])
+    return enc.fit(*small_pool)
 
 
 def _weight_grad_reference(enc: FungiEncoder, loss_fn) -> np.ndarray:
@@ -69,8 +71,10 @@ def test_kl_feature_equals_autograd_reference(encoder):
     cfg = encoder.config
 
     def loss():
-        emb = encoder._forward(encoder._tokenize([text]))
-        logp = F.log_softmax(F.normalize(emb, dim=-1) @ encoder.kl_head.T / cfg.kl_tau, dim=-1)
+        z = F.normalize(encoder._forward(encoder._tokenize([text])), dim=-1)
+        assert encoder.kl_center_ is not None  # the default label-mean head works on centred embeddings
+        z = F.normalize(z - encoder.kl_center_, dim=-1)
+        logp = F.log_softmax(z @ encoder.kl_head.T / cfg.kl_tau, dim=-1)
         return (logp.exp() * logp).sum()
 
     G = _weight_grad_reference(encoder, loss)
@@ -109,10 +113,10 @@ def test_dropout_views_differ_and_are_deterministic(encoder):
 
 
 def test_same_seed_same_features_other_seed_differs(st_model, small_pool):
-    texts = small_pool[0][:40]
-    a = FungiEncoder(st_model, FeatureConfig(seed=1), show_progress_bar=False).fit(texts).encode(TEXTS)
-    b = FungiEncoder(st_model, FeatureConfig(seed=1), show_progress_bar=False).fit(texts).encode(TEXTS)
-    c = FungiEncoder(st_model, FeatureConfig(seed=2), show_progress_bar=False).fit(texts).encode(TEXTS)
+    texts, labels = small_pool[0][:40], small_pool[1][:40]
+    a = FungiEncoder(st_model, FeatureConfig(seed=1), show_progress_bar=False).fit(texts, labels).encode(TEXTS)
+    b = FungiEncoder(st_model, FeatureConfig(seed=1), show_progress_bar=False).fit(texts, labels).encode(TEXTS)
+    c = FungiEncoder(st_model, FeatureConfig(seed=2), show_progress_bar=False).fit(texts, labels).encode(TEXTS)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     np.testing.assert_array_equal(a["embedding"], c["embedding"])
@@ -174,7 +178,7 @@ def test_bad_target_layer_and_model(st_model):
 
 def test_other_target_layer(st_model, small_pool):
     cfg = FeatureConfig(features=("embedding", "kl"), target_layer="encoder.layer.4.output.dense")
-    enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(small_pool[0])
+    enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(*small_pool)
     assert enc.target.out_features == 384 and enc.target.in_features == 1536
     assert enc.encode(TEXTS)["kl"].shape == (4, 384)
 
@@ -189,7 +193,7 @@ def test_config_roundtrip():
 def test_prototype_head_is_fitted_kmeans_and_random_head_needs_no_fit(st_model, small_pool):
     from icl_fungi.encoder import spherical_kmeans
 
-    enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl")), show_progress_bar=False)
+    enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl"), kl_head="prototypes"), show_progress_bar=False)
     assert enc.needs_fit
     enc.fit(small_pool[0])
     assert not enc.needs_fit and enc.kl_head.shape == (256, 384)
@@ -208,12 +212,12 @@ def test_prototype_head_is_fitted_kmeans_and_random_head_needs_no_fit(st_model, 
 @pytest.mark.parametrize("features", [("embedding", "kl", "simclr"), ("embedding", "kl")])
 def test_fit_encode_equals_fit_then_encode(st_model, small_pool, features):
     """The shared trunk pass of fit_encode gives the same prototypes and features as fit() + encode()."""
-    texts = small_pool[0][:120]
+    texts, labels = small_pool[0][:120], small_pool[1][:120]
     cfg = FeatureConfig(features=features)
     a = FungiEncoder(st_model, cfg, show_progress_bar=False)
     b = FungiEncoder(st_model, cfg, show_progress_bar=False)
-    fused = a.fit_encode(texts)
-    plain = b.fit(texts).encode(texts)
+    fused = a.fit_encode(texts, labels)
+    plain = b.fit(texts, labels).encode(texts)
     torch.testing.assert_close(a.kl_head, b.kl_head, atol=1e-5, rtol=0)
     for f in cfg.features:
         np.testing.assert_allclose(fused[f], plain[f], atol=1e-4)
@@ -232,8 +236,8 @@ def test_plain_transformers_model_with_mean_pooling(st_model, small_pool):
     ours = FungiEncoder(plain, cfg, show_progress_bar=False)
     assert ours.target_layer_name.endswith("encoder.layer.5.attention.output.dense")
     ref = FungiEncoder(st_model, cfg, show_progress_bar=False)
-    texts = small_pool[0][:64]
-    got, want = ours.fit_encode(texts), ref.fit_encode(texts)
+    texts, labels = small_pool[0][:64], small_pool[1][:64]
+    got, want = ours.fit_encode(texts, labels), ref.fit_encode(texts, labels)
     for f in cfg.features:
         np.testing.assert_allclose(got[f], want[f], atol=2e-4)
     with pytest.raises(TypeError, match="MeanPooledModel"):
@@ -255,7 +259,7 @@ def test_model_without_dropout_needs_word_deletion_views(small_pool):
     with pytest.raises(ValueError, match="word_deletion"):
         FungiEncoder(plain, FeatureConfig())
     enc = FungiEncoder(plain, FeatureConfig(simclr_view_mode="word_deletion"), show_progress_bar=False)
-    blocks = enc.fit_encode(small_pool[0][:40])
+    blocks = enc.fit_encode(small_pool[0][:40], small_pool[1][:40])
     assert np.isfinite(blocks["simclr"]).all() and np.allclose(np.linalg.norm(blocks["simclr"], axis=1), 1, atol=1e-5)
 
 
@@ -264,8 +268,10 @@ def test_kl_center_prototypes_match_autograd_reference(st_model, small_pool):
     with pytest.raises(ValueError, match="kl_center"):
         FeatureConfig(kl_head="random", kl_center=True)
     pool = small_pool[0][:150]
-    enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl"), kl_center=True), show_progress_bar=False).fit(pool)
-    plain = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl")), show_progress_bar=False).fit(pool)
+    proto = FeatureConfig(features=("embedding", "kl"), kl_head="prototypes")
+    assert not proto.kl_centered
+    enc = FungiEncoder(st_model, dataclasses.replace(proto, kl_center=True), show_progress_bar=False).fit(pool)
+    plain = FungiEncoder(st_model, proto, show_progress_bar=False).fit(pool)
     emb = torch.from_numpy(plain.encode(pool)["embedding"])
     torch.testing.assert_close(enc.kl_center_, emb.mean(0), atol=1e-5, rtol=0)
     text = TEXTS[0]
@@ -279,3 +285,67 @@ def test_kl_center_prototypes_match_autograd_reference(st_model, small_pool):
     got = enc.encode([text])["kl"][0]
     np.testing.assert_allclose(got, ref / np.linalg.norm(ref), atol=1e-4)
     assert not np.allclose(got, plain.encode([text])["kl"][0], atol=1e-2)
+
+
+@pytest.mark.parametrize("center", [None, False])
+def test_labels_head_is_unit_label_means_and_matches_autograd(st_model, small_pool, center):
+    """kl_head='labels': one prototype per pool label (the unit mean of its unit embeddings, centred on the
+    sample mean by default)."""
+    texts, labels = small_pool[0][:120], small_pool[1][:120]
+    cfg = FeatureConfig(features=("embedding", "kl"), kl_head="labels", kl_center=center)
+    assert cfg.kl_centered is (center is None)
+    enc = FungiEncoder(st_model, cfg, show_progress_bar=False)
+    with pytest.raises(ValueError, match="labels"):
+        enc.fit(texts)
+    with pytest.raises(ValueError, match="120 texts but 3 labels"):
+        enc.fit(texts, labels[:3])
+    with pytest.raises(TypeError, match="hashable"):
+        enc.fit(texts, [[lab] for lab in labels])
+    assert enc.needs_fit and cfg.kl_tau == 0.07
+    blocks = enc.fit_encode(texts, labels)
+    assert enc.kl_head_source_ == "labels"
+    names = list(dict.fromkeys(labels))  # first-seen order
+    emb = torch.from_numpy(blocks["embedding"])
+    mean = emb.mean(0) if cfg.kl_centered else torch.zeros(384)
+    if cfg.kl_centered:
+        torch.testing.assert_close(enc.kl_center_, mean, atol=1e-5, rtol=0)
+        emb = F.normalize(emb - mean, dim=-1)
+    else:
+        assert enc.kl_center_ is None
+    want = torch.stack([F.normalize(emb[[i for i, lab in enumerate(labels) if lab == n]].sum(0), dim=0) for n in names])
+    torch.testing.assert_close(enc.kl_head, want, atol=1e-5, rtol=0)
+    text = TEXTS[3]
+
+    def loss():
+        z = F.normalize(F.normalize(enc._forward(enc._tokenize([text])), dim=-1) - mean, dim=-1)
+        logp = F.log_softmax(z @ enc.kl_head.T / cfg.kl_tau, dim=-1)
+        return (logp.exp() * logp).sum()
+
+    ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
+    np.testing.assert_allclose(enc.encode([text])["kl"][0], ref / np.linalg.norm(ref), atol=1e-4)
+    # fit() + encode() gives the same head and features as the shared pass
+    other = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, labels)
+    torch.testing.assert_close(other.kl_head, enc.kl_head, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(other.encode(texts)["kl"], blocks["kl"], atol=1e-4)
+
+
+def test_labels_head_falls_back_to_prototypes_for_free_text_labels(st_model, small_pool, caplog):
+    texts = small_pool[0][:60]
+    cfg = FeatureConfig(features=("embedding", "kl"), kl_head="labels", kl_head_dim=8)
+    with caplog.at_level("WARNING", logger="icl_fungi.encoder"):
+        enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, [f"answer {i}" for i in range(60)])
+    assert enc.kl_head_source_ == "prototypes" and enc.kl_head.shape == (8, 384)
+    assert "falls back" in caplog.text
+    one = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, ["same"] * 60)
+    assert one.kl_head_source_ == "prototypes" and np.isfinite(one.encode(TEXTS)["kl"]).all()
+
+
+def test_labels_sample_is_stratified(st_model):
+    """Pools over 4,096 texts: the head's sample keeps every label, even a rare one, in proportion."""
+    enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl"), kl_head="labels"), show_progress_bar=False)
+    labels = ["rare"] + ["a"] * 6000 + ["b"] * 3999
+    rows = enc._sample_indices(len(labels), labels)
+    assert rows == sorted(set(rows)) and 4090 <= len(rows) <= 4100
+    got = [labels[i] for i in rows]
+    assert got.count("rare") == 1 and abs(got.count("a") - 2458) <= 2 and abs(got.count("b") - 1638) <= 2
+    assert rows == enc._sample_indices(len(labels), labels)  # seeded

@@ -317,7 +317,7 @@ def test_default_weights_centring_and_loo_weights(small_pool, st_model, tmp_path
     texts, labels = small_pool
     rows = [{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)]
     r = ICLRetriever.from_dataset(rows, model=st_model, features=("embedding", "kl"), show_progress_bar=False)
-    assert r.block_weights == {"embedding": 1.0, "kl": 0.5}
+    assert r.block_weights == {"embedding": 1.0, "kl": 0.3}
     assert set(r.block_means_) == {"embedding", "kl"}
     loaded = ICLRetriever.load(r.save(tmp_path / "c"), model=st_model)
     np.testing.assert_array_equal(loaded.block_means_["kl"], r.block_means_["kl"])
@@ -335,4 +335,8 @@ def test_save_load_keeps_kl_center(small_pool, tmp_path, st_model):
                                   model=st_model, features=("embedding", "kl"), kl_center=True, show_progress_bar=False)
     loaded = ICLRetriever.load(r.save(tmp_path / "c.icl"), model=st_model)
     torch.testing.assert_close(loaded.encoder.kl_center_, r.encoder.kl_center_)
+    # the default head: one unit label mean per pool label, kept with its source
+    assert r.encoder.kl_head_source_ == loaded.encoder.kl_head_source_ == "labels"
+    assert loaded.encoder.kl_head.shape == (len(set(labels)), 384)
+    torch.testing.assert_close(loaded.encoder.kl_head, r.encoder.kl_head)
     np.testing.assert_allclose(loaded.features("card arrival"), r.features("card arrival"), atol=1e-6)
