@@ -43,6 +43,21 @@ COMBOS: dict[str, dict[str, float]] = {
     "emb + kl proto centred-head w0.5": {"embedding": 1.0, "kl_pc": 0.5},
     "emb + kl proto centred-head T0.2": {"embedding": 1.0, "kl_pc_t02": 1.0},
     "emb + kl proto centred-head + kl random": {"embedding": 1.0, "kl_pc": 1.0, "kl_random": 1.0},
+    "kl labels alone": {"kl_labels": 1.0},
+    "emb + kl labels w0.3": {"embedding": 1.0, "kl_labels": 0.3},
+    "emb + kl labels w0.5": {"embedding": 1.0, "kl_labels": 0.5},
+    "emb + kl labels w1": {"embedding": 1.0, "kl_labels": 1.0},
+    "emb + kl labels + simclr (library default weights 1/0.3/0.3)": {"embedding": 1.0, "kl_labels": 0.3, "simclr": 0.3},
+    "emb + kl labels + simclr w1/1/0.5": {"embedding": 1.0, "kl_labels": 1.0, "simclr": 0.5},
+    "emb + kl labels + kl random + simclr": {"embedding": 1.0, "kl_labels": 1.0, "kl_random": 1.0, "simclr": 0.5},
+    "kl neighbors alone": {"kl_neighbors": 1.0},
+    "emb + kl neighbors w0.5 (library default)": {"embedding": 1.0, "kl_neighbors": 0.5},
+    "emb + kl neighbors w1": {"embedding": 1.0, "kl_neighbors": 1.0},
+    "emb + kl neighbors + simclr w1/0.5/0.3": {"embedding": 1.0, "kl_neighbors": 0.5, "simclr": 0.3},
+    "emb + kl neighbors + simclr w1/1/0.5": {"embedding": 1.0, "kl_neighbors": 1.0, "simclr": 0.5},
+    "kl labels uncentred-head alone": {"kl_labels_nc": 1.0},
+    "emb + kl labels uncentred-head w0.5": {"embedding": 1.0, "kl_labels_nc": 0.5},
+    "emb + kl labels uncentred-head w1": {"embedding": 1.0, "kl_labels_nc": 1.0},
 }
 
 
@@ -96,12 +111,19 @@ def main() -> None:
     model = load_gemma()
     load_s = time.perf_counter() - t0  # (loaded even when every block is cached: simpler, ~1 min)
     configs = {
-        "proto": FeatureConfig(features=("embedding", "kl", "simclr"), simclr_view_mode="word_deletion"),
+        "proto": FeatureConfig(features=("embedding", "kl", "simclr"), kl_head="prototypes", simclr_view_mode="word_deletion"),
         "random": FeatureConfig(features=("kl",), kl_head="random", kl_head_dim=1024, kl_temperature=15.0),
-        "pc": FeatureConfig(features=("embedding", "kl"), kl_center=True),
-        "pc_t02": FeatureConfig(features=("kl",), kl_center=True, kl_temperature=0.2),
+        "pc": FeatureConfig(features=("embedding", "kl"), kl_head="prototypes", kl_center=True),
+        "pc_t02": FeatureConfig(features=("kl",), kl_head="prototypes", kl_center=True, kl_temperature=0.2),
+        # the library default head (label means, centred, T 0.07)
+        "labels": FeatureConfig(features=("embedding", "kl", "simclr"), kl_head="labels", simclr_view_mode="word_deletion"),
+        "labels_nc": FeatureConfig(features=("kl",), kl_head="labels", kl_center=False),
+        # the soft k-NN head (the library default: centred, T 0.05)
+        "neighbors": FeatureConfig(features=("embedding", "kl", "simclr"), kl_head="neighbors",
+                                   simclr_view_mode="word_deletion"),
     }
-    keys = {"random": "kl_random", "pc": "kl_pc", "pc_t02": "kl_pc_t02"}
+    keys = {"random": "kl_random", "pc": "kl_pc", "pc_t02": "kl_pc_t02", "labels": "kl_labels", "labels_nc": "kl_labels_nc",
+            "neighbors": "kl_neighbors"}
     if args.configs:
         configs = {tag: configs[tag] for tag in args.configs.split(",")}
     pool_b: dict[str, np.ndarray] = {}
@@ -119,7 +141,7 @@ def main() -> None:
         else:
             enc = FungiEncoder(model, cfg, batch_size=args.batch_size, show_progress_bar=True)
             t0 = time.perf_counter()
-            pb = enc.fit_encode(texts)
+            pb = enc.fit_encode(texts, labels)
             qb = enc.encode(q_texts)
             timings[f"encode_{tag}_s"] = round(time.perf_counter() - t0, 1)
             np.savez(cache, **{f"pool_{k}": v for k, v in pb.items()}, **{f"query_{k}": v for k, v in qb.items()})

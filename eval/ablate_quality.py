@@ -131,6 +131,22 @@ GRIDS["final2"] = {
     "kl labels centred T0.07 w0.3": {"features": KL, "block_weights": {"kl": 0.3}},
 }
 
+# the soft k-NN head (kl_head="neighbors"): the library path of the dev-vote winner, with SimCLR, and loo weights
+NB = {"kl_head": "neighbors", "kl_temperature": 0.05, "center_blocks": True}
+GRIDS["neighbors"] = {
+    "embedding": {"features": EMB, "center_blocks": False},
+    "kl neighbors T0.05 w0.5": {"features": KL, **NB, "block_weights": {"kl": 0.5}},
+    "all neighbors T0.05 w0.5/0.3": {"features": ALL, **NB, "block_weights": {"kl": 0.5, "simclr": 0.3}},
+    "kl neighbors T0.05 loo": {"features": KL, **NB, "fit_weights": "loo"},
+}
+
+# the defaults chosen on the dev split (dev-vote, dev-neighbors), reported once on the test split
+GRIDS["final3"] = {
+    "embedding": {"features": EMB, "center_blocks": False},
+    "default: kl neighbors T0.05 w0.5": {},
+    "default + simclr w0.3": {"features": ALL},
+}
+
 _CONFIG_FIELDS = {f for f in FeatureConfig.__dataclass_fields__}
 
 

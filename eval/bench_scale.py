@@ -1,6 +1,6 @@
 """Scaling benchmark: build time, index size, peak RSS, query latency and HNSW recall vs pool size.
 
-Pools of 1k / 10k / 100k texts with the default features (embedding + KL + SimCLR).
+Pools of 1k / 10k / 100k texts with the default features.
 Up to 10,003 texts the pool is a seeded sample of the banking-77 train split; beyond
 that, synthetic texts are added by recombining two train sentences of the same intent
 (the first half of one with the second half of the other, seeded). Each size runs in

@@ -12,12 +12,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .data import load_pool
-from .encoder import DEFAULT_MODEL, FEATURES, FeatureConfig, FungiEncoder, MeanPooledModel, resolve_model
+from .encoder import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES, FeatureConfig, FungiEncoder, MeanPooledModel, resolve_model
 from .index import VectorIndex
 from .projection import PCA, GradientProjection
 from .retriever import ICLRetriever, RetrievedExample
 
 __all__ = [
+    "DEFAULT_FEATURES",
     "DEFAULT_MODEL",
     "FEATURES",
     "PCA",

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .encoder import DEFAULT_MODEL, FEATURES
+from .encoder import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--label-column", default="label", help="column holding the label (default: label)")
     b.add_argument("--split", default=None, help="split of a hub dataset (default: train)")
     b.add_argument("--model", default=DEFAULT_MODEL, help=f"sentence-transformers name or path (default: {DEFAULT_MODEL})")
-    b.add_argument("--features", default=",".join(FEATURES),
-                   help=f"comma-separated feature blocks from {','.join(FEATURES)} (default: all)")
+    b.add_argument("--features", default=",".join(DEFAULT_FEATURES),
+                   help=f"comma-separated feature blocks from {','.join(FEATURES)} (default: {','.join(DEFAULT_FEATURES)})")
     b.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     b.add_argument("--seed", type=int, default=0, help="seed of heads, projections, views (default: 0)")

@@ -3,13 +3,16 @@
 For every text the encoder returns feature *blocks*, each L2-normalised:
 
 * ``embedding`` - the sentence-transformers embedding;
-* ``kl`` - the per-sample gradient of KL(softmax(head(z) / T) || uniform), ``z`` the
-  normalised embedding and ``head`` the unit mean embedding of each pool label
-  (default; on pool-centred embeddings), k-means prototypes of the pool, or the
-  paper's fixed seeded random linear layer;
-* ``simclr`` - the per-sample gradient of an InfoNCE loss between ``V`` views of the
-  text (dropout views by default, word-deletion views as an option) against a fixed
-  bank of negatives (views of seeded pool texts, detached).
+* ``kl`` - the per-sample gradient of KL(p || uniform) = minus the entropy of ``p``, ``z``
+  the normalised embedding; by default ``p`` are soft k-NN label probabilities (the
+  softmax of ``z``'s cosines to a pool sample, summed per label, the text itself left
+  out; on pool-centred embeddings); other heads: the unit mean embedding of each pool
+  label, k-means prototypes of the pool, or the paper's fixed seeded random layer
+  (``p = softmax(head(z) / T)``);
+* ``simclr`` (not in the default ``features``: it did not add to ``kl`` on the default
+  encoder, see ``eval/results/ablate_quality``) - the per-sample gradient of an InfoNCE
+  loss between ``V`` views of the text (dropout views by default, word-deletion views
+  as an option) against a fixed bank of negatives (views of seeded pool texts, detached).
 
 Gradients are taken w.r.t. the weight and bias of one target linear layer,
 computed for a whole batch in one backward pass from hooks (the per-sample weight
@@ -39,13 +42,19 @@ from tqdm.auto import tqdm
 
 from .projection import GradientProjection
 
-__all__ = ["DEFAULT_MODEL", "FEATURES", "FeatureConfig", "FungiEncoder", "MeanPooledModel", "resolve_model", "spherical_kmeans"]
+__all__ = ["DEFAULT_FEATURES", "DEFAULT_MODEL", "FEATURES", "FeatureConfig", "FungiEncoder", "MeanPooledModel", "resolve_model",
+           "spherical_kmeans"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FEATURES = ("embedding", "kl", "simclr")
-KL_HEADS = ("labels", "prototypes", "random")
+# SimCLR stays available but off by default: on the dev split it changed P@20 by -0.1 pt for +50 % build time
+# (eval/results/ablate_quality/dev-neighbors.md, dev-vote.md)
+DEFAULT_FEATURES = ("embedding", "kl")
+KL_HEADS = ("neighbors", "labels", "prototypes", "random")
+_LABEL_HEADS = ("neighbors", "labels")  # heads fitted on the pool's labels
+_SELF_MATCH = 1.0 - 1e-4  # a "neighbors" row this close to the text is the text itself (or an identical one)
 _SAMPLE = 4096  # pool texts whose embeddings fit the KL head
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
 # suffixes of attention-output projections, by architecture family
@@ -85,17 +94,20 @@ class FeatureConfig:
     word-deletion probability 0.1); the others are measured in ``eval/``.
     """
 
-    features: tuple[str, ...] = FEATURES
+    features: tuple[str, ...] = DEFAULT_FEATURES
     target_layer: str | None = None  # None: last block's attention output projection
-    # KL head: "labels" = the unit mean embedding of each pool label (needs the pool's labels),
+    # KL head: "neighbors" = the pool sample's own unit embeddings; the softmax over them is summed per label
+    # (a soft k-NN posterior over the pool's labels; a text never matches itself). "labels" = the unit mean
+    # embedding of each pool label. Both need the pool's labels.
     # "prototypes" = unit k-means centroids of the pool's embeddings (logits = cosine / T; no labels used),
-    # "random" = the paper's seeded Gaussian head. The loss is KL(softmax || uniform), i.e. minus the entropy.
-    # Measured on the dev split: eval/results/ablate_quality (dev-heads, dev-tune, dev-final).
-    kl_head: str = "labels"
-    kl_head_dim: int = 256  # number of prototypes, or width of the random head (unused by "labels")
-    kl_temperature: float | None = None  # None: 0.07 for labels and prototypes, 15 (the paper's) random
+    # "random" = the paper's seeded Gaussian head. The loss is KL(p || uniform), i.e. minus the entropy of p
+    # (p the label probabilities for "neighbors", the head's softmax otherwise).
+    # Measured on the dev split: eval/results/ablate_quality (dev-neighbors, dev-losses, dev-heads, dev-tune).
+    kl_head: str = "neighbors"
+    kl_head_dim: int = 256  # number of prototypes, or width of the random head (unused by the label heads)
+    kl_temperature: float | None = None  # None: 0.05 neighbors, 0.07 labels and prototypes, 15 (the paper's) random
     # head on pool-centred embeddings: subtract the head sample's mean embedding before the cosine to the
-    # prototypes or label means. None: on for the "labels" head (measured better there), off for "prototypes"
+    # head's rows. None: on for the label heads (measured better there), off for "prototypes"
     # (it hurt on Gemma, eval/results/ablate_gemma); never for the random head.
     kl_center: bool | None = None
     center_blocks: bool = True  # subtract each block's pool mean before L2-normalising it
@@ -131,7 +143,7 @@ class FeatureConfig:
         if self.kl_center is not None and not isinstance(self.kl_center, bool):
             raise TypeError(f"kl_center must be a bool or None, got {type(self.kl_center).__name__}")
         if self.kl_center and self.kl_head == "random":
-            raise ValueError("kl_center=True needs kl_head='prototypes' or 'labels'")
+            raise ValueError("kl_center=True needs a fitted KL head ('neighbors', 'labels' or 'prototypes')")
         for name in ("kl_temperature", "simclr_temperature"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -149,18 +161,18 @@ class FeatureConfig:
         """The KL temperature in force."""
         if self.kl_temperature is not None:
             return float(self.kl_temperature)
-        return {"labels": 0.07, "prototypes": 0.07}.get(self.kl_head, 15.0)
+        return {"neighbors": 0.05, "random": 15.0}.get(self.kl_head, 0.07)
 
     @property
     def kl_centered(self) -> bool:
         """Whether the KL head works on pool-centred embeddings (``kl_center`` resolved)."""
         if self.kl_center is None:
-            return self.kl_head == "labels"
+            return self.kl_head in _LABEL_HEADS
         return self.kl_center
 
     @property
     def fitted_head(self) -> bool:
-        """True when the KL head is fitted on the pool (prototypes or label means)."""
+        """True when the KL head is fitted on the pool (its neighbours, label means or prototypes)."""
         return "kl" in self.features and self.kl_head != "random"
 
     @property
@@ -225,7 +237,9 @@ class MeanPooledModel(torch.nn.Module):
         >>> from transformers import AutoModel, AutoTokenizer                    # doctest: +SKIP
         >>> hf = AutoModel.from_pretrained(folder, gguf_file=name)                # doctest: +SKIP
         >>> tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)           # doctest: +SKIP
-        >>> enc = FungiEncoder(MeanPooledModel(hf, tok), FeatureConfig(simclr_view_mode="word_deletion"))  # doctest: +SKIP
+        >>> enc = FungiEncoder(MeanPooledModel(hf, tok))  # embedding + KL      # doctest: +SKIP
+        >>> cfg = FeatureConfig(features=("embedding", "kl", "simclr"), simclr_view_mode="word_deletion")
+        >>> enc = FungiEncoder(MeanPooledModel(hf, tok), cfg)  # SimCLR needs word-deletion views here  # doctest: +SKIP
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, max_seq_length: int | None = None) -> None:
@@ -386,6 +400,7 @@ class FungiEncoder:
         self.kl_center_: torch.Tensor | None = None  # the prototype sample's mean embedding (kl_center=True)
         self._prototypes_fitted = False
         self.kl_head_source_ = cfg.kl_head  # what the fitted head was made from ("prototypes" when labels fell back)
+        self.kl_head_labels_: torch.Tensor | None = None  # "neighbors": label id (0..C-1) of each head row
         self.kl_head = self.kl_head.to(self.device)
 
     def target_fingerprint(self) -> str:
@@ -405,7 +420,7 @@ class FungiEncoder:
     def _sample_indices(self, n: int, labels: list | None = None) -> list[int]:
         """The seeded pool sample (at most 4096 texts) whose embeddings fit the KL head.
 
-        With ``labels`` (the "labels" head) the sample is stratified: every label keeps its share, at least one text.
+        With ``labels`` (the label heads) the sample is stratified: every label keeps its share, at least one text.
         """
         rng = np.random.default_rng(self.config.seed)
         if labels is None or n <= _SAMPLE:
@@ -422,35 +437,39 @@ class FungiEncoder:
         return sorted(rows)
 
     def _fit_prototypes(self, emb: torch.Tensor, labels: list | None = None) -> None:
-        """Fit the KL head on the sample's embeddings ``emb`` (and its ``labels`` for the "labels" head)."""
+        """Fit the KL head on the sample's embeddings ``emb`` (and its ``labels`` for the label heads)."""
         cfg = self.config
         z = F.normalize(emb.float().cpu(), dim=-1)
         if cfg.kl_centered:
             self.kl_center_ = z.mean(dim=0).to(self.device)
             z = F.normalize(z - self.kl_center_.cpu(), dim=-1)
         self.kl_head_source_ = cfg.kl_head
-        if cfg.kl_head == "labels":
+        self.kl_head_labels_ = None
+        if cfg.kl_head in _LABEL_HEADS:
             classes: dict[Any, int] = {}
             ids = torch.tensor([classes.setdefault(lab, len(classes)) for lab in labels or []], dtype=torch.long)
             if 2 <= len(classes) <= len(z) // 2:
-                sums = torch.zeros(len(classes), z.shape[1]).index_add_(0, ids, z)
-                self.kl_head = F.normalize(sums, dim=-1).to(self.device)
+                if cfg.kl_head == "neighbors":
+                    self.kl_head, self.kl_head_labels_ = z.to(self.device), ids.to(self.device)
+                else:
+                    sums = torch.zeros(len(classes), z.shape[1]).index_add_(0, ids, z)
+                    self.kl_head = F.normalize(sums, dim=-1).to(self.device)
                 self._prototypes_fitted = True
                 return
             logger.warning(
-                "kl_head='labels' needs at least 2 labels and about 2 examples per label; the pool sample has %d "
+                "kl_head=%r needs at least 2 labels and about 2 examples per label; the pool sample has %d "
                 "label(s) for %d texts, so the KL head falls back to %d k-means prototypes",
-                len(classes), len(z), cfg.kl_head_dim,
+                cfg.kl_head, len(classes), len(z), cfg.kl_head_dim,
             )
             self.kl_head_source_ = "prototypes"
         self.kl_head = spherical_kmeans(z, cfg.kl_head_dim, seed=cfg.seed).to(self.device)
         self._prototypes_fitted = True
 
     def _check_fit_labels(self, texts: list[str], labels: Sequence | None) -> list | None:
-        if not (self.config.fitted_head and self.config.kl_head == "labels"):
+        if not (self.config.fitted_head and self.config.kl_head in _LABEL_HEADS):
             return None
         if labels is None:
-            raise ValueError("kl_head='labels' fits the KL head on the pool's labels: call fit(texts, labels)")
+            raise ValueError(f"kl_head={self.config.kl_head!r} fits the KL head on the pool's labels: call fit(texts, labels)")
         labels = list(labels)
         if len(labels) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
@@ -638,7 +657,14 @@ class FungiEncoder:
         # KL(p || uniform) = sum p log p + log C, per sample; summed over the batch
         if self.kl_center_ is not None:
             z = F.normalize(z - self.kl_center_, dim=-1)
-        logp = F.log_softmax(z @ self.kl_head.T / self.config.kl_tau, dim=-1)
+        logits = z @ self.kl_head.T
+        if self.kl_head_labels_ is not None:  # "neighbors": label probabilities, the text itself left out
+            logits = logits - 1e4 * (logits.detach() > _SELF_MATCH)
+            p = F.softmax(logits / self.config.kl_tau, dim=-1)
+            n_labels = int(self.kl_head_labels_.max()) + 1
+            probs = torch.zeros(len(z), n_labels, device=z.device, dtype=p.dtype).index_add_(1, self.kl_head_labels_, p)
+            return (probs * torch.log(probs.clamp_min(1e-12))).sum()
+        logp = F.log_softmax(logits / self.config.kl_tau, dim=-1)
         return (logp.exp() * logp).sum()
 
     def _gradient_blocks(

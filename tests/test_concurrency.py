@@ -26,7 +26,7 @@ QUERIES = [
 def hnsw_retriever(small_pool, st_model) -> ICLRetriever:
     """All three blocks, searched through the HNSW graph (exact search switched off)."""
     texts, labels = small_pool
-    encoder = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
+    encoder = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl", "simclr")), show_progress_bar=False)
     retriever = ICLRetriever(encoder, index=VectorIndex(exact_threshold=0))
     retriever.fit(texts, labels)
     assert retriever.index.uses_hnsw
@@ -63,7 +63,7 @@ def test_32_threads_get_what_one_thread_gets(hnsw_retriever):
 
 def test_add_examples_while_32_threads_query(small_pool, st_model, banking_train):
     texts, labels = small_pool
-    encoder = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
+    encoder = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl", "simclr")), show_progress_bar=False)
     r = ICLRetriever(encoder, index=VectorIndex(exact_threshold=0))
     r.fit(texts, labels)
     pool = set(texts)

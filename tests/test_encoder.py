@@ -20,7 +20,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def encoder(st_model, small_pool):
-    enc = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
+    enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl", "simclr")), show_progress_bar=False)
     return enc.fit(*small_pool)
 
 
@@ -37,6 +37,14 @@ def _weight_grad_reference(enc: FungiEncoder, loss_fn) -> np.ndarray:
         layer.weight.requires_grad_(False)
         layer.bias.requires_grad_(False)
     return torch.cat([gw, gb[:, None]], dim=1).numpy()
+
+
+def _neighbor_entropy(z: torch.Tensor, head: torch.Tensor, rows: torch.Tensor, tau: float, skip: int | None = None):
+    """Minus the entropy of the soft k-NN label probabilities, written out label by label (row ``skip`` left out)."""
+    keep = [i for i in range(len(head)) if i != skip]
+    p = F.softmax(z @ head[keep].T / tau, dim=-1)[0]
+    probs = torch.stack([p[rows[keep] == c].sum() for c in range(int(rows.max()) + 1)])
+    return (probs * torch.log(probs.clamp_min(1e-12))).sum()
 
 
 def test_default_model_resolves_to_packaged_folder():
@@ -72,10 +80,9 @@ def test_kl_feature_equals_autograd_reference(encoder):
 
     def loss():
         z = F.normalize(encoder._forward(encoder._tokenize([text])), dim=-1)
-        assert encoder.kl_center_ is not None  # the default label-mean head works on centred embeddings
+        assert encoder.kl_center_ is not None  # the default neighbour head works on centred embeddings
         z = F.normalize(z - encoder.kl_center_, dim=-1)
-        logp = F.log_softmax(z @ encoder.kl_head.T / cfg.kl_tau, dim=-1)
-        return (logp.exp() * logp).sum()
+        return _neighbor_entropy(z, encoder.kl_head, encoder.kl_head_labels_, cfg.kl_tau)
 
     G = _weight_grad_reference(encoder, loss)
     ref = encoder.projections["kl"].transform_matrices(G[None])[0]
@@ -142,8 +149,9 @@ def test_truncation_is_counted(encoder):
     assert np.isfinite(out["kl"]).all()
 
 
-def test_simclr_needs_fit(st_model):
-    enc = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
+@pytest.mark.parametrize("features", [("embedding", "simclr"), ("embedding", "kl")])
+def test_simclr_and_fitted_heads_need_fit(st_model, features):
+    enc = FungiEncoder(st_model, FeatureConfig(features=features), show_progress_bar=False)
     with pytest.raises(RuntimeError, match="fit"):
         enc.encode(TEXTS)
 
@@ -257,8 +265,9 @@ def test_model_without_dropout_needs_word_deletion_views(small_pool):
                 setattr(module, child, torch.nn.Identity())
     plain = MeanPooledModel(model, AutoTokenizer.from_pretrained(path))
     with pytest.raises(ValueError, match="word_deletion"):
-        FungiEncoder(plain, FeatureConfig())
-    enc = FungiEncoder(plain, FeatureConfig(simclr_view_mode="word_deletion"), show_progress_bar=False)
+        FungiEncoder(plain, FeatureConfig(features=("embedding", "kl", "simclr")))
+    enc = FungiEncoder(plain, FeatureConfig(features=("embedding", "kl", "simclr"), simclr_view_mode="word_deletion"),
+                       show_progress_bar=False)
     blocks = enc.fit_encode(small_pool[0][:40], small_pool[1][:40])
     assert np.isfinite(blocks["simclr"]).all() and np.allclose(np.linalg.norm(blocks["simclr"], axis=1), 1, atol=1e-5)
 
@@ -329,12 +338,49 @@ def test_labels_head_is_unit_label_means_and_matches_autograd(st_model, small_po
     np.testing.assert_allclose(other.encode(texts)["kl"], blocks["kl"], atol=1e-4)
 
 
-def test_labels_head_falls_back_to_prototypes_for_free_text_labels(st_model, small_pool, caplog):
+def test_neighbors_head_is_the_pool_sample_and_leaves_the_text_out(st_model, small_pool):
+    """kl_head='neighbors' (the default): the rows are the sample's centred unit embeddings with their labels; the
+    loss sums the softmax over the rows per label, and a pool text (or a query identical to one) skips its own row."""
+    texts, labels = small_pool[0][:120], small_pool[1][:120]
+    cfg = FeatureConfig(features=("embedding", "kl"))
+    assert cfg.kl_head == "neighbors" and cfg.kl_centered and cfg.kl_tau == 0.05
+    enc = FungiEncoder(st_model, cfg, show_progress_bar=False)
+    with pytest.raises(ValueError, match=r"neighbors.*labels"):
+        enc.fit(texts)
+    blocks = enc.fit_encode(texts, labels)
+    assert enc.kl_head_source_ == "neighbors"
+    emb = torch.from_numpy(blocks["embedding"])
+    mean = emb.mean(0)
+    torch.testing.assert_close(enc.kl_center_, mean, atol=1e-5, rtol=0)
+    torch.testing.assert_close(enc.kl_head, F.normalize(emb - mean, dim=-1), atol=1e-5, rtol=0)  # pool of 120: all rows
+    names = list(dict.fromkeys(labels))
+    assert enc.kl_head_labels_.tolist() == [names.index(lab) for lab in labels]
+
+    def reference(text: str, skip: int | None = None) -> np.ndarray:
+        def loss():
+            z = F.normalize(F.normalize(enc._forward(enc._tokenize([text])), dim=-1) - mean, dim=-1)
+            return _neighbor_entropy(z, enc.kl_head, enc.kl_head_labels_, cfg.kl_tau, skip)
+
+        ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
+        return ref / np.linalg.norm(ref)
+
+    np.testing.assert_allclose(enc.encode([TEXTS[3]])["kl"][0], reference(TEXTS[3]), atol=1e-4)
+    i = 5
+    assert texts.count(texts[i]) == 1
+    np.testing.assert_allclose(blocks["kl"][i], reference(texts[i], skip=i), atol=1e-4)
+    assert not np.allclose(blocks["kl"][i], reference(texts[i]), atol=1e-2)  # keeping its own row would differ
+    np.testing.assert_allclose(enc.encode([texts[i]])["kl"][0], blocks["kl"][i], atol=1e-4)
+    other = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, labels)
+    np.testing.assert_allclose(other.encode(texts)["kl"], blocks["kl"], atol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["labels", "neighbors"])
+def test_label_heads_fall_back_to_prototypes_for_free_text_labels(st_model, small_pool, caplog, head):
     texts = small_pool[0][:60]
-    cfg = FeatureConfig(features=("embedding", "kl"), kl_head="labels", kl_head_dim=8)
+    cfg = FeatureConfig(features=("embedding", "kl"), kl_head=head, kl_head_dim=8)
     with caplog.at_level("WARNING", logger="icl_fungi.encoder"):
         enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, [f"answer {i}" for i in range(60)])
-    assert enc.kl_head_source_ == "prototypes" and enc.kl_head.shape == (8, 384)
+    assert enc.kl_head_source_ == "prototypes" and enc.kl_head.shape == (8, 384) and enc.kl_head_labels_ is None
     assert "falls back" in caplog.text
     one = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, ["same"] * 60)
     assert one.kl_head_source_ == "prototypes" and np.isfinite(one.encode(TEXTS)["kl"]).all()
