@@ -80,9 +80,10 @@ def test_kl_feature_equals_autograd_reference(encoder):
 
     def loss():
         z = F.normalize(encoder._forward(encoder._tokenize([text])), dim=-1)
-        assert encoder.kl_center_ is not None  # the default neighbour head works on centred embeddings
+        assert encoder.kl_center_ is not None  # the default label-mean head works on centred embeddings
         z = F.normalize(z - encoder.kl_center_, dim=-1)
-        return _neighbor_entropy(z, encoder.kl_head, encoder.kl_head_labels_, cfg.kl_tau)
+        logp = F.log_softmax(z @ encoder.kl_head.T / cfg.kl_tau, dim=-1)
+        return (logp.exp() * logp).sum()
 
     G = _weight_grad_reference(encoder, loss)
     ref = encoder.projections["kl"].transform_matrices(G[None])[0]
@@ -339,11 +340,11 @@ def test_labels_head_is_unit_label_means_and_matches_autograd(st_model, small_po
 
 
 def test_neighbors_head_is_the_pool_sample_and_leaves_the_text_out(st_model, small_pool):
-    """kl_head='neighbors' (the default): the rows are the sample's centred unit embeddings with their labels; the
+    """kl_head='neighbors': the rows are the sample's centred unit embeddings with their labels; the
     loss sums the softmax over the rows per label, and a pool text (or a query identical to one) skips its own row."""
     texts, labels = small_pool[0][:120], small_pool[1][:120]
-    cfg = FeatureConfig(features=("embedding", "kl"))
-    assert cfg.kl_head == "neighbors" and cfg.kl_centered and cfg.kl_tau == 0.05
+    cfg = FeatureConfig(features=("embedding", "kl"), kl_head="neighbors")
+    assert cfg.kl_centered and cfg.kl_tau == 0.05
     enc = FungiEncoder(st_model, cfg, show_progress_bar=False)
     with pytest.raises(ValueError, match=r"neighbors.*labels"):
         enc.fit(texts)

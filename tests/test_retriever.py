@@ -215,7 +215,7 @@ def test_save_load_identical(fungi_retriever, tmp_path, st_model):
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["format_version"] == 1 and manifest["n_examples"] == 300
     assert set(manifest["versions"]) >= {"icl_fungi", "torch", "transformers", "hnswlib"}
-    assert manifest["feature_config"]["features"] == ["embedding", "kl"]  # the default
+    assert manifest["feature_config"]["features"] == ["embedding", "kl", "simclr"]  # the default
     assert all(len(h) == 64 for h in manifest["files"].values())
     loaded = ICLRetriever.load(path, model=st_model)
     for q in ("card arrival", "how to top up", "exchange rate"):
@@ -335,17 +335,16 @@ def test_save_load_keeps_kl_center(small_pool, tmp_path, st_model):
                                   model=st_model, features=("embedding", "kl"), kl_center=True, show_progress_bar=False)
     loaded = ICLRetriever.load(r.save(tmp_path / "c.icl"), model=st_model)
     torch.testing.assert_close(loaded.encoder.kl_center_, r.encoder.kl_center_)
-    # the default head: the pool sample's rows and their labels, kept with its source
-    assert r.encoder.kl_head_source_ == loaded.encoder.kl_head_source_ == "neighbors"
-    assert loaded.encoder.kl_head.shape == (len(texts), 384)
+    # the default head: one unit label mean per pool label, kept with its source
+    assert r.encoder.kl_head_source_ == loaded.encoder.kl_head_source_ == "labels"
+    assert loaded.encoder.kl_head.shape == (len(set(labels)), 384) and loaded.encoder.kl_head_labels_ is None
     torch.testing.assert_close(loaded.encoder.kl_head, r.encoder.kl_head)
-    torch.testing.assert_close(loaded.encoder.kl_head_labels_, r.encoder.kl_head_labels_)
-    assert loaded.encoder.kl_head_labels_.max() == len(set(labels)) - 1
-    means = ICLRetriever.from_dataset([{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)],
-                                      model=st_model, features=("embedding", "kl", "simclr"), kl_head="labels",
-                                      show_progress_bar=False)
-    back = ICLRetriever.load(means.save(tmp_path / "m.icl"), model=st_model)
-    assert back.encoder.kl_head.shape == (len(set(labels)), 384) and back.encoder.kl_head_labels_ is None
-    torch.testing.assert_close(back.encoder.negatives, means.encoder.negatives)
-    np.testing.assert_allclose(back.features("card arrival"), means.features("card arrival"), atol=1e-6)
+    # the soft k-NN head: the pool sample's rows and their labels
+    nb = ICLRetriever.from_dataset([{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)],
+                                   model=st_model, features=("embedding", "kl"), kl_head="neighbors", show_progress_bar=False)
+    back = ICLRetriever.load(nb.save(tmp_path / "n.icl"), model=st_model)
+    assert back.encoder.kl_head_source_ == "neighbors" and back.encoder.kl_head.shape == (len(texts), 384)
+    torch.testing.assert_close(back.encoder.kl_head_labels_, nb.encoder.kl_head_labels_)
+    assert back.encoder.kl_head_labels_.max() == len(set(labels)) - 1
+    np.testing.assert_allclose(back.features("card arrival"), nb.features("card arrival"), atol=1e-6)
     np.testing.assert_allclose(loaded.features("card arrival"), r.features("card arrival"), atol=1e-6)
