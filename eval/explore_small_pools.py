@@ -24,7 +24,7 @@ import numpy as np
 from icl_fungi import ICLRetriever, load_pool
 from icl_fungi.evaluation import retrieval_metrics, stratified_split
 
-HEADS = {"labels": {"kl_head": "labels"}, "neighbors": {"kl_head": "neighbors"}}
+HEADS = ("labels", "neighbors")
 
 
 def main() -> None:
@@ -38,18 +38,18 @@ def main() -> None:
     q_t, q_l = [texts[i] for i in held], [labels[i] for i in held]
     doc = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "queries": len(q_t),
                     "python": platform.python_version(), "command": " ".join(sys.argv)}, "results": {}}
+    by: dict[str, list[int]] = {}
+    for i in keep:
+        by.setdefault(labels[i], []).append(i)
     rng = np.random.default_rng(0)
     for n in (int(x) for x in args.per_label.split(",")):
-        by: dict[str, list[int]] = {}
-        for i in keep:
-            by.setdefault(labels[i], []).append(i)
         pool = sorted(j for members in by.values() for j in rng.choice(members, size=min(n, len(members)), replace=False))
         p_t, p_l = [texts[i] for i in pool], [labels[i] for i in pool]
         k = min(20, n)
         configs = {"embedding": ({"features": ("embedding",), "center_blocks": False}, {})}
-        for head, kw in HEADS.items():
+        for head in HEADS:
             for w in (0.3, 0.5, 1.0):
-                configs[f"{head} w{w:g}"] = ({"features": ("embedding", "kl"), **kw}, {"kl": w})
+                configs[f"{head} w{w:g}"] = ({"features": ("embedding", "kl"), "kl_head": head}, {"kl": w})
         for name, (cfg, weights) in configs.items():
             r = ICLRetriever.from_dataset([{"text": t, "label": lab} for t, lab in zip(p_t, p_l, strict=True)],
                                           block_weights=weights or None, show_progress_bar=False,

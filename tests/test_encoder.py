@@ -39,6 +39,12 @@ def _weight_grad_reference(enc: FungiEncoder, loss_fn) -> np.ndarray:
     return torch.cat([gw, gb[:, None]], dim=1).numpy()
 
 
+def _head_entropy(z: torch.Tensor, head: torch.Tensor, tau: float) -> torch.Tensor:
+    """Minus the entropy of ``softmax(z @ head.T / tau)`` (the loss of the label-mean, prototype and random heads)."""
+    logp = F.log_softmax(z @ head.T / tau, dim=-1)
+    return (logp.exp() * logp).sum()
+
+
 def _neighbor_entropy(z: torch.Tensor, head: torch.Tensor, rows: torch.Tensor, tau: float, skip: int | None = None):
     """Minus the entropy of the soft k-NN label probabilities, written out label by label (row ``skip`` left out)."""
     keep = [i for i in range(len(head)) if i != skip]
@@ -82,8 +88,7 @@ def test_kl_feature_equals_autograd_reference(encoder):
         z = F.normalize(encoder._forward(encoder._tokenize([text])), dim=-1)
         assert encoder.kl_center_ is not None  # the default label-mean head works on centred embeddings
         z = F.normalize(z - encoder.kl_center_, dim=-1)
-        logp = F.log_softmax(z @ encoder.kl_head.T / cfg.kl_tau, dim=-1)
-        return (logp.exp() * logp).sum()
+        return _head_entropy(z, encoder.kl_head, cfg.kl_tau)
 
     G = _weight_grad_reference(encoder, loss)
     ref = encoder.projections["kl"].transform_matrices(G[None])[0]
@@ -288,8 +293,7 @@ def test_kl_center_prototypes_match_autograd_reference(st_model, small_pool):
 
     def loss():
         z = F.normalize(F.normalize(enc._forward(enc._tokenize([text])), dim=-1) - enc.kl_center_, dim=-1)
-        logp = F.log_softmax(z @ enc.kl_head.T / enc.config.kl_tau, dim=-1)
-        return (logp.exp() * logp).sum()
+        return _head_entropy(z, enc.kl_head, enc.config.kl_tau)
 
     ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
     got = enc.encode([text])["kl"][0]
@@ -328,8 +332,7 @@ def test_labels_head_is_unit_label_means_and_matches_autograd(st_model, small_po
 
     def loss():
         z = F.normalize(F.normalize(enc._forward(enc._tokenize([text])), dim=-1) - mean, dim=-1)
-        logp = F.log_softmax(z @ enc.kl_head.T / cfg.kl_tau, dim=-1)
-        return (logp.exp() * logp).sum()
+        return _head_entropy(z, enc.kl_head, cfg.kl_tau)
 
     ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
     np.testing.assert_allclose(enc.encode([text])["kl"][0], ref / np.linalg.norm(ref), atol=1e-4)
