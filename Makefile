@@ -9,7 +9,7 @@ BANKING77 ?= ../shared/data/banking77
 EVAL_OUT ?= eval/results/banking77-gemma3-270m
 EVAL_LIMIT ?= 240
 
-.PHONY: venv test eval bench demo lint clean
+.PHONY: venv test test-fast eval bench demo lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,16 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Both tiers: the fast one (tests/data fixture, no data folder, no LLM server) and the slow one
+# (@pytest.mark.slow: the full banking-77 pool and the real llama.cpp server).
 test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The edit loop: the fast tier only (about 1.5 minutes on 2 cores).
+test-fast: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 # Main job: build the banking-77 retrievers and run the in-context-learning comparison
 # (fungi, embedding, random; k = 20; a seeded sample of test queries) against the

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from icl_fungi import PCA, FeatureConfig, FungiEncoder, MeanPooledModel, load_pool
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE_FEATURES, DEFAULT_DATA, RESULTS, dev_split, load_split, run_meta
+
 from icl_fungi.evaluation import retrieval_metrics, stratified_split
+from icl_fungi.features import FeatureConfig, FungiEncoder, MeanPooledModel
+from icl_fungi.projection import PCA
 
 COMBOS: dict[str, dict[str, float]] = {
     "embedding (raw)": {"embedding": 1.0},
@@ -81,23 +83,20 @@ def combine(blocks: dict[str, np.ndarray], weights: dict[str, float], means: dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--split", choices=("dev", "test"), default="test")
     ap.add_argument("--pool-size", type=int, default=3000, help="seeded stratified pool sample (0: all)")
     ap.add_argument("--queries", type=int, default=600, help="seeded query sample (0: all)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--configs", default="", help="comma-separated heads to encode (default: all); others keep earlier rows")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ablate_gemma"))
+    ap.add_argument("--out", default=str(RESULTS / "ablate_gemma"))
     args = ap.parse_args()
-    data = Path(args.data)
-    texts, labels = load_pool(data / "train.csv", label_column="category")
+    texts, labels = load_split(args.data, "train")
     if args.split == "dev":
-        pool_i, query_i = stratified_split(labels, 0.2, seed=args.seed)
-        q_texts, q_labels = [texts[i] for i in query_i], [labels[i] for i in query_i]
-        texts, labels = [texts[i] for i in pool_i], [labels[i] for i in pool_i]
+        texts, labels, q_texts, q_labels = dev_split(texts, labels, seed=args.seed)
     else:
-        q_texts, q_labels = load_pool(data / "test.csv", label_column="category")
+        q_texts, q_labels = load_split(args.data, "test")
     rng = np.random.default_rng(args.seed)
     if args.pool_size and args.pool_size < len(texts):
         keep, _ = stratified_split(labels, 1 - args.pool_size / len(texts), seed=args.seed)
@@ -110,17 +109,19 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_gemma()
     load_s = time.perf_counter() - t0  # (loaded even when every block is cached: simpler, ~1 min)
+    def cfg(**fields: object) -> FeatureConfig:  # spelled out against the frozen baseline (common.BASE_FEATURES)
+        return FeatureConfig(**{**BASE_FEATURES, "seed": args.seed, **fields})
+
+    wd = {"simclr_view_mode": "word_deletion"}  # Gemma 3 has no Dropout modules
+    proto = {"kl_head": "prototypes", "kl_center": False, "kl_temperature": 0.07}
     configs = {
-        "proto": FeatureConfig(features=("embedding", "kl", "simclr"), kl_head="prototypes", simclr_view_mode="word_deletion"),
-        "random": FeatureConfig(features=("kl",), kl_head="random", kl_head_dim=1024, kl_temperature=15.0),
-        "pc": FeatureConfig(features=("embedding", "kl"), kl_head="prototypes", kl_center=True),
-        "pc_t02": FeatureConfig(features=("kl",), kl_head="prototypes", kl_center=True, kl_temperature=0.2),
-        # the library default head (label means, centred, T 0.07)
-        "labels": FeatureConfig(features=("embedding", "kl", "simclr"), kl_head="labels", simclr_view_mode="word_deletion"),
-        "labels_nc": FeatureConfig(features=("kl",), kl_head="labels", kl_center=False),
-        # the soft k-NN head (the library default: centred, T 0.05)
-        "neighbors": FeatureConfig(features=("embedding", "kl", "simclr"), kl_head="neighbors",
-                                   simclr_view_mode="word_deletion"),
+        "proto": cfg(features=("embedding", "kl", "simclr"), **proto, **wd),
+        "random": cfg(features=("kl",), kl_head="random", kl_head_dim=1024, kl_temperature=15.0, kl_center=False),
+        "pc": cfg(features=("embedding", "kl"), **{**proto, "kl_center": True}),
+        "pc_t02": cfg(features=("kl",), **{**proto, "kl_center": True, "kl_temperature": 0.2}),
+        "labels": cfg(features=("embedding", "kl", "simclr"), kl_head="labels", kl_center=True, kl_temperature=0.07, **wd),
+        "labels_nc": cfg(features=("kl",), kl_head="labels", kl_center=False, kl_temperature=0.07),
+        "neighbors": cfg(features=("embedding", "kl", "simclr"), kl_head="neighbors", kl_center=True, kl_temperature=0.05, **wd),
     }
     keys = {"random": "kl_random", "pc": "kl_pc", "pc_t02": "kl_pc_t02", "labels": "kl_labels", "labels_nc": "kl_labels_nc",
             "neighbors": "kl_neighbors"}
@@ -171,13 +172,8 @@ def main() -> None:
                                         [sims[j, row].tolist() for j, row in enumerate(top)], q_labels, k)
         print(f"{combo:55s} P@20 {rows[combo]['p@20']:.4f}  1-NN {rows[combo]['1nn_acc']:.4f}", file=sys.stderr, flush=True)
 
-    import torch
-    import transformers
-
     report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python eval/ablate_gemma.py " + " ".join(sys.argv[1:]),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "meta": run_meta(),
         "split": args.split, "pool": len(texts), "queries": len(q_texts), "seed": args.seed,
         "encoder": "Gemma 3 270M (GGUF q4_k_m dequantised), mean-pooled; target layer: last block self_attn.o_proj",
         "configs": {**prior.get("configs", {}), **{tag: cfg.to_dict() for tag, cfg in configs.items()}},
@@ -186,8 +182,9 @@ def main() -> None:
     }
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     base = rows["embedding (raw)"]["p@20"]
-    lines = [f"# Gemma 3 270M encoder: FUNGI vs embeddings ({report['date']})", "",
-             f"`{report['command']}`; {args.split} split, pool {len(texts)} (seeded stratified sample), "
+    lines = [f"# Gemma 3 270M encoder: FUNGI vs embeddings ({report['meta']['date']})", "",
+             f"`{report['meta']['command']}` (commit {report['meta']['commit'][:12]}); {args.split} split, "
+             f"pool {len(texts)} (seeded stratified sample), "
              f"{len(q_texts)} seeded queries, exact search, PCA to 640 on the pool. SimCLR: 2 word-deletion views.", "",
              "| features | P@20 | vs embedding | gold in top-20 | 1-NN acc | weighted 20-NN vote |", "|---|---|---|---|---|---|"]
     for combo, m in sorted(rows.items(), key=lambda kv: list(COMBOS).index(kv[0]) if kv[0] in COMBOS else 99):

@@ -11,15 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE_FEATURES, BASE_WEIGHTS, DEFAULT_DATA, EMBEDDING, RESULTS, load_split, run_meta
 
 FEATURE_SETS = {
     "embedding": ("embedding",),
@@ -29,24 +30,21 @@ FEATURE_SETS = {
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
-    from icl_fungi import ICLRetriever, load_pool
-    from icl_fungi.encoder import FungiEncoder
+    from icl_fungi import FeatureConfig, FungiEncoder, ICLRetriever
     from icl_fungi.evaluation import retrieval_metrics
 
-    data = Path(args.data)
-    texts, labels = load_pool(data / "train.csv", label_column="category")
-    q_texts, q_labels = load_pool(data / "test.csv", label_column="category")
+    texts, labels = load_split(args.data, "train")
+    q_texts, q_labels = load_split(args.data, "test")
     t0 = time.perf_counter()
-    from icl_fungi import FeatureConfig
-
-    # embeddings alone: the plain baseline (no block centring); the others: library defaults
-    extra = {"center_blocks": False} if FEATURE_SETS[name] == ("embedding",) else {}
-    encoder = FungiEncoder(config=FeatureConfig(features=FEATURE_SETS[name], **extra), show_progress_bar=False)
+    # embeddings alone: the plain baseline (no block centring); the others: the 0.2.0 defaults, spelled out
+    fields = {**BASE_FEATURES, **(EMBEDDING if FEATURE_SETS[name] == ("embedding",) else {}), "features": FEATURE_SETS[name]}
+    weights = {f: BASE_WEIGHTS[f] for f in FEATURE_SETS[name]}
+    encoder = FungiEncoder(config=FeatureConfig(**fields), show_progress_bar=False)
     load_s = time.perf_counter() - t0
-    ICLRetriever(encoder).fit(texts[:64], labels[:64])  # warm-up (first-call allocations, thread pools)
-    encoder = FungiEncoder(encoder.model, FeatureConfig(features=FEATURE_SETS[name], **extra), show_progress_bar=False)
+    ICLRetriever(encoder, block_weights=weights).fit(texts[:64], labels[:64])  # warm-up (first-call allocations, thread pools)
+    encoder = FungiEncoder(encoder.model, FeatureConfig(**fields), show_progress_bar=False)
     t0 = time.perf_counter()
-    r = ICLRetriever(encoder).fit(texts, labels)
+    r = ICLRetriever(encoder, block_weights=weights).fit(texts, labels)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(args.seed)
     sample = rng.choice(len(q_texts), size=min(args.queries, len(q_texts)), replace=False)
@@ -73,16 +71,17 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "retrieval": metrics,
         "hnsw": r.index.uses_hnsw,
+        "config": {"feature_config": r.config.to_dict(), "block_weights": r.block_weights},
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--queries", type=int, default=1000, help="seeded test queries for P@20")
     ap.add_argument("--latency-queries", type=int, default=200, help="single queries timed")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--sets", default=",".join(FEATURE_SETS), help="comma-separated feature sets (embedding is always run)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -102,18 +101,7 @@ def main() -> None:
     base = results["embedding"]["build_s"]
     for m in results.values():
         m["build_ratio_to_embedding"] = round(m["build_s"] / base, 3)
-    import torch
-
-    from icl_fungi import __version__
-
-    report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "icl_fungi": __version__,
-        "torch": torch.__version__,
-        "seed": args.seed,
-        "results": results,
-    }
+    report = {"meta": run_meta(seed=args.seed), "results": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_features.json").write_text(json.dumps(report, indent=2))
@@ -125,7 +113,8 @@ def main() -> None:
                      f"{m['retrieval']['1nn_acc']:.4f} |")
     table = "\n".join(lines)
     (out / "bench_features.md").write_text(
-        f"# bench_features ({report['date']}, {os.cpu_count()} CPUs)\n\n`python eval/bench_features.py`; build time "
+        f"# bench_features ({report['meta']['date']}, {os.cpu_count()} CPUs, commit {report['meta']['commit'][:12]})\n\n"
+        f"`{report['meta']['command']}`; build time "
         "after a warm-up build of 64 texts (model loading excluded); "
         f"P@20 on {args.queries} seeded banking-77 test queries, pool = full train split.\n\n{table}\n")
     print(table)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -25,6 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE_FEATURES, BASE_WEIGHTS, DEFAULT_DATA, RESULTS, load_split, run_meta
 
 
 def make_pool(texts: list[str], labels: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -57,22 +59,23 @@ def _pct(values: list[float], q: float) -> float:
 def run_one(n: int, args: argparse.Namespace) -> dict:
     import torch
 
-    from icl_fungi import ICLRetriever, VectorIndex, load_pool
+    from icl_fungi import FeatureConfig, FungiEncoder, ICLRetriever, VectorIndex
 
-    data = Path(args.data)
-    texts, labels = make_pool(*load_pool(data / "train.csv", label_column="category"), n, args.seed)
-    q_texts, _ = load_pool(data / "test.csv", label_column="category")
+    texts, labels = make_pool(*load_split(args.data, "train"), n, args.seed)
+    q_texts, _ = load_split(args.data, "test")
     queries = [q_texts[i] for i in np.random.default_rng(args.seed).choice(len(q_texts), size=args.queries, replace=False)]
-    r = ICLRetriever.from_dataset([{"text": "warm-up", "label": "x"}] * 2, show_progress_bar=False)  # load + warm the model
-    encoder = r.encoder
+    config = FeatureConfig(**BASE_FEATURES)  # the 0.2.0 defaults, spelled out
+    encoder = FungiEncoder(config=config, show_progress_bar=False)
+    ICLRetriever(encoder, block_weights=BASE_WEIGHTS).fit(["warm-up one", "warm-up two"], ["x", "y"])  # load + warm the model
+    encoder = FungiEncoder(encoder.model, config, show_progress_bar=False)
     t0 = time.perf_counter()
-    r = ICLRetriever(encoder).fit(texts, labels)
+    r = ICLRetriever(encoder, block_weights=BASE_WEIGHTS).fit(texts, labels)
     build_s = time.perf_counter() - t0
     rss_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tmp = Path(tempfile.mkdtemp())
     try:
         r.save(tmp / "r")
-        disk = {f.name: f.stat().st_size for f in (tmp / "r").iterdir()}
+        disk = {f.name: f.stat().st_size for f in (tmp / "r").rglob("*") if f.is_file()}
     finally:
         shutil.rmtree(tmp)
     single, prompt = [], []
@@ -137,11 +140,11 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--queries", type=int, default=200, help="seeded test queries timed (and used for recall)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -164,18 +167,7 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     results.sort(key=lambda m: m["pool"])
-    import torch
-
-    from icl_fungi import __version__
-
-    report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "icl_fungi": __version__,
-        "torch": torch.__version__,
-        "seed": args.seed,
-        "results": results,
-    }
+    report = {"meta": run_meta(seed=args.seed, feature_config=BASE_FEATURES, block_weights=BASE_WEIGHTS), "results": results}
     (out / "bench_scale.json").write_text(json.dumps(report, indent=2))
     lines = ["| pool | build s | texts/s | index | saved MB | peak RSS MB | retrieve p50/p95 ms | build_prompt p50/p95 ms "
              "| batch of 32 p50/p95 ms | HNSW recall@20 |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -185,7 +177,7 @@ def main() -> None:
                      f"{m['batch32_ms_p50']} / {m['batch32_ms_p95']} | {m['hnsw_recall@20']:.4f} |")
     table = "\n".join(lines)
     (out / "bench_scale.md").write_text(
-        f"# bench_scale ({report['date']}, {os.cpu_count()} CPUs)\n\n`python eval/bench_scale.py` (rows: see each "
+        f"# bench_scale ({report['meta']['date']}, {os.cpu_count()} CPUs)\n\n`{report['meta']['command']}` (rows: see each "
         "row's `command` and `date` in bench_scale.json); default features "
         f"(embedding + KL + SimCLR); {args.queries} seeded banking-77 test queries; recall@20 of the HNSW graph "
         "against exact search on the same vectors at the default ef (for the 1k pool, which the retriever searches "

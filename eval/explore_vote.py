@@ -18,29 +18,26 @@ Writes eval/results/ablate_quality/dev-vote.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from icl_fungi import load_pool
-from icl_fungi.encoder import FeatureConfig
-from icl_fungi.evaluation import retrieval_metrics, stratified_split
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE_FEATURES, DEFAULT_DATA, RESULTS, markdown_table, pool_and_queries, run_meta, write_results
+
+from icl_fungi.evaluation import retrieval_metrics
+from icl_fungi.features import FeatureConfig, FungiEncoder
 from icl_fungi.projection import PCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explore_kl_losses import LossEncoder
-
-ENCODERS = {  # block name -> (encoder config, block it yields, loss of explore_kl_losses.LossEncoder)
-    "labels": ({"features": ("embedding", "kl", "simclr"), "kl_head": "labels"}, None, "entropy"),
-    "proto": ({"features": ("embedding", "kl"), "kl_head": "prototypes"}, "kl", "entropy"),
-    "random": ({"features": ("embedding", "kl"), "kl_head": "random", "kl_head_dim": 1024, "kl_temperature": 15.0},
-               "kl", "entropy"),
-    **{f"knn{t}": ({"features": ("embedding", "kl"), "kl_temperature": t}, "kl", "knn") for t in (0.05, 0.07, 0.1)},
+ENCODERS = {  # block name -> (encoder config over common.BASE_FEATURES, block it yields; None: all its blocks)
+    "labels": ({"features": ("embedding", "kl", "simclr"), "kl_head": "labels", "kl_center": True, "kl_temperature": 0.07}, None),
+    "proto": ({"features": ("embedding", "kl"), "kl_head": "prototypes", "kl_center": False, "kl_temperature": 0.07}, "kl"),
+    "random": ({"features": ("embedding", "kl"), "kl_head": "random", "kl_head_dim": 1024, "kl_temperature": 15.0,
+                "kl_center": False}, "kl"),
+    **{f"knn{t}": ({"features": ("embedding", "kl"), "kl_head": "neighbors", "kl_center": True, "kl_temperature": t}, "kl")
+       for t in (0.05, 0.07, 0.1)},
 }
 
 # mixes: name -> (block weights, PCA size or None for the embedding dimension)
@@ -72,21 +69,20 @@ def combine(blocks: dict[str, np.ndarray], means: dict[str, np.ndarray], weights
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ablate_quality" / "dev-vote"))
+    ap.add_argument("--out", default=str(RESULTS / "ablate_quality" / "dev-vote.json"))
     args = ap.parse_args()
-    texts, labels = load_pool(Path(args.data) / "train.csv", label_column="category")
-    keep, held = stratified_split(labels, 0.2, seed=0)
-    pool_t, pool_l = [texts[i] for i in keep], [labels[i] for i in keep]
-    q_t, q_l = [texts[i] for i in held], [labels[i] for i in held]
+    pool_t, pool_l, q_t, q_l = pool_and_queries(args.data, "dev")
 
     pool_b: dict[str, np.ndarray] = {}
     query_b: dict[str, np.ndarray] = {}
     build_s: dict[str, float] = {}
-    for name, (cfg, block, loss) in ENCODERS.items():
+    configs = {}
+    for name, (cfg, block) in ENCODERS.items():
         t0 = time.perf_counter()
-        enc = LossEncoder(config=FeatureConfig(**cfg), loss=loss, show_progress_bar=False)
+        configs[name] = FeatureConfig(**{**BASE_FEATURES, **cfg})
+        enc = FungiEncoder(config=configs[name], show_progress_bar=False)
         pb, qb = enc.fit_encode(pool_t, pool_l), enc.encode(q_t)
         build_s[name] = round(time.perf_counter() - t0, 1)
         if block is None:
@@ -97,11 +93,9 @@ def main() -> None:
         print(f"encoded {name} in {build_s[name]} s", flush=True)
     means = {f: b.mean(axis=0) for f, b in pool_b.items()}
 
-    doc = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pool": len(pool_t),
-                    "queries": len(q_t), "k": args.k, "python": platform.python_version(),
-                    "command": " ".join(sys.argv), "encode_s": build_s,
-                    "split": "dev: stratified 20% of banking-77 train (seed 0) held out"},
-           "results": {}}
+    doc = {"meta": run_meta(split="dev", pool=len(pool_t), queries=len(q_t), k=args.k, encode_s=build_s,
+                            encoders={n: c.to_dict() for n, c in configs.items()}),
+           "rows": {}}
     for name, (weights, n_comp) in MIXES.items():
         pca = PCA(n_comp or pool_b["embedding"].shape[1])
         pool = pca.fit_transform(combine(pool_b, means, weights)).astype(np.float32)
@@ -113,27 +107,18 @@ def main() -> None:
         m = retrieval_metrics([[pool_l[i] for i in row] for row in top], np.take_along_axis(sims, top, 1).tolist(),
                               q_l, args.k)
         m.update(weights=weights, pca_components=n_comp)
-        doc["results"][name] = m
+        doc["rows"][name] = m
         print(f"{name:<40} P@{args.k} {m[f'p@{args.k}']:.4f}  1-NN {m['1nn_acc']:.4f}  "
               f"vote {m[f'knn{args.k}_vote_acc']:.4f}", flush=True)
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2))
-    write_table(doc, out, args.k)
-
-
-def write_table(doc: dict, stem: Path, k: int) -> None:
-    res = doc["results"]
-    base = res["embedding"]
-    lines = [f"# Block mixes vs the k-NN vote (dev split; pool {doc['meta']['pool']}, {doc['meta']['queries']} queries, "
-             "all-MiniLM-L6-v2, CPU)", "", f"`{doc['meta']['command']}`", "",
-             "Blocks: `kl` = label-mean head (default), `proto` = k-means prototype head, `random` = the paper's "
-             "random head (T 15, 1024 wide), `knnT` = soft k-NN head at temperature T (see `dev-losses.md`), "
-             "`simclr` = 2 dropout views.", "",
-             f"| mix | P@{k} | vs embedding | 1-NN acc | weighted {k}-NN vote | vote vs embedding |", "|---|---|---|---|---|---|"]
-    for name, m in res.items():
-        lines.append(f"| {name} | {m[f'p@{k}']:.4f} | {100 * (m[f'p@{k}'] - base[f'p@{k}']):+.2f} pt | {m['1nn_acc']:.4f} | "
-                     f"{m[f'knn{k}_vote_acc']:.4f} | {100 * (m[f'knn{k}_vote_acc'] - base[f'knn{k}_vote_acc']):+.2f} pt |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    k, base = args.k, doc["rows"]["embedding"]
+    table = [{"mix": n, f"P@{k}": m[f"p@{k}"], "vs embedding": f"{100 * (m[f'p@{k}'] - base[f'p@{k}']):+.2f} pt",
+              "1-NN": m["1nn_acc"], f"{k}-NN vote": m[f"knn{k}_vote_acc"],
+              "vote vs embedding": f"{100 * (m[f'knn{k}_vote_acc'] - base[f'knn{k}_vote_acc']):+.2f} pt"}
+             for n, m in doc["rows"].items()]
+    write_results(Path(args.out), doc, title=f"Block mixes vs the k-NN vote (dev split; pool {len(pool_t)}, {len(q_t)} queries)",
+                  table=markdown_table(table, ["mix", f"P@{k}", "vs embedding", "1-NN", f"{k}-NN vote", "vote vs embedding"]),
+                  notes="Blocks: `kl` = label-mean head, `proto` = k-means prototype head, `random` = the paper's random head "
+                        "(T 15, 1024 wide), `knnT` = soft k-NN head at temperature T, `simclr` = 2 dropout views.")
 
 
 if __name__ == "__main__":

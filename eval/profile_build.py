@@ -10,35 +10,39 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import sys
 import time
 from pathlib import Path
 
-from icl_fungi import FungiEncoder, ICLRetriever, load_pool
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE_FEATURES, BASE_WEIGHTS, DEFAULT_DATA, load_split
+
+from icl_fungi import FeatureConfig, FungiEncoder, ICLRetriever
 
 STAGES = {
-    "_trunk": "trunk forward (embedding + KL graph)",
-    "_gradient_blocks": "gradient blocks (view forward, backward, projections)",
+    "trunk": "trunk forward (embedding + KL graph)",
+    "blocks": "gradient blocks (view forward, backward, projections)",
     "run_backward": "  backward (KL + SimCLR, one call per batch)",
     "transform": "  per-sample gradient + projection",
     "hook": "  dropout masks",
     "_fit_negatives": "SimCLR negative bank",
-    "spherical_kmeans": "k-means prototypes",
+    "_fit_head": "KL head",
     "build": "index build",
-    "_tokenize": "tokenise batches",
+    "tokenize": "tokenise batches",
     "token_lengths": "length sorting (tokenise)",
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--n", type=int, default=10003)
     args = ap.parse_args()
-    texts, labels = load_pool(Path(args.data) / "train.csv", label_column="category")
+    texts, labels = load_split(args.data, "train")
     texts, labels = texts[: args.n], labels[: args.n]
-    warm = ICLRetriever.from_dataset([{"text": t, "label": lab} for t, lab in zip(texts[:64], labels[:64], strict=True)],
-                                     show_progress_bar=False)
-    retriever = ICLRetriever(FungiEncoder(warm.encoder.model, warm.encoder.config, show_progress_bar=False))
+    config = FeatureConfig(**BASE_FEATURES)  # the 0.2.0 defaults, spelled out
+    warm = ICLRetriever(FungiEncoder(config=config, show_progress_bar=False), block_weights=BASE_WEIGHTS).fit(texts[:64], labels[:64])
+    retriever = ICLRetriever(FungiEncoder(warm.encoder.model, config, show_progress_bar=False), block_weights=BASE_WEIGHTS)
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()

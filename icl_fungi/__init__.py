@@ -1,34 +1,35 @@
 """icl-fungi: pick in-context examples with FUNGI features (embeddings + self-supervised gradients).
 
 Example:
-    >>> from icl_fungi import ICLRetriever                                   # doctest: +SKIP
-    >>> r = ICLRetriever.from_dataset("train.csv", label_column="category")  # doctest: +SKIP
-    >>> r.retrieve("I still haven't received my card", k=20)[0].label        # doctest: +SKIP
+    >>> from icl_fungi import ICLRetriever                                                  # doctest: +SKIP
+    >>> r = ICLRetriever.from_dataset("train.csv", label_column="category")                 # doctest: +SKIP
+    >>> r.retrieve("I still haven't received my card", k=20)[0].label                       # doctest: +SKIP
     'card_arrival'
+    >>> print(r.build_prompt("I still haven't received my card", k=20))                     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .data import load_pool
-from .encoder import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES, FeatureConfig, FungiEncoder, MeanPooledModel, resolve_model
+from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder, KLHead, register_kl_head
 from .index import VectorIndex
-from .projection import PCA, GradientProjection
 from .retriever import ICLRetriever, RetrievedExample
+from .selection import Selection
+from .template import PromptTemplate
 
 __all__ = [
     "DEFAULT_FEATURES",
     "DEFAULT_MODEL",
-    "FEATURES",
-    "PCA",
     "FeatureConfig",
     "FungiEncoder",
-    "GradientProjection",
     "ICLRetriever",
-    "MeanPooledModel",
+    "KLHead",
+    "PromptTemplate",
     "RetrievedExample",
+    "Selection",
     "VectorIndex",
     "load_pool",
-    "resolve_model",
+    "register_kl_head",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .encoder import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES
+from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print("\n--- prompt ---")
                     print(prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, indent=2))
         else:
-            from .harness import EvalSettings, run_icl_eval
+            from .evaluation.harness import EvalSettings, run_icl_eval
 
             settings = EvalSettings(
                 data=args.data, out=args.out, text_column=args.text_column, label_column=args.label_column,

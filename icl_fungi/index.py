@@ -18,6 +18,8 @@ import numpy as np
 
 __all__ = ["VectorIndex"]
 
+_HNSW_FILE = "hnsw.bin"
+
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
@@ -139,13 +141,41 @@ class VectorIndex:
         return ids.astype(np.int64), np.take_along_axis(sims, ids, axis=1).astype(np.float32)
 
     # ------------------------------------------------------------- persistence
-    def save_hnsw(self, path: str | Path) -> bool:
-        """Write the HNSW graph to ``path``; returns False when the index is exact."""
+    def config(self) -> dict[str, Any]:
+        """Settings (JSON-ready)."""
+        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+                "exact_threshold": self.exact_threshold, "random_state": self.random_state}
+
+    def save(self, path: str | Path) -> None:
+        """Write settings, the normalised vectors and (when used) the HNSW graph into the folder ``path``."""
+        from .persistence import write_part
+
         with self._lock:
-            if self._hnsw is None:
-                return False
-            self._hnsw.save_index(str(path))
-            return True
+            if self.vectors_ is None:
+                raise RuntimeError("the index is empty")
+            write_part(path, {**self.config(), "hnsw": self._hnsw is not None}, {"vectors": self.vectors_})
+            if self._hnsw is not None:
+                self._hnsw.save_index(str(Path(path) / _HNSW_FILE))
+
+    @classmethod
+    def load(cls, path: str | Path, *, dim: int | None = None) -> VectorIndex:
+        """Load an index saved by :meth:`save` (vectors of size ``dim``, when given)."""
+        from .persistence import read_part
+
+        config, arrays = read_part(path)
+        settings = {k: config.get(k) for k in ("M", "ef_construction", "ef_search", "exact_threshold", "random_state")}
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in settings.values()) \
+                or not isinstance(config.get("hnsw"), bool):
+            raise ValueError(f"{path}: index config is invalid ({config})")
+        vectors = arrays.get("vectors")
+        if vectors is None or vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.dtype != np.float32 \
+                or (dim is not None and vectors.shape[1] != dim) or not np.isfinite(vectors).all():
+            raise ValueError(f"{path}: vectors.npy is missing or not a finite float32 (n, {dim or 'dim'}) array")
+        index = cls(**settings)
+        hnsw_file = Path(path) / _HNSW_FILE
+        if config["hnsw"] != hnsw_file.is_file():
+            raise ValueError(f"{path}: the index config and the presence of {_HNSW_FILE} disagree")
+        return index.restore(vectors, hnsw_file if config["hnsw"] else None)
 
     def restore(self, vectors: np.ndarray, hnsw_path: str | Path | None) -> VectorIndex:
         """Restore from saved (already normalised) vectors and an optional HNSW file."""

@@ -25,6 +25,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "icl_fungi.langchain needs langchain-core: pip install 'icl-fungi[langchain]'"
     ) from err
 
+from .prompt import ORDERS, order_examples
 from .retriever import ICLRetriever
 from .selection import Selection
 
@@ -71,9 +72,10 @@ class ICLFungiRetriever(BaseRetriever):
 class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
     """A LangChain example selector for ``FewShotPromptTemplate`` / ``FewShotChatMessagePromptTemplate``.
 
-    Selected examples are dicts ``{text_key: text, label_key: label}``, most similar
-    last (next to the query). The query is ``input_variables[input_key]``, or the only
-    input variable when ``input_key`` is ``None``.
+    Selected examples are dicts ``{text_key: text, label_key: label}`` in ``order`` (as in
+    ``ICLRetriever.build_prompt``: ``"similar_last"``, the default, puts the most similar next to
+    the query; ``"similar_first"``; ``"random"`` seeded by ``seed``). The query is
+    ``input_variables[input_key]``, or the only input variable when ``input_key`` is ``None``.
 
     Example:
         >>> sel = ICLFungiExampleSelector(retriever=r, k=4)         # doctest: +SKIP
@@ -87,12 +89,15 @@ class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
     text_key: str = "text"
     label_key: str = "label"
     selection: Any = None
-    similar_last: bool = True
+    order: str = "similar_last"
+    seed: int = 0
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     def model_post_init(self, __context: Any) -> None:
         _check(self.retriever, self.selection)
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
 
     def _query(self, input_variables: dict[str, Any]) -> str:
         if self.input_key is not None:
@@ -106,8 +111,7 @@ class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
     def select_examples(self, input_variables: dict[str, str]) -> list[dict]:
         """Examples for the query in ``input_variables``."""
         res = self.retriever.retrieve(self._query(input_variables), self.k, selection=self.selection)
-        if self.similar_last:
-            res = res[::-1]
+        res = order_examples(res, self.order, self.seed)
         return [{self.text_key: x.text, self.label_key: x.label} for x in res]
 
     def add_example(self, example: dict[str, str]) -> Any:

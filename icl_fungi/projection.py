@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,26 +99,44 @@ class GradientProjection:
         block = torch.randint(0, 2, (hi - lo, self.n_components), generator=gen, dtype=torch.int8)
         return (block.to(torch.float32) * 2 - 1) / math.sqrt(self.n_components)
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """Arrays to save (the dense kind is regenerated from its seed)."""
-        if self.kind == "sketch":
-            return {"buckets": self.buckets_.numpy().astype(np.int32), "signs": self.signs_.numpy()}
-        return {}
+    def save(self, path: str | Path) -> None:
+        """Write the fitted projection into the folder ``path`` (the dense kind is regenerated from its seed)."""
+        from .persistence import write_part
 
-    def load_state(self, arrays: dict[str, np.ndarray], n_features: tuple[int, int]) -> GradientProjection:
-        """Restore a fitted projection from :meth:`state_arrays` output."""
-        if self.kind != "sketch":
-            return self.fit(n_features=n_features)
-        rows, cols = n_features
-        self.shape_ = (int(rows), int(cols))
-        self.n_features_ = self.n_components
-        buckets, signs = arrays["buckets"], arrays["signs"]
-        if buckets.shape != (rows * cols,) or signs.shape != (rows * cols,):
-            raise ValueError("saved projection does not match the target layer's shape")
-        self.buckets_ = torch.from_numpy(buckets.astype(np.int64))
-        self.signs_ = torch.from_numpy(signs.astype(np.int8))
-        self._cols_per_block = rows * cols
-        return self
+        self._check_fitted()
+        arrays = {}
+        if self.kind == "sketch":
+            arrays = {"buckets": self.buckets_.numpy().astype(np.int32), "signs": self.signs_.numpy()}
+        config = {"n_components": self.n_components, "kind": self.kind, "max_bytes": self.max_bytes,
+                  "random_state": self.random_state, "shape": list(self.shape_)}
+        write_part(path, config, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path, *, n_features: tuple[int, int]) -> GradientProjection:
+        """Load a projection saved by :meth:`save` for gradients of shape ``n_features``."""
+        from .persistence import read_part
+
+        config, arrays = read_part(path)
+        try:
+            proj = cls(config["n_components"], kind=config["kind"], max_bytes=config["max_bytes"],
+                       random_state=config["random_state"])
+            shape = tuple(config["shape"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{path}: projection config is invalid: {err!r}") from None
+        if shape != tuple(n_features):
+            raise ValueError(f"{path}: saved projection is for gradients of shape {shape}, the target layer's is {tuple(n_features)}")
+        proj.fit(n_features=n_features)
+        if proj.kind == "sketch":
+            total = n_features[0] * n_features[1]
+            buckets, signs = arrays.get("buckets"), arrays.get("signs")
+            if buckets is None or signs is None or buckets.shape != (total,) or signs.shape != (total,):
+                raise ValueError(f"{path}: saved projection does not match the target layer's shape")
+            if buckets.dtype.kind not in "iu" or signs.dtype.kind != "i" or buckets.min() < 0 or buckets.max() >= proj.n_components \
+                    or not np.isin(signs, (-1, 1)).all():
+                raise ValueError(f"{path}: saved projection holds out-of-range buckets or signs")
+            proj.buckets_ = torch.from_numpy(buckets.astype(np.int64))
+            proj.signs_ = torch.from_numpy(signs.astype(np.int8))
+        return proj
 
     # ---------------------------------------------------------------- transform
     def _check_fitted(self) -> None:
@@ -260,17 +279,38 @@ class PCA:
         """``fit(X).transform(X)``."""
         return self.fit(X).transform(X)
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """Arrays that restore the fitted state."""
-        return {"mean": self.mean_, "components": self.components_, "explained_variance": self.explained_variance_}
+    def save(self, path: str | Path) -> None:
+        """Write the fitted PCA into the folder ``path``."""
+        from .persistence import write_part
+
+        if not hasattr(self, "components_"):
+            raise RuntimeError("PCA is not fitted; call fit(X) first")
+        write_part(path, {"n_components": self.n_components, "whiten": self.whiten},
+                   {"mean": self.mean_, "components": self.components_, "explained_variance": self.explained_variance_})
 
     @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], *, n_components: int | None, whiten: bool) -> PCA:
-        """Rebuild a fitted PCA from :meth:`state_arrays` output."""
+    def load(cls, path: str | Path, *, n_features: int | None = None) -> PCA:
+        """Load a PCA saved by :meth:`save`, checking its arrays (and its input size, when given)."""
+        from .persistence import read_part
+
+        config, arrays = read_part(path)
+        n_components, whiten = config.get("n_components"), config.get("whiten")
+        if not isinstance(whiten, bool) or not (n_components is None or (isinstance(n_components, int) and n_components > 0)):
+            raise ValueError(f"{path}: PCA config is invalid ({config})")
+        mean, comps, var = (arrays.get(k) for k in ("mean", "components", "explained_variance"))
+        if mean is None or comps is None or var is None or comps.ndim != 2 or mean.shape != (comps.shape[1],) \
+                or var.shape != (comps.shape[0],) or comps.dtype.kind != "f":
+            raise ValueError(f"{path}: PCA arrays are missing or of inconsistent shapes")
+        if not (np.isfinite(mean).all() and np.isfinite(comps).all() and np.isfinite(var).all()) or (var < 0).any():
+            raise ValueError(f"{path}: PCA arrays hold NaN, infinity or negative variances")
+        if n_features is not None and comps.shape[1] != n_features:
+            raise ValueError(f"{path}: PCA expects {comps.shape[1]} input features, the encoder gives {n_features}")
+        if n_components is not None and comps.shape[0] > n_components:
+            raise ValueError(f"{path}: PCA holds {comps.shape[0]} components, more than n_components={n_components}")
         pca = cls(n_components, whiten=whiten)
-        pca.mean_ = arrays["mean"].astype(np.float64)
-        pca.components_ = arrays["components"].astype(np.float64)
-        pca.explained_variance_ = arrays["explained_variance"].astype(np.float64)
-        pca.n_components_ = pca.components_.shape[0]
-        pca.n_features_in_ = pca.components_.shape[1]
+        pca.mean_ = mean.astype(np.float64)
+        pca.components_ = comps.astype(np.float64)
+        pca.explained_variance_ = var.astype(np.float64)
+        pca.n_components_ = comps.shape[0]
+        pca.n_features_in_ = comps.shape[1]
         return pca

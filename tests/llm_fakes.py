@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from icl_fungi.harness import EvalSettings
+from icl_fungi.evaluation.harness import EvalSettings
 
 
 class _Server:
@@ -123,8 +123,8 @@ class _ProxyHandler(_Handler):
         return self._reply(resp.status, data)
 
 
-def eval_settings(small_data, out, base_url, **kw) -> EvalSettings:
-    base = {"data": str(small_data), "out": str(out), "selectors": ("embedding", "random"), "k": 5, "limit": 20,
+def eval_settings(intent_data, out, base_url, **kw) -> EvalSettings:
+    base = {"data": str(intent_data), "out": str(out), "selectors": ("embedding", "random"), "k": 5, "limit": 20,
             "base_url": base_url, "model": "fake", "show_progress": False, "timeout": 10, "max_retries": 6}
     base.update(kw)
     return EvalSettings(**base)

@@ -10,22 +10,13 @@ import pytest
 from icl_fungi import FeatureConfig, FungiEncoder, ICLRetriever, VectorIndex
 from icl_fungi.selection import Selection
 
-QUERIES = [
-    "I still haven't received my card",
-    "how do I top up with apple pay?",
-    "my transfer did not arrive",
-    "the exchange rate on my payment looks wrong",
-    "can I get a virtual card",
-    "why was I charged a fee for the cash withdrawal",
-    "my pin is blocked",
-    "I want to close my account",
-]
+from .conftest import QUERIES
 
 
 @pytest.fixture(scope="module")
-def hnsw_retriever(small_pool, st_model) -> ICLRetriever:
+def hnsw_retriever(intent_pool, st_model) -> ICLRetriever:
     """All three blocks, searched through the HNSW graph (exact search switched off)."""
-    texts, labels = small_pool
+    texts, labels = intent_pool
     encoder = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl", "simclr")), show_progress_bar=False)
     retriever = ICLRetriever(encoder, index=VectorIndex(exact_threshold=0))
     retriever.fit(texts, labels)
@@ -61,20 +52,21 @@ def test_32_threads_get_what_one_thread_gets(hnsw_retriever):
         assert [x.index for x in mmr] == [x.index for x in alone_mmr[q]]
 
 
-def test_add_examples_while_32_threads_query(small_pool, st_model, banking_train):
-    texts, labels = small_pool
+def test_add_examples_while_32_threads_query(intent_pool, intent_queries, st_model):
+    texts, labels = intent_pool
     encoder = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl", "simclr")), show_progress_bar=False)
     r = ICLRetriever(encoder, index=VectorIndex(exact_threshold=0))
     r.fit(texts, labels)
     pool = set(texts)
-    extra = [(t, lab) for t, lab in zip(*banking_train, strict=True) if t not in pool][:96]
+    extra = [(t, lab) for t, lab in zip(*intent_queries, strict=True) if t not in pool]
+    assert len(extra) == 36
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def writer() -> None:
         try:
-            for start in range(0, len(extra), 8):
-                chunk = extra[start : start + 8]
+            for start in range(0, len(extra), 4):
+                chunk = extra[start : start + 4]
                 r.add_examples([t for t, _ in chunk], [lab for _, lab in chunk])
         except BaseException as err:  # noqa: BLE001 - reported by the test below
             errors.append(err)
@@ -103,16 +95,16 @@ def test_add_examples_while_32_threads_query(small_pool, st_model, banking_train
     assert all(c >= 1 for c in counts)
     assert len(r) == len(texts) + len(extra)
     # every added example is in the index and is its own nearest neighbour
-    for text, label in extra[::12]:
+    for text, label in extra[::5]:
         top = r.retrieve(text, k=1)[0]
         assert (top.text, top.label) == (text, label)
 
 
-def test_token_counting_and_encoding_from_many_threads(st_model, small_pool):
+def test_token_counting_and_encoding_from_many_threads(st_model, intent_pool):
     """Fast tokenizers keep truncation/padding state: token_lengths (length sorting) racing with an encode's
     padded tokenisation used to fail with 'Unable to create tensor' before the encoder serialised them."""
     encoder = FungiEncoder(st_model, FeatureConfig(features=("embedding",)), show_progress_bar=False)
-    texts = small_pool[0][:64]
+    texts = intent_pool[0][:64]
     want = encoder.token_lengths(texts)
     stop = threading.Event()
     errors: list[BaseException] = []

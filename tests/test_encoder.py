@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icl_fungi import DEFAULT_MODEL, FeatureConfig, FungiEncoder, resolve_model
-from icl_fungi.encoder import _delete_words
+from icl_fungi.features import DEFAULT_MODEL, FeatureConfig, FungiEncoder, MeanPooledModel, resolve_model
+from icl_fungi.features.heads import spherical_kmeans
+from icl_fungi.features.views import delete_words
 
 TEXTS = [
     "I still haven't received my card",
@@ -19,14 +20,14 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def encoder(st_model, small_pool):
+def encoder(st_model, intent_pool):
     enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl", "simclr")), show_progress_bar=False)
-    return enc.fit(*small_pool)
+    return enc.fit(*intent_pool)
 
 
 def _weight_grad_reference(enc: FungiEncoder, loss_fn) -> np.ndarray:
     """Per-text gradient via autograd on the real weight (the slow, obvious way)."""
-    layer = enc.target
+    layer = enc.target.module
     layer.weight.requires_grad_(True)
     layer.bias.requires_grad_(True)
     try:
@@ -85,10 +86,10 @@ def test_kl_feature_equals_autograd_reference(encoder):
     cfg = encoder.config
 
     def loss():
-        z = F.normalize(encoder._forward(encoder._tokenize([text])), dim=-1)
-        assert encoder.kl_center_ is not None  # the default label-mean head works on centred embeddings
-        z = F.normalize(z - encoder.kl_center_, dim=-1)
-        return _head_entropy(z, encoder.kl_head, cfg.kl_tau)
+        z = F.normalize(encoder.forward(encoder.tokenize([text])), dim=-1)
+        assert encoder.head.center_ is not None  # the default label-mean head works on centred embeddings
+        z = F.normalize(z - encoder.head.center_, dim=-1)
+        return _head_entropy(z, encoder.head.rows_, cfg.kl_tau)
 
     G = _weight_grad_reference(encoder, loss)
     ref = encoder.projections["kl"].transform_matrices(G[None])[0]
@@ -97,16 +98,16 @@ def test_kl_feature_equals_autograd_reference(encoder):
 
 
 @pytest.mark.parametrize("view_blocks", [None, 1])
-def test_simclr_feature_equals_autograd_reference(st_model, small_pool, view_blocks):
+def test_simclr_feature_equals_autograd_reference(st_model, intent_pool, view_blocks):
     enc = FungiEncoder(
         st_model, FeatureConfig(features=("simclr",), simclr_view_blocks=view_blocks), show_progress_bar=False
-    ).fit(small_pool[0][:64])
+    ).fit(intent_pool[0][:64])
     text = TEXTS[1]
     V = enc.config.simclr_views
 
     def loss():
-        views = enc._view_embeddings([text], enc._tokenize([text]), tuple(range(V)))
-        return enc._info_nce(F.normalize(views, dim=-1).reshape(V, 1, -1)).sum()
+        views = enc.gradients.view_embeddings([text], None, tuple(range(V)))
+        return enc.simclr.loss(F.normalize(views, dim=-1).reshape(V, 1, -1)).sum()
 
     G = _weight_grad_reference(enc, loss)
     ref = enc.projections["simclr"].transform_matrices(G[None])[0]
@@ -114,19 +115,38 @@ def test_simclr_feature_equals_autograd_reference(st_model, small_pool, view_blo
     np.testing.assert_allclose(enc.encode([text])["simclr"][0], ref, atol=1e-4)
 
 
+def test_word_deletion_simclr_feature_equals_autograd_reference(st_model, intent_pool):
+    """Word-deletion views are other token sequences: the feature is the gradient summed over the views' own
+    forward passes, the same as autograd on the real weight through the views' embeddings."""
+    cfg = FeatureConfig(features=("embedding", "simclr"), simclr_view_mode="word_deletion", word_deletion_p=0.3)
+    enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(intent_pool[0][:64])
+    text = "please tell me why my international transfer is still pending"
+    V = cfg.simclr_views
+    views = enc.views.texts([text], range(V))
+    assert len(set(views)) == V and all(v != text for v in views)  # the views really differ
+
+    def loss():
+        z = enc.forward(enc.tokenize(views))
+        return enc.simclr.loss(F.normalize(z, dim=-1).reshape(V, 1, -1)).sum()
+
+    G = _weight_grad_reference(enc, loss)
+    ref = enc.projections["simclr"].transform_matrices(G[None])[0]
+    np.testing.assert_allclose(enc.encode([text])["simclr"][0], ref / np.linalg.norm(ref), atol=1e-4)
+
+
 def test_dropout_views_differ_and_are_deterministic(encoder):
-    feats = encoder._tokenize(TEXTS[:1])
+    feats = encoder.tokenize(TEXTS[:1])
     with torch.no_grad():
-        views = encoder._view_embeddings(TEXTS[:1], feats, (0, 1))
-        again = encoder._view_embeddings(TEXTS[:1], feats, (0, 1))
-        clean = encoder._forward(feats)
+        views = encoder.gradients.view_embeddings(TEXTS[:1], feats, (0, 1))
+        again = encoder.gradients.view_embeddings(TEXTS[:1], feats, (0, 1))
+        clean = encoder.forward(feats)
     assert not torch.allclose(views[0], views[1])
     assert not torch.allclose(views[0], clean[0])
     torch.testing.assert_close(views, again)
 
 
-def test_same_seed_same_features_other_seed_differs(st_model, small_pool):
-    texts, labels = small_pool[0][:40], small_pool[1][:40]
+def test_same_seed_same_features_other_seed_differs(st_model, intent_pool):
+    texts, labels = intent_pool[0][:40], intent_pool[1][:40]
     a = FungiEncoder(st_model, FeatureConfig(seed=1), show_progress_bar=False).fit(texts, labels).encode(TEXTS)
     b = FungiEncoder(st_model, FeatureConfig(seed=1), show_progress_bar=False).fit(texts, labels).encode(TEXTS)
     c = FungiEncoder(st_model, FeatureConfig(seed=2), show_progress_bar=False).fit(texts, labels).encode(TEXTS)
@@ -136,16 +156,16 @@ def test_same_seed_same_features_other_seed_differs(st_model, small_pool):
     assert not np.allclose(a["kl"], c["kl"])
 
 
-def test_word_deletion_views(st_model, small_pool):
+def test_word_deletion_views(st_model, intent_pool):
     enc = FungiEncoder(
         st_model, FeatureConfig(features=("embedding", "simclr"), simclr_view_mode="word_deletion"), show_progress_bar=False
-    ).fit(small_pool[0][:32])
+    ).fit(intent_pool[0][:32])
     out = enc.encode(TEXTS)
     assert out["simclr"].shape == (4, 384)
     assert np.isfinite(out["simclr"]).all()
     text = "one two three four five six seven eight nine ten"
-    assert _delete_words(text, 0.1, 5) == _delete_words(text, 0.1, 5)
-    assert _delete_words("single", 0.99, 1) == "single"  # never an empty view
+    assert delete_words(text, 0.1, 5) == delete_words(text, 0.1, 5)
+    assert delete_words("single", 0.99, 1) == "single"  # never an empty view
 
 
 def test_truncation_is_counted(encoder):
@@ -186,14 +206,14 @@ def test_bad_target_layer_and_model(st_model):
         FungiEncoder(st_model, FeatureConfig(target_layer="encoder.layer.5.output.LayerNorm"))
     with pytest.raises(ValueError, match="several"):
         FungiEncoder(st_model, FeatureConfig(target_layer="dense"))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="model must be a name"):
         FungiEncoder(42)
 
 
-def test_other_target_layer(st_model, small_pool):
+def test_other_target_layer(st_model, intent_pool):
     cfg = FeatureConfig(features=("embedding", "kl"), target_layer="encoder.layer.4.output.dense")
-    enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(*small_pool)
-    assert enc.target.out_features == 384 and enc.target.in_features == 1536
+    enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(*intent_pool)
+    assert enc.target.module.out_features == 384 and enc.target.module.in_features == 1536
     assert enc.encode(TEXTS)["kl"].shape == (4, 384)
 
 
@@ -204,14 +224,13 @@ def test_config_roundtrip():
         FeatureConfig.from_dict({**cfg.to_dict(), "bogus": 1})
 
 
-def test_prototype_head_is_fitted_kmeans_and_random_head_needs_no_fit(st_model, small_pool):
-    from icl_fungi.encoder import spherical_kmeans
-
-    enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl"), kl_head="prototypes"), show_progress_bar=False)
+def test_prototype_head_is_fitted_kmeans_and_random_head_needs_no_fit(st_model, intent_pool):
+    cfg = FeatureConfig(features=("embedding", "kl"), kl_head="prototypes", kl_head_dim=16)
+    enc = FungiEncoder(st_model, cfg, show_progress_bar=False)
     assert enc.needs_fit
-    enc.fit(small_pool[0])
-    assert not enc.needs_fit and enc.kl_head.shape == (256, 384)
-    np.testing.assert_allclose(enc.kl_head.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    enc.fit(intent_pool[0])
+    assert not enc.needs_fit and enc.head.rows_.shape == (16, 384)
+    np.testing.assert_allclose(enc.head.rows_.norm(dim=1).numpy(), 1.0, rtol=1e-5)
     assert enc.config.kl_tau == 0.07
     rnd = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl"), kl_head="random"), show_progress_bar=False)
     assert not rnd.needs_fit and rnd.config.kl_tau == 15.0
@@ -224,33 +243,31 @@ def test_prototype_head_is_fitted_kmeans_and_random_head_needs_no_fit(st_model, 
 
 
 @pytest.mark.parametrize("features", [("embedding", "kl", "simclr"), ("embedding", "kl")])
-def test_fit_encode_equals_fit_then_encode(st_model, small_pool, features):
+def test_fit_encode_equals_fit_then_encode(st_model, intent_pool, features):
     """The shared trunk pass of fit_encode gives the same prototypes and features as fit() + encode()."""
-    texts, labels = small_pool[0][:120], small_pool[1][:120]
+    texts, labels = intent_pool[0][:120], intent_pool[1][:120]
     cfg = FeatureConfig(features=features)
     a = FungiEncoder(st_model, cfg, show_progress_bar=False)
     b = FungiEncoder(st_model, cfg, show_progress_bar=False)
     fused = a.fit_encode(texts, labels)
     plain = b.fit(texts, labels).encode(texts)
-    torch.testing.assert_close(a.kl_head, b.kl_head, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.head.rows_, b.head.rows_, atol=1e-5, rtol=0)
     for f in cfg.features:
         np.testing.assert_allclose(fused[f], plain[f], atol=1e-4)
 
 
-def test_plain_transformers_model_with_mean_pooling(st_model, small_pool):
+def test_plain_transformers_model_with_mean_pooling(st_model, intent_pool):
     """A transformers model wrapped as MeanPooledModel: MiniLM loaded with AutoModel gives the
     sentence-transformers embedding (mean pooling) and the same gradient features."""
     from transformers import AutoModel, AutoTokenizer
-
-    from icl_fungi import MeanPooledModel
 
     path = resolve_model(DEFAULT_MODEL)
     plain = MeanPooledModel(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), max_seq_length=256)
     cfg = FeatureConfig(features=("embedding", "kl", "simclr"))
     ours = FungiEncoder(plain, cfg, show_progress_bar=False)
-    assert ours.target_layer_name.endswith("encoder.layer.5.attention.output.dense")
+    assert ours.target.name.endswith("encoder.layer.5.attention.output.dense")
     ref = FungiEncoder(st_model, cfg, show_progress_bar=False)
-    texts, labels = small_pool[0][:64], small_pool[1][:64]
+    texts, labels = intent_pool[0][:64], intent_pool[1][:64]
     got, want = ours.fit_encode(texts, labels), ref.fit_encode(texts, labels)
     for f in cfg.features:
         np.testing.assert_allclose(got[f], want[f], atol=2e-4)
@@ -258,10 +275,8 @@ def test_plain_transformers_model_with_mean_pooling(st_model, small_pool):
         FungiEncoder(AutoModel.from_pretrained(path))
 
 
-def test_model_without_dropout_needs_word_deletion_views(small_pool):
+def test_model_without_dropout_needs_word_deletion_views(intent_pool):
     from transformers import AutoModel, AutoTokenizer
-
-    from icl_fungi import MeanPooledModel
 
     path = resolve_model(DEFAULT_MODEL)
     model = AutoModel.from_pretrained(path)
@@ -274,26 +289,26 @@ def test_model_without_dropout_needs_word_deletion_views(small_pool):
         FungiEncoder(plain, FeatureConfig(features=("embedding", "kl", "simclr")))
     enc = FungiEncoder(plain, FeatureConfig(features=("embedding", "kl", "simclr"), simclr_view_mode="word_deletion"),
                        show_progress_bar=False)
-    blocks = enc.fit_encode(small_pool[0][:40], small_pool[1][:40])
+    blocks = enc.fit_encode(intent_pool[0][:40], intent_pool[1][:40])
     assert np.isfinite(blocks["simclr"]).all() and np.allclose(np.linalg.norm(blocks["simclr"], axis=1), 1, atol=1e-5)
 
 
-def test_kl_center_prototypes_match_autograd_reference(st_model, small_pool):
+def test_kl_center_prototypes_match_autograd_reference(st_model, intent_pool):
     """kl_center: prototypes fitted on pool-centred embeddings, logits on the centred query embedding."""
     with pytest.raises(ValueError, match="kl_center"):
         FeatureConfig(kl_head="random", kl_center=True)
-    pool = small_pool[0][:150]
+    pool = intent_pool[0][:150]
     proto = FeatureConfig(features=("embedding", "kl"), kl_head="prototypes")
     assert not proto.kl_centered
     enc = FungiEncoder(st_model, dataclasses.replace(proto, kl_center=True), show_progress_bar=False).fit(pool)
     plain = FungiEncoder(st_model, proto, show_progress_bar=False).fit(pool)
     emb = torch.from_numpy(plain.encode(pool)["embedding"])
-    torch.testing.assert_close(enc.kl_center_, emb.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(enc.head.center_, emb.mean(0), atol=1e-5, rtol=0)
     text = TEXTS[0]
 
     def loss():
-        z = F.normalize(F.normalize(enc._forward(enc._tokenize([text])), dim=-1) - enc.kl_center_, dim=-1)
-        return _head_entropy(z, enc.kl_head, enc.config.kl_tau)
+        z = F.normalize(F.normalize(enc.forward(enc.tokenize([text])), dim=-1) - enc.head.center_, dim=-1)
+        return _head_entropy(z, enc.head.rows_, enc.config.kl_tau)
 
     ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
     got = enc.encode([text])["kl"][0]
@@ -302,10 +317,10 @@ def test_kl_center_prototypes_match_autograd_reference(st_model, small_pool):
 
 
 @pytest.mark.parametrize("center", [None, False])
-def test_labels_head_is_unit_label_means_and_matches_autograd(st_model, small_pool, center):
+def test_labels_head_is_unit_label_means_and_matches_autograd(st_model, intent_pool, center):
     """kl_head='labels': one prototype per pool label (the unit mean of its unit embeddings, centred on the
     sample mean by default)."""
-    texts, labels = small_pool[0][:120], small_pool[1][:120]
+    texts, labels = intent_pool[0][:120], intent_pool[1][:120]
     cfg = FeatureConfig(features=("embedding", "kl"), kl_head="labels", kl_center=center)
     assert cfg.kl_centered is (center is None)
     enc = FungiEncoder(st_model, cfg, show_progress_bar=False)
@@ -317,53 +332,53 @@ def test_labels_head_is_unit_label_means_and_matches_autograd(st_model, small_po
         enc.fit(texts, [[lab] for lab in labels])
     assert enc.needs_fit and cfg.kl_tau == 0.07
     blocks = enc.fit_encode(texts, labels)
-    assert enc.kl_head_source_ == "labels"
+    assert enc.head.name == "labels"
     names = list(dict.fromkeys(labels))  # first-seen order
     emb = torch.from_numpy(blocks["embedding"])
     mean = emb.mean(0) if cfg.kl_centered else torch.zeros(384)
     if cfg.kl_centered:
-        torch.testing.assert_close(enc.kl_center_, mean, atol=1e-5, rtol=0)
+        torch.testing.assert_close(enc.head.center_, mean, atol=1e-5, rtol=0)
         emb = F.normalize(emb - mean, dim=-1)
     else:
-        assert enc.kl_center_ is None
+        assert enc.head.center_ is None
     want = torch.stack([F.normalize(emb[[i for i, lab in enumerate(labels) if lab == n]].sum(0), dim=0) for n in names])
-    torch.testing.assert_close(enc.kl_head, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(enc.head.rows_, want, atol=1e-5, rtol=0)
     text = TEXTS[3]
 
     def loss():
-        z = F.normalize(F.normalize(enc._forward(enc._tokenize([text])), dim=-1) - mean, dim=-1)
-        return _head_entropy(z, enc.kl_head, cfg.kl_tau)
+        z = F.normalize(F.normalize(enc.forward(enc.tokenize([text])), dim=-1) - mean, dim=-1)
+        return _head_entropy(z, enc.head.rows_, cfg.kl_tau)
 
     ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
     np.testing.assert_allclose(enc.encode([text])["kl"][0], ref / np.linalg.norm(ref), atol=1e-4)
     # fit() + encode() gives the same head and features as the shared pass
     other = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, labels)
-    torch.testing.assert_close(other.kl_head, enc.kl_head, atol=1e-5, rtol=0)
+    torch.testing.assert_close(other.head.rows_, enc.head.rows_, atol=1e-5, rtol=0)
     np.testing.assert_allclose(other.encode(texts)["kl"], blocks["kl"], atol=1e-4)
 
 
-def test_neighbors_head_is_the_pool_sample_and_leaves_the_text_out(st_model, small_pool):
+def test_neighbors_head_is_the_pool_sample_and_leaves_the_text_out(st_model, intent_pool):
     """kl_head='neighbors': the rows are the sample's centred unit embeddings with their labels; the
     loss sums the softmax over the rows per label, and a pool text (or a query identical to one) skips its own row."""
-    texts, labels = small_pool[0][:120], small_pool[1][:120]
+    texts, labels = intent_pool[0][:120], intent_pool[1][:120]
     cfg = FeatureConfig(features=("embedding", "kl"), kl_head="neighbors")
     assert cfg.kl_centered and cfg.kl_tau == 0.05
     enc = FungiEncoder(st_model, cfg, show_progress_bar=False)
     with pytest.raises(ValueError, match=r"neighbors.*labels"):
         enc.fit(texts)
     blocks = enc.fit_encode(texts, labels)
-    assert enc.kl_head_source_ == "neighbors"
+    assert enc.head.name == "neighbors"
     emb = torch.from_numpy(blocks["embedding"])
     mean = emb.mean(0)
-    torch.testing.assert_close(enc.kl_center_, mean, atol=1e-5, rtol=0)
-    torch.testing.assert_close(enc.kl_head, F.normalize(emb - mean, dim=-1), atol=1e-5, rtol=0)  # pool of 120: all rows
+    torch.testing.assert_close(enc.head.center_, mean, atol=1e-5, rtol=0)
+    torch.testing.assert_close(enc.head.rows_, F.normalize(emb - mean, dim=-1), atol=1e-5, rtol=0)  # pool of 120: all rows
     names = list(dict.fromkeys(labels))
-    assert enc.kl_head_labels_.tolist() == [names.index(lab) for lab in labels]
+    assert enc.head.row_labels_.tolist() == [names.index(lab) for lab in labels]
 
     def reference(text: str, skip: int | None = None) -> np.ndarray:
         def loss():
-            z = F.normalize(F.normalize(enc._forward(enc._tokenize([text])), dim=-1) - mean, dim=-1)
-            return _neighbor_entropy(z, enc.kl_head, enc.kl_head_labels_, cfg.kl_tau, skip)
+            z = F.normalize(F.normalize(enc.forward(enc.tokenize([text])), dim=-1) - mean, dim=-1)
+            return _neighbor_entropy(z, enc.head.rows_, enc.head.row_labels_, cfg.kl_tau, skip)
 
         ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
         return ref / np.linalg.norm(ref)
@@ -379,15 +394,15 @@ def test_neighbors_head_is_the_pool_sample_and_leaves_the_text_out(st_model, sma
 
 
 @pytest.mark.parametrize("head", ["labels", "neighbors"])
-def test_label_heads_fall_back_to_prototypes_for_free_text_labels(st_model, small_pool, caplog, head):
-    texts = small_pool[0][:60]
+def test_label_heads_fall_back_to_prototypes_for_free_text_labels(st_model, intent_pool, caplog, head):
+    texts = intent_pool[0][:60]
     cfg = FeatureConfig(features=("embedding", "kl"), kl_head=head, kl_head_dim=8)
     with caplog.at_level("WARNING", logger="icl_fungi.encoder"):
         enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, [f"answer {i}" for i in range(60)])
-    assert enc.kl_head_source_ == "prototypes" and enc.kl_head.shape == (8, 384) and enc.kl_head_labels_ is None
+    assert enc.head.name == "prototypes" and enc.head.rows_.shape == (8, 384) and not hasattr(enc.head, 'row_labels_')
     assert "falls back" in caplog.text
     one = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, ["same"] * 60)
-    assert one.kl_head_source_ == "prototypes" and np.isfinite(one.encode(TEXTS)["kl"]).all()
+    assert one.head.name == "prototypes" and np.isfinite(one.encode(TEXTS)["kl"]).all()
 
 
 def test_labels_sample_is_stratified(st_model):

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from icl_fungi.evaluation import macro_f1, mcnemar_p, paired_comparison, parse_label, wilson_interval
-from icl_fungi.harness import load_splits, run_icl_eval
-from icl_fungi.llm import ResponseCache, redact_url
+from icl_fungi.evaluation.harness import load_splits, run_icl_eval
+from icl_fungi.evaluation.llm import ResponseCache, redact_url
 
 from .llm_fakes import FakeLLM
 from .llm_fakes import eval_settings as _settings
@@ -64,27 +64,27 @@ def test_redact_url_and_cache(tmp_path):
     assert len(again) == 1 and again.get(k1)["text"] == "x"
 
 
-def test_load_splits_detects_label_column(small_data):
-    tr, _, te, _, col = load_splits(str(small_data))
-    assert col == "category" and len(tr) == 300 and len(te) == 40
-    tr2, *_ = load_splits(f"{small_data / 'train.csv'},{small_data / 'test.csv'}")
+def test_load_splits_detects_label_column(intent_data):
+    tr, _, te, _, col = load_splits(str(intent_data))
+    assert col == "intent" and len(tr) == 120 and len(te) == 36
+    tr2, *_ = load_splits(f"{intent_data / 'train.csv'},{intent_data / 'test.csv'}")
     assert tr2 == tr
     with pytest.raises(ValueError, match=r"no column .nope."):
-        load_splits(str(small_data), text_column="text", label_column="nope")
+        load_splits(str(intent_data), text_column="text", label_column="nope")
     with pytest.raises(ValueError, match="train and test"):
-        load_splits(str(small_data / "train.csv"))
+        load_splits(str(intent_data / "train.csv"))
 
 
-def test_eval_report_against_fake_endpoint(small_data, tmp_path):
+def test_eval_report_against_fake_endpoint(intent_data, tmp_path):
     with FakeLLM() as llm:
-        report = run_icl_eval(_settings(small_data, tmp_path / "a", llm.base_url, selectors=("fungi", "embedding", "random")))
+        report = run_icl_eval(_settings(intent_data, tmp_path / "a", llm.base_url, selectors=("fungi", "embedding", "random")))
         sent = sum(llm.requests.values())
         # one request per distinct prompt (selectors choosing the same examples share a prompt)
         assert set(llm.requests.values()) == {1} and report["requests_sent"] == sent
         assert 40 <= sent <= 60 and len(report["records"]) == 60
-        again = run_icl_eval(_settings(small_data, tmp_path / "a", llm.base_url, selectors=("fungi", "embedding", "random")))
+        again = run_icl_eval(_settings(intent_data, tmp_path / "a", llm.base_url, selectors=("fungi", "embedding", "random")))
         assert sum(llm.requests.values()) == sent and again["requests_sent"] == 0  # all from the cache
-        other_model = run_icl_eval(_settings(small_data, tmp_path / "b", llm.base_url, model="fake-2", selectors=("random",),
+        other_model = run_icl_eval(_settings(intent_data, tmp_path / "b", llm.base_url, model="fake-2", selectors=("random",),
                                              cache=str(tmp_path / "a" / "responses.jsonl")))
         assert other_model["requests_sent"] == 20  # another model: no cache hits
     for name in ("fungi", "embedding", "random"):
@@ -103,20 +103,20 @@ def test_eval_report_against_fake_endpoint(small_data, tmp_path):
     assert (tmp_path / "a" / "per_class_difference.png").stat().st_size > 1000
 
 
-def test_api_key_never_written(small_data, tmp_path, monkeypatch):
+def test_api_key_never_written(intent_data, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-test-key-123")
     with FakeLLM() as llm:
-        run_icl_eval(_settings(small_data, tmp_path / "k", llm.base_url, selectors=("random",), limit=3))
+        run_icl_eval(_settings(intent_data, tmp_path / "k", llm.base_url, selectors=("random",), limit=3))
     for f in (tmp_path / "k").iterdir():
         if f.suffix in (".json", ".md", ".jsonl"):
             assert "sk-secret" not in f.read_text()
 
 
-def test_kill_and_resume_gives_the_same_report(small_data, tmp_path):
+def test_kill_and_resume_gives_the_same_report(intent_data, tmp_path):
     with FakeLLM(delay=0.15) as llm:
-        full = run_icl_eval(_settings(small_data, tmp_path / "full", llm.base_url))
+        full = run_icl_eval(_settings(intent_data, tmp_path / "full", llm.base_url))
         out = tmp_path / "killed"
-        cmd = [sys.executable, "-m", "icl_fungi.cli", "-q", "eval", "--data", str(small_data), "--selectors", "embedding,random",
+        cmd = [sys.executable, "-m", "icl_fungi.cli", "-q", "eval", "--data", str(intent_data), "--selectors", "embedding,random",
                "-k", "5", "--limit", "20", "--base-url", llm.base_url, "--model", "fake", "--out", str(out)]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         cache = out / "responses.jsonl"
@@ -129,7 +129,7 @@ def test_kill_and_resume_gives_the_same_report(small_data, tmp_path):
         n_cached = len(ResponseCache(cache))
         assert 10 <= n_cached < 40
         before = sum(llm.requests.values())
-        resumed = run_icl_eval(_settings(small_data, out, llm.base_url))
+        resumed = run_icl_eval(_settings(intent_data, out, llm.base_url))
         sent_after = sum(llm.requests.values()) - before
     assert resumed["requests_sent"] == sent_after == 40 - n_cached  # only the missing requests
     assert _records(resumed) == _records(full)
@@ -140,13 +140,13 @@ def test_kill_and_resume_gives_the_same_report(small_data, tmp_path):
     assert len(ResponseCache(cache)) == 40
 
 
-def test_bad_settings(small_data, tmp_path):
+def test_bad_settings(intent_data, tmp_path):
     with pytest.raises(ValueError, match="selector"):
-        run_icl_eval(_settings(small_data, tmp_path, "http://127.0.0.1:9/v1", selectors=("best",)))
+        run_icl_eval(_settings(intent_data, tmp_path, "http://127.0.0.1:9/v1", selectors=("best",)))
     with pytest.raises(ValueError, match="--model"):
-        run_icl_eval(_settings(small_data, tmp_path, "http://127.0.0.1:9/v1", model=None))
+        run_icl_eval(_settings(intent_data, tmp_path, "http://127.0.0.1:9/v1", model=None))
     with pytest.raises(ValueError, match="chat template"):
-        run_icl_eval(_settings(small_data, tmp_path, "http://127.0.0.1:9/v1", template="banking77-chat"))
+        run_icl_eval(_settings(intent_data, tmp_path, "http://127.0.0.1:9/v1", template="banking77-chat"))
 
 
 def test_cli_eval_errors_are_one_line(tmp_path, capsys):
@@ -158,7 +158,7 @@ def test_cli_eval_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("icl-fungi: error:") and "\n" not in err
 
 
-def test_unreachable_endpoint_fails_cleanly(small_data, tmp_path):
+def test_unreachable_endpoint_fails_cleanly(intent_data, tmp_path):
     with pytest.raises(RuntimeError, match="rerun to resume"):
-        run_icl_eval(_settings(small_data, tmp_path / "u", "http://127.0.0.1:9/v1", max_retries=0, timeout=2, limit=2,
+        run_icl_eval(_settings(intent_data, tmp_path / "u", "http://127.0.0.1:9/v1", max_retries=0, timeout=2, limit=2,
                                selectors=("random",)))

@@ -32,8 +32,10 @@ def test_hnsw_recall_random_vectors_and_save_load(tmp_path):
     index = VectorIndex(exact_threshold=100).build(vecs)
     assert index.uses_hnsw
     assert _recall(index, queries, 20) >= 0.99
-    assert index.save_hnsw(tmp_path / "h.bin")
-    again = VectorIndex(exact_threshold=100).restore(index.vectors_, tmp_path / "h.bin")
+    index.save(tmp_path / "idx")
+    assert (tmp_path / "idx" / "hnsw.bin").is_file()
+    again = VectorIndex.load(tmp_path / "idx", dim=32)
+    assert again.uses_hnsw and again.config() == index.config()
     for k in (1, 20, 300):  # ef is raised to >= k after loading too
         a, sa = index.query(queries, k)
         b, sb = again.query(queries, k)
@@ -54,14 +56,14 @@ def test_add_switches_to_hnsw_and_keeps_ids():
 
 
 def test_bad_vectors():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-empty"):
         VectorIndex().build(np.zeros((0, 4)))
     with pytest.raises(ValueError, match="NaN"):
         VectorIndex().build(np.full((3, 4), np.nan))
     index = VectorIndex().build(np.eye(4))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"queries of shape \(n, 4\)"):
         index.query(np.ones((1, 3)), 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected shape \(n, 4\)"):
         index.add(np.ones((1, 3)))
 
 
@@ -93,9 +95,7 @@ def test_concurrent_queries_while_adding():
 def test_recall_at_20_on_full_banking77_pool(banking_train, st_model):
     """HNSW recall@20 against exact search, default FUNGI features, whole banking-77 train pool."""
     texts, labels = banking_train
-    r = ICLRetriever.from_dataset(
-        [{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)], model=st_model, show_progress_bar=False
-    )
+    r = ICLRetriever.from_texts(texts, labels, model=st_model, show_progress_bar=False)
     assert r.index.uses_hnsw and len(r) == len(texts) == 10003
     queries = r.index.vectors_[np.random.default_rng(0).choice(len(texts), 500, replace=False)]
     assert _recall(r.index, queries, 20) >= 0.99

@@ -34,7 +34,7 @@ def test_retriever_invoke_ainvoke_batch(small):
     assert [d.page_content for d in adocs] == [d.page_content for d in docs]
     batch = lc.batch(["where is my card?", "top up did not work"])
     assert batch[1][0].metadata["label"] == "top_up_failed"
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="retriever must be an ICLRetriever"):
         ICLFungiRetriever(retriever="nope", k=2)
 
 
@@ -72,3 +72,15 @@ def test_few_shot_chat_template_and_add_example(small):
         sel.add_example({"text": "no label"})
     with pytest.raises(ValueError, match="input_key"):
         ICLFungiExampleSelector(retriever=small, k=1).select_examples({"a": "x", "b": "y"})
+
+
+def test_selector_order_has_the_library_spelling(small):
+    q = {"query": "where is my card?"}
+    best_first = [x.text for x in small.retrieve(q["query"], k=3)]
+    last = ICLFungiExampleSelector(retriever=small, k=3).select_examples(q)
+    first = ICLFungiExampleSelector(retriever=small, k=3, order="similar_first").select_examples(q)
+    assert [e["text"] for e in last] == best_first[::-1] and [e["text"] for e in first] == best_first
+    rand = ICLFungiExampleSelector(retriever=small, k=3, order="random", seed=2).select_examples(q)
+    assert sorted(e["text"] for e in rand) == sorted(best_first)
+    with pytest.raises(ValueError, match="order must be one of"):
+        ICLFungiExampleSelector(retriever=small, k=3, order="backwards")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from icl_fungi import PCA, GradientProjection
+from icl_fungi.projection import PCA, GradientProjection
 
 
 def _gram_error(kind: str, k: int, seed: int = 0) -> float:
@@ -57,11 +57,25 @@ def test_projection_seeded_and_dense_blocks_bounded():
     assert not np.allclose(a.transform_matrices(G), c.transform_matrices(G))
 
 
-def test_projection_state_roundtrip():
-    p = GradientProjection(16, random_state=2).fit(n_features=(5, 4))
-    q = GradientProjection(16, random_state=99).load_state(p.state_arrays(), (5, 4))
-    G = np.ones((2, 5, 4), np.float32)
+@pytest.mark.parametrize("kind", ["sketch", "dense"])
+def test_projection_save_load(tmp_path, kind):
+    p = GradientProjection(16, kind=kind, random_state=2).fit(n_features=(5, 4))
+    p.save(tmp_path / "p")
+    q = GradientProjection.load(tmp_path / "p", n_features=(5, 4))
+    G = np.random.default_rng(0).normal(size=(2, 5, 4)).astype(np.float32)
     np.testing.assert_array_equal(p.transform_matrices(G), q.transform_matrices(G))
+    with pytest.raises(ValueError, match=r"shape \(5, 4\)"):
+        GradientProjection.load(tmp_path / "p", n_features=(6, 4))
+
+
+def test_pca_save_load(tmp_path):
+    X = np.random.default_rng(3).normal(size=(30, 5))
+    pca = PCA(3, whiten=True).fit(X)
+    pca.save(tmp_path / "pca")
+    back = PCA.load(tmp_path / "pca", n_features=5)
+    np.testing.assert_array_equal(back.transform(X), pca.transform(X))
+    with pytest.raises(ValueError, match="expects 5 input features"):
+        PCA.load(tmp_path / "pca", n_features=6)
 
 
 def test_projection_bad_arguments():
@@ -89,11 +103,11 @@ def test_pca_matches_svd_and_clamps():
     assert PCA(n_components=50).fit(X[:5]).n_components_ == 4  # clamped to n - 1
     one = PCA(n_components=3).fit(X[:1])
     np.testing.assert_allclose(one.transform(X[:2]), X[:2], rtol=1e-6)  # identity for one sample
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="not fitted"):
         PCA().transform(X)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected shape \(n, 6\)"):
         pca.transform(X[:, :4])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-empty 2-D"):
         PCA().fit(np.zeros((0, 3)))
 
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from icl_fungi import ICLRetriever
-from icl_fungi.prompt import PromptTemplate, available_templates, make_token_counter, render_prompt
+from icl_fungi import ICLRetriever, PromptTemplate
+from icl_fungi.prompt import make_token_counter, render_prompt
+from icl_fungi.template import available_templates
 
 EXAMPLES = [("my card never came", "card_arrival"), ("top up failed", "top_up_failed")]
 
@@ -119,7 +120,7 @@ def test_token_counters(st_model):
     assert make_token_counter(lambda s: 7)("x") == 7
     hf = make_token_counter(st_model.tokenizer)
     assert hf("hello world") == 2
-    from icl_fungi import DEFAULT_MODEL, resolve_model
+    from icl_fungi.features import DEFAULT_MODEL, resolve_model
 
     by_path = make_token_counter(resolve_model(DEFAULT_MODEL))
     assert by_path("hello world") == 2
@@ -128,7 +129,7 @@ def test_token_counters(st_model):
     assert n in (2, 3)
     with pytest.raises(ValueError, match="could not load tokenizer"):
         make_token_counter("/no/such/tokenizer")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="tokenizer must be None"):
         make_token_counter(3.5)
 
 

@@ -53,11 +53,12 @@ def test_exclude_query_and_dedup():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"strategy": "best"}, {"strategy": "label_cap"}, {"strategy": "label_coverage"}, {"mmr_lambda": 2.0}, {"fetch_k": 0}],
+    ("kwargs", "match"),
+    [({"strategy": "best"}, "unknown selection strategy"), ({"strategy": "label_cap"}, "max_per_label"),
+     ({"strategy": "label_coverage"}, "n_labels"), ({"mmr_lambda": 2.0}, "mmr_lambda"), ({"fetch_k": 0}, "fetch_k")],
 )
-def test_bad_selection(kwargs):
-    with pytest.raises(ValueError):
+def test_bad_selection(kwargs, match):
+    with pytest.raises(ValueError, match=match):
         Selection(**kwargs)
 
 
@@ -66,7 +67,8 @@ def test_retriever_strategies_on_real_pool(st_model):
     rows += [{"text": "where is my new card?", "label": "card_delivery"},
              {"text": "card delivery takes how long", "label": "card_delivery_estimate"},
              {"text": "exchange rate for dollars", "label": "exchange_rate"}]
-    r = ICLRetriever.from_dataset(rows, model=st_model, features=("embedding", "kl"), show_progress_bar=False)
+    r = ICLRetriever.from_texts([x["text"] for x in rows], [x["label"] for x in rows], model=st_model, features=("embedding", "kl"),
+                                show_progress_bar=False)
     q = "my card has not arrived yet, day 3"
     top = r.retrieve(q, k=3)
     assert all(x.label == "card_arrival" for x in top) and top[0].text == q
@@ -81,5 +83,5 @@ def test_retriever_strategies_on_real_pool(st_model):
         assert [x.score for x in res] == sorted((x.score for x in res), reverse=True)
     # filters that leave few candidates fetch more, up to the whole pool
     assert len(r.retrieve(q, k=9, selection=Selection("label_cap", max_per_label=10, fetch_k=2))) == 9
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="selection must be a Selection"):
         r.retrieve(q, selection=3)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import platform
 import sys
@@ -27,11 +26,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import check_labels, check_texts, load_pool
-from .evaluation import macro_f1, paired_comparison, parse_label, retrieval_metrics, wilson_interval
+from ..data import check_labels, check_texts, load_pool
+from ..prompt import compose_prompt, get_template, sorted_labels
+from ..retriever import ICLRetriever, RetrievedExample
 from .llm import LLMClient, LocalServer, ResponseCache, redact_url
-from .prompt import PromptTemplate
-from .retriever import ICLRetriever
+from .metrics import macro_f1, paired_comparison, parse_label, retrieval_metrics, wilson_interval
+from .report import write_report
 
 __all__ = ["SELECTORS", "EvalSettings", "load_splits", "run_icl_eval"]
 
@@ -91,7 +91,7 @@ def _split_file(folder: Path, split: str) -> Path:
 
 def _columns(source: Any) -> list[str]:
     if isinstance(source, Path):
-        from .data import _read_file
+        from ..data import _read_file
 
         rows = _read_file(source)
         return list(rows[0]) if rows else []
@@ -141,7 +141,7 @@ def _versions() -> dict[str, str]:
     import openai
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     return {"icl_fungi": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "openai": openai.__version__}
@@ -159,9 +159,8 @@ def _examples(settings: EvalSettings, name: str, pool: tuple[list, list], querie
         r = fungi
     else:
         # the plain-embedding baseline: the encoder's own normalised embeddings, no block centring
-        r = ICLRetriever.from_dataset([{"text": t, "label": lab} for t, lab in zip(texts, labels, strict=True)],
-                                      features=("embedding",), center_blocks=False, seed=settings.seed,
-                                      show_progress_bar=settings.show_progress)
+        r = ICLRetriever.from_texts(texts, labels, features=("embedding",), center_blocks=False, seed=settings.seed,
+                                    show_progress_bar=settings.show_progress)
     return [[(x.index, x.score) for x in row] for row in r.retrieve_batch(queries, k)]
 
 
@@ -171,7 +170,7 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
     t_start = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    template = PromptTemplate.load(settings.template or DEFAULT_TEMPLATES[settings.mode])
+    template = get_template(settings.template or DEFAULT_TEMPLATES[settings.mode])
     if template.kind != settings.mode:
         raise ValueError(f"template {template.name!r} is a {template.kind} template but --mode is {settings.mode}")
     tr_texts, tr_labels, te_texts, te_labels, label_column = load_splits(settings.data, settings.text_column, settings.label_column)
@@ -182,7 +181,7 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
     q_index = sorted(rng.choice(len(te_texts), size=n, replace=False).tolist())
     queries = [te_texts[i] for i in q_index]
     gold = [te_labels[i] for i in q_index]
-    label_set = sorted(set(tr_labels), key=lambda lab: (str(lab).casefold(), str(lab)))
+    label_set = sorted_labels(tr_labels)
 
     fungi = None
     if "fungi" in settings.selectors:
@@ -191,12 +190,10 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
             if fungi.texts != tr_texts or fungi.labels != tr_labels:
                 raise ValueError(f"the retriever at {settings.retriever} was not built on this train split")
         else:
-            fungi = ICLRetriever.from_dataset([{"text": t, "label": lab} for t, lab in zip(tr_texts, tr_labels, strict=True)],
-                                              seed=settings.seed, show_progress_bar=settings.show_progress)
+            fungi = ICLRetriever.from_texts(tr_texts, tr_labels, seed=settings.seed, show_progress_bar=settings.show_progress)
     chosen = {name: _examples(settings, name, (tr_texts, tr_labels), queries, q_index, fungi) for name in settings.selectors}
     prompts = {
-        name: [template.render([(tr_texts[i], tr_labels[i]) for i, _ in reversed(rows)], q,
-                               labels=label_set if template.uses_labels else ())
+        name: [compose_prompt(template, [RetrievedExample(tr_texts[i], tr_labels[i], s, i) for i, s in rows], q, labels=label_set)
                for rows, q in zip(chosen[name], queries, strict=True)]
         for name in settings.selectors
     }
@@ -300,80 +297,3 @@ def _paired(records: list[dict], selectors: Sequence[str]) -> dict:
         for b in selectors[i + 1:]:
             out[f"{a}_vs_{b}"] = {**paired_comparison(by[a], by[b]), "note": f"difference = accuracy({a}) - accuracy({b})"}
     return out
-
-
-# --------------------------------------------------------------- reports
-def write_report(report: dict, out: Path) -> None:
-    """Write report.json, report.md and the PNG plots."""
-    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str))
-    sel = report["selectors"]
-    lines = [
-        "# In-context-learning evaluation", "",
-        f"- date: {report['date']}", f"- command: `{report['command']}`",
-        f"- model: {report['endpoint']['model']} at {report['endpoint']['host']}, temperature 0",
-        f"- data: {report['data']['source']} ({report['data']['n_train']} train examples, "
-        f"{report['data']['n_test']} test queries, {report['data']['n_labels']} labels)",
-        f"- k = {report['settings']['k']}, {next(iter(sel.values()))['n']} seeded test queries (seed {report['settings']['seed']}), "
-        f"template {report['settings']['template']}",
-        f"- wall time: {report['wall_time_s']} s; requests sent this run: {report['requests_sent']}", "",
-        "| selector | n | accuracy | 95 % CI | macro-F1 | invalid | P@k | gold in top-k | k-NN vote | latency p50 / p95 s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in sel.items():
-        r = m["retrieval"]
-        pk = next(v for key, v in r.items() if key.startswith("p@"))
-        gk = next(v for key, v in r.items() if key.startswith("gold_in_top"))
-        vk = next(v for key, v in r.items() if key.endswith("_vote_acc"))
-        lines.append(f"| {name} | {m['n']} | {m['accuracy']:.4f} | {m['accuracy_ci95'][0]:.4f}-{m['accuracy_ci95'][1]:.4f} | "
-                     f"{m['macro_f1']:.4f} | {m['invalid_rate']:.4f} | {pk:.4f} | {gk:.4f} | {vk:.4f} | "
-                     f"{m['latency_s_p50']:.2f} / {m['latency_s_p95']:.2f} |")
-    if report["paired"]:
-        lines += ["", "## Paired comparisons (same queries)", "",
-                  "| comparison | difference | 95 % CI | only first right | only second right | McNemar p |", "|---|---|---|---|---|---|"]
-        for key, c in report["paired"].items():
-            lines.append(f"| {key.replace('_vs_', ' vs ')} | {c['difference']:+.4f} | {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f} | "
-                         f"{c['only_first_correct']} | {c['only_second_correct']} | {c['mcnemar_p']:.3g} |")
-    for name, m in sel.items():
-        if m["top_confusions"]:
-            lines += ["", f"### Most frequent confusions: {name}", ""]
-            lines += [f"- {c['gold']} -> {c['predicted']}: {c['count']}" for c in m["top_confusions"][:5]]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    _plots(report, out)
-
-
-def _plots(report: dict, out: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plots (pip install 'icl-fungi[eval]')")
-        return
-    sel = report["selectors"]
-    names = list(sel)
-    acc = [sel[s]["accuracy"] for s in names]
-    err = np.array([[a - sel[s]["accuracy_ci95"][0] for s, a in zip(names, acc, strict=True)],
-                    [sel[s]["accuracy_ci95"][1] - a for s, a in zip(names, acc, strict=True)]])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(names, acc, yerr=err, capsize=6, color=["#4c72b0", "#dd8452", "#8c8c8c"][: len(names)])
-    ax.set_ylabel("accuracy (95 % CI)")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{report['endpoint']['model']}, k = {report['settings']['k']}, n = {sel[names[0]]['n']}")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    plt.close(fig)
-    if "fungi" in sel and "embedding" in sel:
-        fa, ea = sel["fungi"]["per_class_accuracy"], sel["embedding"]["per_class_accuracy"]
-        diffs = sorted(((c, fa[c] - ea.get(c, 0.0)) for c in fa if fa[c] != ea.get(c, 0.0)), key=lambda kv: kv[1])
-        fig, ax = plt.subplots(figsize=(6, max(2.5, 0.22 * len(diffs) + 1)))
-        if diffs:
-            ax.barh([c for c, _ in diffs], [d for _, d in diffs], color=["#c44e52" if d < 0 else "#55a868" for _, d in diffs])
-            ax.tick_params(axis="y", labelsize=7)
-        else:
-            ax.text(0.5, 0.5, "no per-class difference", ha="center", va="center", transform=ax.transAxes)
-        ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_xlabel("per-class accuracy: FUNGI - embedding")
-        fig.tight_layout()
-        fig.savefig(out / "per_class_difference.png", dpi=120)
-        plt.close(fig)

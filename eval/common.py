@@ -1,0 +1,179 @@
+"""Helpers shared by the scripts under eval/: banking-77 and its dev split, result metadata
+(git commit, versions, full configuration, the command that reruns a result), tables and
+resumable result files.
+
+Every result file a script writes holds ``meta`` from :func:`run_meta`: the git commit the
+figures came from (with a flag when the tree had uncommitted changes), the library versions,
+the machine, the exact command and a ``rerun`` line that reproduces the file from a fresh clone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results"
+DEFAULT_DATA = Path(os.environ.get("ICL_FUNGI_BANKING77", ROOT.parent / "shared" / "data" / "banking77"))
+LABEL_COLUMN = "category"  # banking-77's label column in the CSV files
+
+
+def load_split(data: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` of banking-77's ``train`` or ``test`` CSV under ``data``."""
+    from icl_fungi import load_pool
+
+    path = Path(data) / f"{split}.csv"
+    if not path.is_file():
+        sys.exit(f"banking-77 not found: {path} (pass --data or set ICL_FUNGI_BANKING77)")
+    return load_pool(path, text_column="text", label_column=LABEL_COLUMN)
+
+
+def dev_split(texts: list[str], labels: list, fraction: float = 0.2, seed: int = 0) -> tuple[list, list, list, list]:
+    """The dev split used to choose defaults: a seeded stratified ``fraction`` of train held out as queries.
+
+    Returns ``(pool_texts, pool_labels, dev_texts, dev_labels)``.
+    """
+    from icl_fungi.evaluation import stratified_split
+
+    keep, held = stratified_split(labels, fraction, seed)
+    return [texts[i] for i in keep], [labels[i] for i in keep], [texts[i] for i in held], [labels[i] for i in held]
+
+
+def pool_and_queries(data: str | Path, split: str, seed: int = 0) -> tuple[list, list, list, list]:
+    """``split="dev"``: dev split of train (pool 80 %, queries 20 %); ``"test"``: the train pool and the test queries."""
+    texts, labels = load_split(data, "train")
+    if split == "dev":
+        return dev_split(texts, labels, seed=seed)
+    if split == "test":
+        return (texts, labels, *load_split(data, "test"))
+    raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
+
+
+def git_commit() -> dict[str, Any]:
+    """``{"commit": sha, "dirty": bool}`` of the checkout the script runs in."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def command_line() -> str:
+    """The command that ran this script, relative to the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_arg = script.relative_to(ROOT).as_posix()
+    except ValueError:
+        script_arg = str(script)
+    return " ".join(["python", shlex.quote(script_arg), *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def run_meta(**extra: Any) -> dict[str, Any]:
+    """Metadata for a result file: date, commit, versions, machine, command and how to rerun it."""
+    import torch
+
+    from icl_fungi.persistence import library_versions
+
+    git = git_commit()
+    command = command_line()
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **git,
+        "command": command,
+        "rerun": f"git checkout {git['commit'][:12]} && make venv && .venv/bin/{command}",
+        "versions": {**library_versions(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+        **extra,
+    }
+
+
+def retriever_config(r: Any) -> dict[str, Any]:
+    """The full configuration of a built retriever: model, every feature-config field, weights, PCA, index."""
+    return {
+        "model": r.encoder.model_name,
+        "feature_config": r.config.to_dict(),
+        "kl_head_fitted": None if r.encoder.head is None else r.encoder.head.name,
+        "block_weights": r.block_weights,
+        "fit_weights": r.fit_weights,
+        "pca": {"n_components": r.pca.n_components, "whiten": r.pca.whiten},
+        "index": r.index.config(),
+    }
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str], *, digits: int = 4) -> str:
+    """A Markdown table of ``rows`` (dicts) over ``columns``; floats rounded to ``digits``."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results JSON written by :func:`write_results` (empty when absent): scripts resume from it."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_results(path: Path, payload: dict[str, Any], *, title: str, table: str, notes: str = "") -> None:
+    """``path`` (JSON, with ``meta``) and its Markdown twin (``.md``): title, command, table, notes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
+    meta = payload.get("meta", {})
+    md = [f"# {title}", "", f"- command: `{meta.get('command', '')}`", f"- rerun from a fresh clone: `{meta.get('rerun', '')}`",
+          f"- commit: {meta.get('commit', '')}{' (with uncommitted changes)' if meta.get('dirty') else ''}, {meta.get('date', '')}",
+          "", table, ""]
+    if notes:
+        md += [notes, ""]
+    path.with_suffix(".md").write_text("\n".join(md))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+# ------------------------------------------------------------------ explicit configurations
+# Every configuration a script measures is written out against this frozen baseline (the library's defaults
+# as of icl-fungi 0.2.0, spelled out), never against "the default": when the library's defaults move, a
+# committed grid still measures what it says. Result files record the full resolved configuration too.
+BASE_FEATURES: dict[str, Any] = {
+    "features": ("embedding", "kl", "simclr"), "target_layer": None, "kl_head": "labels", "kl_head_dim": 256,
+    "kl_temperature": 0.07, "kl_center": True, "center_blocks": True, "simclr_views": 2, "simclr_view_mode": "dropout",
+    "simclr_dropout": None, "simclr_view_blocks": 1, "word_deletion_p": 0.1, "simclr_temperature": 0.07,
+    "simclr_negatives": 256, "projection": "sketch", "projection_dim": None, "seed": 0,
+}
+BASE_WEIGHTS = {"embedding": 1.0, "kl": 0.3, "simclr": 0.3}
+EMBEDDING = {"features": ("embedding",), "center_blocks": False}  # the plain-embedding baseline
+PAPER = {"kl_head": "random", "kl_head_dim": 1024, "kl_temperature": 15.0, "kl_center": False, "center_blocks": False,
+         "block_weights": {"kl": 1.0, "simclr": 1.0}}  # the FUNGI paper's recipe
+
+
+def build_retriever(texts: list[str], labels: list, spec: dict[str, Any], *, model: Any = None, device: str | None = None,
+                    batch_size: int = 32, exact: bool = True) -> Any:
+    """A retriever for ``spec`` (FeatureConfig fields plus ``block_weights`` / ``fit_weights`` / ``pca_components``)
+    filled in from :data:`BASE_FEATURES` / :data:`BASE_WEIGHTS`; exact search unless ``exact=False``."""
+    from icl_fungi import FeatureConfig, FungiEncoder, ICLRetriever, VectorIndex
+    from icl_fungi.features import DEFAULT_MODEL
+
+    spec = dict(spec)
+    weights = {**BASE_WEIGHTS, **spec.pop("block_weights", {})}
+    extra = {k: spec.pop(k) for k in ("fit_weights", "pca_components") if k in spec}
+    config = FeatureConfig(**{**BASE_FEATURES, **spec})
+    weights = {f: w for f, w in weights.items() if f in config.features}
+    encoder = FungiEncoder(model or DEFAULT_MODEL, config, batch_size=batch_size, device=device, show_progress_bar=False)
+    index = VectorIndex(exact_threshold=10**9) if exact else None
+    return ICLRetriever(encoder, block_weights=weights, index=index, **extra).fit(texts, labels)

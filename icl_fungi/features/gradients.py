@@ -1,0 +1,152 @@
+"""One batch's feature blocks: a trunk pass for the embedding, then one gradient pass for the KL and
+SimCLR losses with a single backward, and the projected per-sample gradients.
+
+The trunk pass records the graph only from the target layer on (the weights are frozen, so nothing
+below it is recorded) and caches the hidden state entering the first block the gradient pass
+recomputes. Dropout views run only the blocks above that cache; when the views share the target
+layer's input (dropout after the layer), their output gradients are summed before the per-sample
+gradient is formed and projected once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .capture import BlockCache, Capture, SkipBlocks, hooked, repeat_rows, tile, token_mask
+
+if TYPE_CHECKING:
+    from .encoder import FungiEncoder
+
+__all__ = ["GradientPass"]
+
+
+class GradientPass:
+    """The per-batch computation of a :class:`~icl_fungi.features.FungiEncoder` (reads its parts)."""
+
+    def __init__(self, encoder: FungiEncoder) -> None:
+        self.enc = encoder
+
+    def split_block(self) -> int:
+        """Index of the first block with dropout in the SimCLR views (0: the whole model)."""
+        cfg, target = self.enc.config, self.enc.target
+        if cfg.simclr_view_blocks is None or target.blocks is None or cfg.simclr_view_mode != "dropout":
+            return 0
+        return max(0, len(target.blocks) - cfg.simclr_view_blocks)
+
+    def tail_start(self) -> int:
+        """First block that the gradient pass recomputes (0: the whole model)."""
+        cfg, target = self.enc.config, self.enc.target
+        if target.blocks is None or target.block_index < 0:
+            return 0
+        start = target.block_index
+        if "simclr" in cfg.features and cfg.simclr_view_mode == "dropout":
+            start = min(start, self.split_block())
+        return start
+
+    def trunk(self, features: dict[str, Any], *, cache: bool = True, with_kl: bool = False) -> tuple[torch.Tensor, Any, Any]:
+        """The model's forward pass: ``(embedding, cached, clean)``.
+
+        ``cached`` is the hidden state entering block :meth:`tail_start` (for the views). With
+        ``with_kl`` the pass also records the graph from the target layer on, and ``clean`` is
+        ``(unit embedding, capture)`` for the KL loss; else ``None``.
+        """
+        enc = self.enc
+        store = BlockCache()
+        start = self.tail_start() if cache else 0  # (a reference to the block's output: no copy)
+        fused = with_kl and "kl" in enc.config.features
+        cap = Capture()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.enable_grad() if fused else torch.no_grad())
+            if fused:
+                stack.enter_context(hooked(enc.target.module, cap))
+            if start > 0:
+                stack.enter_context(hooked(enc.target.blocks[start - 1], store.store))
+            emb = enc.forward(features)
+        clean = (F.normalize(emb, dim=-1), cap) if fused else None
+        return emb.detach(), store.value, clean
+
+    def blocks(self, texts: list[str], features: dict[str, Any], emb: torch.Tensor, cached: Any,
+               clean: Any = None) -> dict[str, np.ndarray]:
+        """All blocks of a batch from its trunk pass: one gradient forward over the rows [clean; dropout views]
+        (blocks below :meth:`tail_start` replaced by ``cached``; no clean rows when the trunk pass gave
+        ``clean``) and one backward for both losses."""
+        enc = self.enc
+        cfg = enc.config
+        result: dict[str, np.ndarray] = {}
+        if "embedding" in cfg.features:
+            result["embedding"] = F.normalize(emb, dim=-1).float().cpu().numpy()
+        B, V = len(texts), cfg.simclr_views
+        want_kl, want_sc = "kl" in cfg.features, "simclr" in cfg.features
+        same_tokens = want_sc and enc.views.same_tokens
+        tail_kl = want_kl and clean is None  # the KL rows are recomputed in the tail
+        seeds: list[int | None] = [None] * B if tail_kl else []
+        if same_tokens:
+            seeds += enc.views.seeds(texts, range(V))
+        R = len(seeds) // B
+        mask = features["attention_mask"]
+        captures: list[Capture] = []
+        with torch.enable_grad():
+            loss = torch.zeros((), device=enc.device)
+            if clean is not None:
+                loss = loss + enc.head.loss(clean[0])
+                captures.append(clean[1])
+            if R:
+                cap = Capture()
+                start = self.tail_start()
+                with contextlib.ExitStack() as stack:
+                    stack.enter_context(hooked(enc.target.module, cap))
+                    if same_tokens:
+                        stack.enter_context(enc.views.apply(seeds))
+                    if start > 0 and cached is not None:
+                        stack.enter_context(SkipBlocks(enc.target.blocks, start, tile(cached, R)))
+                    z = F.normalize(enc.forward(repeat_rows(features, R)), dim=-1)
+                if tail_kl:
+                    loss = loss + enc.head.loss(z[:B])
+                if same_tokens:
+                    loss = loss + enc.simclr.loss(z[B * tail_kl :].reshape(V, B, -1)).sum()
+                captures.append(cap)
+            if want_sc and not same_tokens:  # the views are other token sequences
+                vcap = Capture()
+                other = enc.tokenize(enc.views.texts(texts, range(V)))
+                with hooked(enc.target.module, vcap):
+                    views = enc.forward(other)
+                loss = loss + enc.simclr.loss(F.normalize(views, dim=-1).reshape(V, B, -1)).sum()
+                captures.append(vcap)
+            grads = torch.autograd.grad(loss, [c.output for c in captures])
+        if want_kl:
+            g, x = grads[0][:B], captures[0].inputs[:B]
+            result["kl"] = F.normalize(enc.projections["kl"].transform(g, x, token_mask(mask, x)), dim=-1).cpu().numpy()
+        if same_tokens:
+            i = 1 if clean is not None else 0
+            g, x = grads[i][B * tail_kl :], captures[i].inputs[B * tail_kl :]
+            result["simclr"] = self.simclr_block(g, x, mask.repeat(V, 1), V)
+        if want_sc and not same_tokens:
+            result["simclr"] = self.simclr_block(grads[-1], captures[-1].inputs, other["attention_mask"], V)
+        return result
+
+    def simclr_block(self, g: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, V: int) -> np.ndarray:
+        """Project the view-major per-view gradients ``g`` (inputs ``x``, token mask ``mask``) and sum each text's views."""
+        proj = self.enc.projections["simclr"]
+        n = g.shape[0] // V
+        xs = x.reshape(V, n, *x.shape[1:])
+        same = x.shape[:2] == mask.shape and all(torch.equal(xs[0], xs[v]) for v in range(1, V))
+        if same and all(torch.equal(mask[:n], mask[v * n : (v + 1) * n]) for v in range(1, V)):
+            # the views share the layer input (dropout after the layer): sum_v g_v x^T = (sum_v g_v) x^T
+            out = proj.transform(g.reshape(V, n, *g.shape[1:]).sum(0), xs[0], mask[:n])
+        else:
+            out = proj.transform(g, x, token_mask(mask, x)).reshape(V, n, -1).sum(0)
+        return F.normalize(out, dim=-1).cpu().numpy()
+
+    def view_embeddings(self, texts: list[str], features: dict[str, Any] | None, view_ids: tuple) -> torch.Tensor:
+        """Embeddings of views ``view_ids`` of every text, view-major (V * n, d): a full forward pass."""
+        enc = self.enc
+        if not enc.views.same_tokens:
+            return enc.forward(enc.tokenize(enc.views.texts(texts, view_ids)))
+        features = features if features is not None else enc.tokenize(texts)
+        with enc.views.apply(enc.views.seeds(texts, view_ids)):
+            return enc.forward(repeat_rows(features, len(view_ids)))

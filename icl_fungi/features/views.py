@@ -1,0 +1,124 @@
+"""SimCLR views of a text: deterministic dropout masks, or word deletion.
+
+Every view is seeded by the text itself (and the view's tag and the config seed), so a text has
+the same views whatever batch it is encoded in. A view kind is one class with ``kind`` and
+``same_tokens``: views over the same token rows (``same_tokens = True``) provide ``seeds`` and an
+``apply`` context that perturbs the forward pass; views that are other token sequences provide
+``texts``.
+
+Example:
+    >>> WordDeletionViews(p=0.3, seed=0).texts(["my card never arrived at home"], view_ids=(0, 1))
+    ['card never arrived at', 'card arrived at home']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["DropoutViews", "WordDeletionViews", "delete_words", "dropout_modules", "text_seed"]
+
+_MASK63 = (1 << 63) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # mixes a dropout module's position into a row's seed
+
+
+def text_seed(seed: int, tag: str, text: str) -> int:
+    """A 63-bit seed from the config seed, a view tag and the text."""
+    digest = hashlib.blake2b(f"{seed}\x00{tag}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & _MASK63
+
+
+def delete_words(text: str, p: float, seed: int) -> str:
+    """``text`` with each whitespace-separated word dropped with probability ``p`` (never empty)."""
+    words = text.split()
+    rng = np.random.default_rng(seed)
+    kept = [w for w, r in zip(words, rng.random(len(words)), strict=True) if r >= p]
+    return " ".join(kept) if kept else words[int(rng.integers(len(words)))]
+
+
+def dropout_modules(model: torch.nn.Module, blocks: torch.nn.ModuleList | None, first_block: int,
+                    p: float | None) -> list[torch.nn.Dropout]:
+    """The ``nn.Dropout`` modules of blocks ``first_block`` on (the whole model when 0 or no blocks)
+    that drop something (their own rate > 0, or a rate ``p`` is forced)."""
+    if first_block == 0 or blocks is None:
+        mods = model.modules()
+    else:
+        mods = (m for block in list(blocks)[first_block:] for m in block.modules())
+    return [m for m in mods if isinstance(m, torch.nn.Dropout) and (m.p > 0 or p)]
+
+
+class DropoutViews:
+    """Views as deterministic per-row dropout on (eval-mode) ``nn.Dropout`` modules.
+
+    Each row's mask comes from a generator seeded by the row's seed and the module's position;
+    the mask of token ``t`` depends only on ``t`` (not on the padded length). A row whose seed is
+    ``None`` is left clean. ``p``: the dropout rate (``None``: each module's own).
+    """
+
+    kind = "dropout"
+    same_tokens = True
+
+    def __init__(self, modules: list[torch.nn.Dropout], *, p: float | None = None, seed: int = 0) -> None:
+        self.modules, self.p, self.seed = modules, p, seed
+
+    def seeds(self, texts: Sequence[str], view_ids: Sequence[Any]) -> list[int]:
+        """One seed per row, view-major (all texts of view 0, then view 1, ...)."""
+        return [text_seed(self.seed, f"do{v}", t) for v in view_ids for t in texts]
+
+    def apply(self, seeds: Sequence[int | None]) -> _MaskHooks:
+        """A context in which the modules drop with the rows' masks (batches of ``len(seeds)`` rows)."""
+        return _MaskHooks(self.modules, list(seeds), self.p)
+
+
+class _MaskHooks:
+    """Forward hooks replacing each Dropout module's output by ``output * mask / (1 - p)``."""
+
+    def __init__(self, modules: list[torch.nn.Dropout], seeds: list[int | None], p: float | None) -> None:
+        self.modules, self.seeds, self.p = modules, seeds, p
+        self.handles: list[Any] = []
+
+    def _hook(self, position: int, p: float) -> Any:
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if output.shape[0] != len(self.seeds):
+                return output
+            masks = []
+            gen = torch.Generator()
+            for seed in self.seeds:
+                if seed is None:  # a clean row: mask * 1/(1-p) = 1
+                    masks.append(torch.full(output.shape[1:], 1.0 - p))
+                    continue
+                gen.manual_seed((seed + _GOLDEN * (position + 1)) & _MASK63)
+                masks.append((torch.rand(output.shape[1:], generator=gen) >= p).float())
+            mask = torch.stack(masks).to(output.device, output.dtype)
+            return output * mask / (1.0 - p)
+
+        return hook
+
+    def __enter__(self) -> _MaskHooks:
+        for i, m in enumerate(self.modules):
+            p = self.p if self.p is not None else m.p
+            self.handles.append(m.register_forward_hook(self._hook(i, p)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class WordDeletionViews:
+    """Views as new token sequences: each word deleted with probability ``p``, seeded per text and view."""
+
+    kind = "word_deletion"
+    same_tokens = False
+
+    def __init__(self, *, p: float = 0.1, seed: int = 0) -> None:
+        self.p, self.seed = p, seed
+
+    def texts(self, texts: Sequence[str], view_ids: Sequence[Any]) -> list[str]:
+        """The views' texts, view-major."""
+        return [delete_words(t, self.p, text_seed(self.seed, f"wd{v}", t)) for v in view_ids for t in texts]

@@ -1,0 +1,255 @@
+"""Saving and loading without pickle: each part writes ``config.json`` and ``.npy`` arrays into its
+own folder; a saved retriever is a directory of such parts with a manifest of every file's sha256.
+
+Guarantees: arrays load with ``allow_pickle=False``, JSON only otherwise; a directory is written
+to a temporary folder and renamed into place (an existing retriever is replaced only once the
+new one is complete; any other existing directory is never touched); before anything is read,
+every manifest entry must be a plain relative name inside the directory (no ``..``, no absolute
+path, no symbolic link), the directory must hold exactly those files, every hash must match,
+and the manifest's own checksum must match its content.
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> d = Path(tempfile.mkdtemp()) / "part"
+    >>> write_part(d, {"kind": "demo"}, {"weights": np.ones(3, np.float32)})
+    >>> read_part(d)[0], read_part(d)[1]["weights"].tolist()
+    ({'kind': 'demo'}, [1.0, 1.0, 1.0])
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "open_directory", "read_part", "save_directory", "write_part"]
+
+FORMAT = "icl-fungi-retriever"
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+_CONFIG = "config.json"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"invalid part or array name {name!r} (letters, digits, '_', '.', '-')")
+
+
+def write_part(path: str | os.PathLike, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write ``config.json`` and one ``<name>.npy`` per array into the new folder ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / _CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True, ensure_ascii=False), encoding="utf-8")
+    for name, arr in arrays.items():
+        _check_name(name)
+        arr = np.asarray(arr)
+        if arr.dtype == object:
+            raise TypeError(f"array {name!r} has dtype object: only numeric arrays are saved")
+        np.save(path / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def read_part(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(config, arrays)`` of a folder written by :func:`write_part` (symbolic links are refused)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(f"{path} is not a saved part (missing folder or a symbolic link)")
+    cfg_file = path / _CONFIG
+    if cfg_file.is_symlink() or not cfg_file.is_file():
+        raise ValueError(f"{path} has no {_CONFIG}")
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{cfg_file} is corrupt: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_file} must hold a JSON object")
+    arrays = {}
+    for f in sorted(path.glob("*.npy")):
+        if f.is_symlink() or not f.is_file():
+            raise ValueError(f"{f} is not a regular file")
+        try:
+            arrays[f.stem] = np.load(f, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{f} is not a plain numeric array: {err}") from None
+    return config, arrays
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checksum(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _files(root: Path) -> dict[str, Path]:
+    """Every file under ``root`` by its relative POSIX name; a symbolic link anywhere is an error."""
+    out: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                raise ValueError(f"{root}: {p.relative_to(root).as_posix()} is a symbolic link; saved retrievers hold none")
+        for name in filenames:
+            p = Path(dirpath) / name
+            out[p.relative_to(root).as_posix()] = p
+    return out
+
+
+def save_directory(path: str | os.PathLike, write: Callable[[Path], None], info: dict[str, Any]) -> Path:
+    """Call ``write(tmp)`` to fill a temporary folder next to ``path``, add the manifest (``info`` plus
+    format, creation time and every file's sha256) and rename it into place."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not (path / MANIFEST).is_file()):
+        raise ValueError(f"{path} exists and is not a saved retriever; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        files = {name: _sha256(p) for name, p in sorted(_files(tmp).items())}
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **info, "files": files}
+        manifest["checksum"] = _checksum(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            path.rename(old)
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _check_entry(root: Path, name: object) -> None:
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
+        raise ValueError(f"{root}: manifest entry {name!r} is not a plain relative file name")
+    for part in name.split("/"):
+        if part in ("", ".", "..") or not _NAME.fullmatch(part):
+            raise ValueError(f"{root}: manifest entry {name!r} is not a plain file name inside the directory")
+
+
+def open_directory(path: str | os.PathLike) -> dict[str, Any]:
+    """Verify a saved retriever directory and return its manifest (see the module docstring)."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link; pass the directory itself")
+    if not manifest_path.is_file() or manifest_path.is_symlink():
+        raise ValueError(f"{path} is not a saved retriever (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{manifest_path} is corrupt: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ValueError(f"{path} is not an icl-fungi retriever (format {fmt!r})")
+    version = manifest.get("format_version")
+    if version == 1:
+        made_by = (manifest.get("versions") or {}).get("icl_fungi", "0.1.0")
+        raise ValueError(f"{path} was saved by icl-fungi {made_by} (format version 1); this version reads format "
+                         f"{FORMAT_VERSION}. Rebuild it from its pool: ICLRetriever.from_dataset(...).save(path), or "
+                         "`icl-fungi build DATA --out PATH` (its texts and labels are in pool.json)")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {version!r}; this icl_fungi reads version {FORMAT_VERSION}")
+    if manifest.get("checksum") != _checksum(manifest):
+        raise ValueError(f"{manifest_path} was edited or is corrupt (its checksum does not match its content)")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"{manifest_path} lists no files")
+    for name, digest in files.items():
+        _check_entry(path, name)
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            raise ValueError(f"{path}: manifest entry {name!r} has no sha256")
+    present = _files(path)
+    present.pop(MANIFEST, None)
+    missing = sorted(set(files) - set(present))
+    if missing:
+        raise ValueError(f"{path}: file {missing[0]} listed in the manifest is missing")
+    extra = sorted(set(present) - set(files))
+    if extra:
+        raise ValueError(f"{path}: file {extra[0]} is not listed in the manifest")
+    root = path.resolve()
+    for name, digest in files.items():
+        f = present[name]
+        if root not in f.resolve().parents or not f.is_file():
+            raise ValueError(f"{path}: manifest entry {name!r} leaves the directory")
+        if _sha256(f) != digest:
+            raise ValueError(f"{path}: file {name} is corrupt or truncated (sha256 mismatch)")
+    return manifest
+
+
+def write_pool(root: Path, texts: list[str], labels: list) -> None:
+    """The pool's texts and labels as ``pool.json``."""
+    (root / "pool.json").write_text(json.dumps({"texts": texts, "labels": labels}, ensure_ascii=False), encoding="utf-8")
+
+
+def read_pool(root: Path, n: int) -> tuple[list[str], list]:
+    """``pool.json`` checked: ``n`` non-empty string texts and ``n`` str/int labels."""
+    from .data import check_labels, check_texts
+
+    try:
+        pool = json.loads((root / "pool.json").read_text(encoding="utf-8"))
+        texts, labels = pool["texts"], pool["labels"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{root}: pool.json is unreadable: {err!r}") from None
+    try:
+        texts, labels = check_texts(texts), check_labels(labels, len(texts) if isinstance(texts, list) else -1)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{root}: pool.json is invalid: {err}") from None
+    if len(texts) != n:
+        raise ValueError(f"{root}: pool.json holds {len(texts)} examples, the manifest says {n}")
+    return texts, labels
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that make the features (recorded with saved retrievers and results)."""
+    import hnswlib
+    import sentence_transformers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"icl_fungi": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "sentence_transformers": sentence_transformers.__version__,
+            "hnswlib": getattr(hnswlib, "__version__", "unknown"), "numpy": np.__version__}
+
+
+def manifest_model(name: object, root: Path) -> str:
+    """The model a manifest names, if it may be loaded without the caller naming it: the packaged default or a
+    hub model name. Local paths (inside the saved directory or anywhere else) must be passed as ``model=``."""
+    from .features.models import _DEFAULT_ALIASES
+
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{root}: the manifest names no model; pass model= to ICLRetriever.load")
+    if name in _DEFAULT_ALIASES:
+        return name
+    if name == "custom":
+        raise ValueError(f"{root} was built with a model object, not a name: pass it as ICLRetriever.load(path, model=...)")
+    p = Path(name)
+    local = (p.is_absolute() or name.startswith((".", "~")) or "\\" in name or ".." in p.parts or len(p.parts) > 2
+             or p.exists() or (root / name).exists())
+    if local:
+        raise ValueError(f"{root}: the manifest names the local model path {name!r}; a saved retriever never chooses "
+                         f"local files to load. If you trust that model, pass ICLRetriever.load(path, model={name!r})")
+    return name
