@@ -91,7 +91,7 @@ def main() -> None:
     table = [{"configuration": n, f"P@{k}": m[f"p@{k}"],
               "vs embedding": f"{100 * (m[f'p@{k}'] - base):+.2f} pt" if base is not None else "",
               f"gold in top-{k}": m[f"gold_in_top{k}"], "1-NN": m["1nn_acc"], f"{k}-NN vote": m[f"knn{k}_vote_acc"],
-              "build s": m["build_s"]} for n, m in rows.items()]
+              "build s": f"{m['build_s']:.0f}"} for n, m in rows.items()]
     cols = ["configuration", f"P@{k}", "vs embedding", f"gold in top-{k}", "1-NN", f"{k}-NN vote", "build s"]
     doc = {"meta": run_meta(split=args.split, pool=len(pool_t), queries=len(q_t), k=k), "rows": rows}
     write_results(path, doc, title=f"Retrieval quality: grid {args.grid}, {args.split} split (pool {len(pool_t)}, {len(q_t)} queries)",

@@ -2,19 +2,33 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from .conftest import ROOT
 
 
-def test_readme_prompt_and_langchain_examples_run(capsys):
-    """The README's build_prompt and LangChain examples run as pasted (the first block builds the full pool)."""
+def test_readme_examples_run(capsys):
+    """The README's API and LangChain examples run as pasted (the quick start needs banking-77: slow tier)."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert len(blocks) >= 3
+    assert len(blocks) == 3 and "banking77/train.csv" in blocks[0]
     ns: dict = {}
     for block in blocks[1:]:
-        if "gguf_file" in block:  # the Gemma-encoder example needs the optional GGUF model (tested in test_encoder)
-            continue
         exec(compile(block, "README.md", "exec"), ns)
     out = capsys.readouterr().out
     assert out.count("Query: where is my card?\nIntent:") == 2
     assert isinstance(ns["messages"], list) and ns["messages"][0]["role"] == "system"
     assert len({x.label for x in ns["picked"]}) == 3
+    assert ns["docs"][0].metadata["label"] == "card_arrival"
+
+
+@pytest.mark.slow
+def test_readme_quick_start_runs(banking_train, capsys, tmp_path, monkeypatch):
+    """The quick start as pasted, on the full banking-77 train split."""
+    from .conftest import BANKING77
+
+    block = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.replace("../shared/data/banking77", str(BANKING77)), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "card_arrival" in out and out.rstrip().endswith("Query: I still haven't received my card\nIntent:")
+    assert (tmp_path / "banking77.icl" / "manifest.json").is_file()
