@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES
+from .prompt import ORDERS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("-k", type=int, default=20, help="number of examples (default: 20)")
     q.add_argument("--template", default="classification-completion",
                    help="prompt template name or JSON file (default: classification-completion)")
+    q.add_argument("--order", choices=ORDERS, default="similar_last",
+                   help="example order in the prompt (default: similar_last, the most similar next to the query)")
     q.add_argument("--prompt", action="store_true", help="also print the rendered prompt")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -83,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "build":
+            out = Path(args.out)
+            if out.exists() and not (out / "manifest.json").is_file():  # checked before the (long) build
+                raise ValueError(f"{out} exists and is not a saved retriever; refusing to overwrite it")
             r = ICLRetriever.from_dataset(
                 args.data, text_column=args.text_column, label_column=args.label_column, split=args.split,
                 model=args.model, features=tuple(f.strip() for f in args.features.split(",") if f.strip()),
@@ -93,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "query":
             r = ICLRetriever.load(args.retriever)
             res = r.retrieve(args.query, k=args.k)
-            prompt = r.build_prompt(args.query, k=args.k, template=args.template) if args.prompt else None
+            prompt = r.build_prompt(args.query, k=args.k, template=args.template, order=args.order) if args.prompt else None
             if args.json:
                 print(json.dumps({"examples": [{"index": x.index, "score": x.score, "label": x.label, "text": x.text} for x in res],
                                   "prompt": prompt}, ensure_ascii=False, indent=2))

@@ -31,7 +31,7 @@ from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncod
 from .index import VectorIndex
 from .projection import PCA
 from .prompt import compose_prompt, sorted_labels
-from .selection import Selection, select
+from .selection import Selection, select_from_index
 from .template import Prompt, PromptTemplate
 
 __all__ = ["ICLRetriever", "RetrievedExample"]
@@ -209,21 +209,10 @@ class ICLRetriever:
         else:
             with self._write_lock:  # one consistent snapshot of the pool
                 texts, labels, pool_vectors = self._texts, self._labels, self.index.vectors_
-            picked = [self._select(q, v, k, sel, texts, labels, pool_vectors) for q, v in zip(queries, vectors, strict=True)]
+            picked = [select_from_index(self.index, v, k, sel, pool_vectors, labels, texts=texts, query=q)
+                      for q, v in zip(queries, vectors, strict=True)]
         return [sorted((RetrievedExample(texts[i], labels[i], float(s), int(i)) for i, s in row), key=lambda x: (-x.score, x.index))
                 for row in picked]
-
-    def _select(self, query: str, vector: np.ndarray, k: int, sel: Selection, texts: list, labels: list,
-                pool_vectors: np.ndarray) -> list[tuple[int, float]]:
-        n = len(pool_vectors)
-        fetch = min(n, sel.fetch_size(k))
-        while True:
-            ids, scores = self.index.query(vector[None], fetch)
-            keep = ids[0] < n  # ignore examples added after the snapshot
-            chosen = select(vector, ids[0][keep], scores[0][keep], pool_vectors, labels, k, sel, texts=texts, query=query)
-            if len(chosen) >= k or fetch >= n:
-                return chosen
-            fetch = min(n, fetch * 4)
 
     def build_prompt(self, query: str, k: int = 20, *, template: str | PromptTemplate = "classification-completion",
                      order: str = "similar_last", max_tokens: int | None = None, tokenizer: object = None,
@@ -312,28 +301,32 @@ class ICLRetriever:
         name; a local model path is used only when passed as ``model=`` (a saved directory never
         chooses which files run). ``model`` must have the weights the retriever was built with.
         """
-        from .persistence import manifest_model, open_directory, read_pool
+        return _load(cls, Path(path), model=model, batch_size=batch_size, device=device,
+                     show_progress_bar=show_progress_bar, allow_pickle_weights=allow_pickle_weights)
 
-        path = Path(path)
-        manifest = open_directory(path)  # every file checked before anything is read
-        n = manifest.get("n_examples")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{path}: the manifest's n_examples must be a positive int, got {n!r}")
-        fit_weights = manifest.get("fit_weights")
-        if fit_weights not in (None, "loo"):
-            raise ValueError(f"{path}: the manifest's fit_weights must be null or 'loo', got {fit_weights!r}")
-        source = model if model is not None else manifest_model(manifest.get("model"), path)
-        encoder = FungiEncoder.load(path / "encoder", model=source, batch_size=batch_size, device=device,
-                                    show_progress_bar=show_progress_bar, allow_pickle_weights=allow_pickle_weights)
-        dims = {f: encoder.dim if f == "embedding" else encoder.projection_dim for f in encoder.config.features}
-        retriever = cls(encoder, fit_weights=fit_weights)
-        retriever.combiner = BlockCombiner.load(path / "combiner", features=encoder.config.features, dims=dims)
-        retriever.pca = PCA.load(path / "pca", n_features=sum(dims.values()))
-        retriever.index = VectorIndex.load(path / "index", dim=retriever.pca.n_components_)
-        texts, labels = read_pool(path, n)
-        if len(retriever.index) != n:
-            raise ValueError(f"{path}: the index holds {len(retriever.index)} vectors, the pool {n} examples")
-        retriever._texts, retriever._labels = texts, labels
-        truncated = manifest.get("n_truncated", 0)
-        retriever.n_truncated_ = truncated if isinstance(truncated, int) and 0 <= truncated <= n else 0
-        return retriever
+
+def _load(cls: type[ICLRetriever], path: Path, *, model: Any, **encoder_options: Any) -> ICLRetriever:
+    """Compose a saved retriever from its verified directory: encoder, combiner, PCA, index, pool."""
+    from .persistence import manifest_model, open_directory, read_pool
+
+    manifest = open_directory(path)  # every file checked before anything is read
+    n = manifest.get("n_examples")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{path}: the manifest's n_examples must be a positive int, got {n!r}")
+    fit_weights = manifest.get("fit_weights")
+    if fit_weights not in (None, "loo"):
+        raise ValueError(f"{path}: the manifest's fit_weights must be null or 'loo', got {fit_weights!r}")
+    source = model if model is not None else manifest_model(manifest.get("model"), path)
+    encoder = FungiEncoder.load(path / "encoder", model=source, **encoder_options)
+    dims = {f: encoder.dim if f == "embedding" else encoder.projection_dim for f in encoder.config.features}
+    retriever = cls(encoder, fit_weights=fit_weights)
+    retriever.combiner = BlockCombiner.load(path / "combiner", features=encoder.config.features, dims=dims)
+    retriever.pca = PCA.load(path / "pca", n_features=sum(dims.values()))
+    retriever.index = VectorIndex.load(path / "index", dim=retriever.pca.n_components_)
+    texts, labels = read_pool(path, n)
+    if len(retriever.index) != n:
+        raise ValueError(f"{path}: the index holds {len(retriever.index)} vectors, the pool {n} examples")
+    retriever._texts, retriever._labels = texts, labels
+    truncated = manifest.get("n_truncated", 0)
+    retriever.n_truncated_ = truncated if isinstance(truncated, int) and 0 <= truncated <= n else 0
+    return retriever

@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["STRATEGIES", "Selection", "select"]
+__all__ = ["STRATEGIES", "Selection", "select", "select_from_index"]
 
 STRATEGIES = ("topk", "mmr", "label_cap", "label_coverage")
 
@@ -157,3 +158,18 @@ def select(
         picked.append(j)
         max_sim = np.maximum(max_sim, vecs @ vecs[j])
     return [cand[j] for j in picked]
+
+
+def select_from_index(index: Any, vector: np.ndarray, k: int, selection: Selection, pool_vectors: np.ndarray, labels: Sequence,
+                      *, texts: Sequence[str] | None = None, query: str | None = None) -> list[tuple[int, float]]:
+    """:func:`select` over ``index.query`` candidates for one query vector, fetching more (up to the snapshot of
+    ``len(pool_vectors)`` examples) while filters leave fewer than ``k``."""
+    n = len(pool_vectors)
+    fetch = min(n, selection.fetch_size(k))
+    while True:
+        ids, scores = index.query(vector[None], fetch)
+        keep = ids[0] < n  # ignore examples added after the snapshot
+        chosen = select(vector, ids[0][keep], scores[0][keep], pool_vectors, labels, k, selection, texts=texts, query=query)
+        if len(chosen) >= k or fetch >= n:
+            return chosen
+        fetch = min(n, fetch * 4)

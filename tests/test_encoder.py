@@ -405,12 +405,14 @@ def test_label_heads_fall_back_to_prototypes_for_free_text_labels(st_model, inte
     assert one.head.name == "prototypes" and np.isfinite(one.encode(TEXTS)["kl"]).all()
 
 
-def test_labels_sample_is_stratified(st_model):
+def test_labels_sample_is_stratified():
     """Pools over 4,096 texts: the head's sample keeps every label, even a rare one, in proportion."""
-    enc = FungiEncoder(st_model, FeatureConfig(features=("embedding", "kl"), kl_head="labels"), show_progress_bar=False)
+    from icl_fungi.features.heads import head_sample
+
     labels = ["rare"] + ["a"] * 6000 + ["b"] * 3999
-    rows = enc._sample_indices(len(labels), labels)
+    rows = head_sample(len(labels), labels, seed=0)
     assert rows == sorted(set(rows)) and 4090 <= len(rows) <= 4100
     got = [labels[i] for i in rows]
     assert got.count("rare") == 1 and abs(got.count("a") - 2458) <= 2 and abs(got.count("b") - 1638) <= 2
-    assert rows == enc._sample_indices(len(labels), labels)  # seeded
+    assert rows == head_sample(len(labels), labels, seed=0)  # seeded
+    assert head_sample(10, None, seed=0) == list(range(10))

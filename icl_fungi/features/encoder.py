@@ -29,7 +29,7 @@ from ..projection import GradientProjection
 from .capture import in_row_order
 from .config import FEATURES, FeatureConfig
 from .gradients import GradientPass
-from .heads import KLHead, PrototypeHead, is_categorical, kl_head_class
+from .heads import KLHead, PrototypeHead, head_sample, is_categorical, kl_head_class
 from .models import DEFAULT_MODEL, TargetLayer, load_model
 from .simclr import SimCLRLoss
 from .views import DropoutViews, WordDeletionViews, dropout_modules
@@ -38,7 +38,28 @@ __all__ = ["FungiEncoder"]
 
 logger = logging.getLogger(__name__)
 
-_SAMPLE = 4096  # pool texts whose embeddings fit the KL head
+
+def _fit_labels(config: FeatureConfig, texts: list[str], labels: Sequence | None) -> list | None:
+    """The pool's labels as a list when the KL head is fitted on them (checked), else ``None``."""
+    if not config.head_needs_labels:
+        return None
+    if labels is None:
+        raise ValueError(f"kl_head={config.kl_head!r} fits the KL head on the pool's labels: call fit(texts, labels)")
+    labels = list(labels)
+    if len(labels) != len(texts):
+        raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
+    try:
+        set(labels)
+    except TypeError:
+        raise TypeError("labels must be hashable (str or int)") from None
+    return labels
+
+
+def _sorted_batches(rows: np.ndarray, lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """``rows`` in length-sorted (longest first) batches."""
+    order = rows[np.argsort(-lengths[rows], kind="stable")]
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
 
 
 class FungiEncoder:
@@ -106,37 +127,6 @@ class FungiEncoder:
         return ("simclr" in cfg.features and not self.simclr.fitted) or (self.head is not None and not self.head.fitted)
 
     # ------------------------------------------------------------- fitting
-    def _check_fit_labels(self, texts: list[str], labels: Sequence | None) -> list | None:
-        if not self.config.head_needs_labels:
-            return None
-        if labels is None:
-            raise ValueError(f"kl_head={self.config.kl_head!r} fits the KL head on the pool's labels: call fit(texts, labels)")
-        labels = list(labels)
-        if len(labels) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
-        try:
-            set(labels)
-        except TypeError:
-            raise TypeError("labels must be hashable (str or int)") from None
-        return labels
-
-    def _sample_indices(self, n: int, labels: list | None = None) -> list[int]:
-        """The seeded pool sample (at most 4,096 texts) the KL head is fitted on; stratified by ``labels``
-        (every label keeps its share, at least one text)."""
-        rng = np.random.default_rng(self.config.seed)
-        if labels is None or n <= _SAMPLE:
-            return sorted(rng.choice(n, size=min(n, _SAMPLE), replace=False).tolist())
-        groups: dict[Any, list[int]] = {}
-        for i, lab in enumerate(labels):
-            groups.setdefault(lab, []).append(i)
-        if len(groups) > _SAMPLE:  # free-text labels: the head falls back to prototypes anyway
-            return sorted(rng.choice(n, size=_SAMPLE, replace=False).tolist())
-        rows: list[int] = []
-        for members in groups.values():
-            m = min(len(members), max(1, round(_SAMPLE * len(members) / n)))
-            rows += rng.choice(members, size=m, replace=False).tolist()
-        return sorted(rows)
-
     def _fit_head(self, emb: torch.Tensor, labels: list | None) -> None:
         """Fit the KL head on the sample's embeddings; label heads fall back to k-means prototypes when
         the labels are not categories."""
@@ -163,9 +153,9 @@ class FungiEncoder:
         SimCLR negatives. No-op for the embedding and the random head."""
         texts = list(texts)
         cfg = self.config
-        labels = self._check_fit_labels(texts, labels)
+        labels = _fit_labels(cfg, texts, labels)
         if cfg.fitted_head:
-            sample = np.asarray(self._sample_indices(len(texts), labels))
+            sample = np.asarray(head_sample(len(texts), labels, seed=cfg.seed))
             lengths = np.asarray(self.token_lengths(texts))
             with self._lock:
                 emb = in_row_order([(rows, emb) for rows, _, emb, _ in self._trunk_batches(texts, sample, lengths, keep=False)])
@@ -183,14 +173,14 @@ class FungiEncoder:
         """
         texts = list(texts)
         cfg = self.config
-        labels = self._check_fit_labels(texts, labels)
+        labels = _fit_labels(cfg, texts, labels)
         if not cfg.fitted_head or not texts:
             return self.fit(texts, labels).encode(texts)
         n = len(texts)
         lengths = np.asarray(self.token_lengths(texts))
         self.n_truncated_ = int((lengths > self.max_seq_length).sum())
         out = self._empty_blocks(n)
-        sample = np.asarray(self._sample_indices(n, labels))
+        sample = np.asarray(head_sample(n, labels, seed=cfg.seed))
         in_sample = np.zeros(n, dtype=bool)
         in_sample[sample] = True
         with self._lock, self._progress(n, "Encoding") as bar:
@@ -255,14 +245,8 @@ class FungiEncoder:
     def _empty_blocks(self, n: int) -> dict[str, np.ndarray]:
         return {f: np.zeros((n, self.dim if f == "embedding" else self.projection_dim), np.float32) for f in self.config.features}
 
-    def _sorted_batches(self, rows: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:
-        """``rows`` in length-sorted (longest first) batches."""
-        order = rows[np.argsort(-lengths[rows], kind="stable")]
-        for start in range(0, len(order), self.batch_size):
-            yield order[start : start + self.batch_size]
-
     def _encode_into(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, out: dict[str, np.ndarray], bar: tqdm) -> None:
-        for idx in self._sorted_batches(rows, lengths):
+        for idx in _sorted_batches(rows, lengths, self.batch_size):
             batch = [texts[i] for i in idx]
             features = self.tokenize(batch)
             if self.config.gradient_features:
@@ -277,7 +261,7 @@ class FungiEncoder:
 
     def _trunk_batches(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, *, keep: bool) -> Iterator[tuple]:
         """Trunk pass over ``texts[rows]``: yields ``(rows, features, embedding, cached)`` per batch."""
-        for idx in self._sorted_batches(rows, lengths):
+        for idx in _sorted_batches(rows, lengths, self.batch_size):
             features = self.tokenize([texts[i] for i in idx])
             emb, cached, _ = self.gradients.trunk(features, cache=keep)
             yield idx, (features if keep else None), emb, cached

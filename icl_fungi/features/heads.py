@@ -39,6 +39,7 @@ __all__ = [
     "NeighborsHead",
     "PrototypeHead",
     "RandomHead",
+    "head_sample",
     "is_categorical",
     "kl_head_class",
     "register_kl_head",
@@ -46,6 +47,7 @@ __all__ = [
     "spherical_kmeans",
 ]
 
+_SAMPLE = 4096  # pool texts whose embeddings fit a head
 _SELF_MATCH = 1.0 - 1e-4  # a "neighbors" row this close to the text is the text itself (or an identical one)
 _REGISTRY: dict[str, type[KLHead]] = {}
 
@@ -70,6 +72,24 @@ def is_categorical(labels: Sequence | None, n: int) -> bool:
     if labels is None:
         return False
     return 2 <= len(set(labels)) <= n // 2
+
+
+def head_sample(n: int, labels: Sequence | None = None, *, seed: int = 0, size: int = _SAMPLE) -> list[int]:
+    """The seeded pool sample (at most ``size`` texts) a KL head is fitted on, sorted; stratified by ``labels``
+    when given (every label keeps its share, at least one text)."""
+    rng = np.random.default_rng(seed)
+    if labels is None or n <= size:
+        return sorted(rng.choice(n, size=min(n, size), replace=False).tolist())
+    groups: dict[Any, list[int]] = {}
+    for i, lab in enumerate(labels):
+        groups.setdefault(lab, []).append(i)
+    if len(groups) > size:  # free-text labels: the head falls back to prototypes anyway
+        return sorted(rng.choice(n, size=size, replace=False).tolist())
+    rows: list[int] = []
+    for members in groups.values():
+        m = min(len(members), max(1, round(size * len(members) / n)))
+        rows += rng.choice(members, size=m, replace=False).tolist()
+    return sorted(rows)
 
 
 def _label_ids(labels: Sequence) -> torch.Tensor:
