@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BANKING77 ?= ../shared/data/banking77
-EVAL_OUT ?= eval/results/banking77-gemma3-270m
+# runs/ is ignored by git: a user's run never overwrites committed results
+EVAL_OUT ?= runs/banking77-gemma3-270m
 EVAL_LIMIT ?= 240
 
 .PHONY: venv test test-fast eval bench demo lint clean
@@ -33,7 +34,8 @@ test-fast: venv
 
 # Main job: build the banking-77 retrievers and run the in-context-learning comparison
 # (fungi, embedding, random; k = 20; a seeded sample of test queries) against the
-# embedded local LLM (Gemma 3 270M); writes report.json / report.md / plots to EVAL_OUT.
+# embedded local LLM (Gemma 3 270M); writes report.json / report.md / report.html / plots to EVAL_OUT.
+# The committed run of this command is eval/results/banking77-gemma3-270m.
 eval: venv
 	$(VENV)/bin/icl-fungi eval --data $(BANKING77) --selectors fungi,embedding,random -k 20 \
 		--limit $(EVAL_LIMIT) --seed 0 --out $(EVAL_OUT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,13 +21,28 @@ from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES
 from .prompt import ORDERS
 
 
+def _limit(value: str) -> int | None:
+    """``--limit``: a positive number of queries, or ``all``."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'all', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} queries: pass a positive number, or 'all' for the whole test split")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="icl-fungi", description="Pick in-context examples with FUNGI features.")
     p.add_argument("--version", action="version", version=f"icl-fungi {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    quiet = argparse.ArgumentParser(add_help=False)  # -q also after the subcommand
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or info logs")
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build", help="build a retriever from a labelled pool and save it")
+    b = sub.add_parser("build", parents=[quiet], help="build a retriever from a labelled pool and save it")
     b.add_argument("data", help="CSV/TSV/JSONL/JSON file, or a hub dataset name")
     b.add_argument("--out", required=True, help="directory to save the retriever in")
     b.add_argument("--text-column", default="text", help="column holding the example text (default: text)")
@@ -39,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     b.add_argument("--seed", type=int, default=0, help="seed of heads, projections, views (default: 0)")
 
-    q = sub.add_parser("query", help="print the examples retrieved for a query, and the prompt")
+    q = sub.add_parser("query", parents=[quiet], help="print the examples retrieved for a query, and the prompt")
     q.add_argument("retriever", help="directory of a saved retriever")
     q.add_argument("query", help="the query text")
     q.add_argument("-k", type=int, default=20, help="number of examples (default: 20)")
@@ -50,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--prompt", action="store_true", help="also print the rendered prompt")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    e = sub.add_parser("eval", help="measure in-context-learning accuracy against an OpenAI-compatible endpoint")
+    e = sub.add_parser("eval", parents=[quiet], help="measure in-context-learning accuracy against an OpenAI-compatible endpoint")
     e.add_argument("--data", required=True,
                    help="a folder with train.* and test.* files (e.g. ../shared/data/banking77), 'TRAIN,TEST' files, or a hub name")
     e.add_argument("--text-column", default="text", help="text column (default: text)")
@@ -59,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--selectors", default="fungi,embedding,random",
                    help="comma-separated example selectors from fungi, embedding, random (default: all three)")
     e.add_argument("-k", "--k", type=int, default=20, help="examples per prompt (default: 20)")
-    e.add_argument("--limit", type=int, default=300, help="seeded sample of test queries; 0 = all (default: 300)")
+    e.add_argument("--limit", type=_limit, default=300,
+                   help="seeded sample of test queries, or 'all' for the whole test split (default: 300)")
     e.add_argument("--seed", type=int, default=0, help="seed of the query sample and random selector (default: 0)")
     e.add_argument("--template", default=None,
                    help="prompt template name or file (default: classification-completion, or banking77-chat in chat mode)")
@@ -72,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default: 120)")
     e.add_argument("--max-retries", type=int, default=6, help="client retries for 429/5xx/timeouts (default: 6)")
     e.add_argument("--cache", default=None, help="response cache file (default: OUT/responses.jsonl)")
-    e.add_argument("--out", required=True, help="output folder for report.json, report.md and plots")
+    e.add_argument("--out", required=True,
+                   help="output folder for report.json, report.md, report.html and plots (new, or holding this same run)")
     return p
 
 
@@ -80,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``icl-fungi`` console script."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
-    for noisy in ("httpx", "openai", "httpcore"):
+    for noisy in ("httpx", "httpx2", "openai", "httpcore", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from .retriever import ICLRetriever
 
@@ -115,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = EvalSettings(
                 data=args.data, out=args.out, text_column=args.text_column, label_column=args.label_column,
                 retriever=args.retriever, selectors=tuple(s.strip() for s in args.selectors.split(",") if s.strip()),
-                k=args.k, limit=args.limit or None, seed=args.seed, template=args.template, mode=args.mode,
+                k=args.k, limit=args.limit, seed=args.seed, template=args.template, mode=args.mode,
                 base_url=args.base_url, model=args.model, concurrency=args.concurrency, timeout=args.timeout,
                 max_retries=args.max_retries, cache=args.cache, show_progress=not args.quiet,
             )
@@ -133,5 +151,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The console script: ``main()``, and after Ctrl-C an immediate exit (requests still in flight are not
+    waited for; every response received is already in the cache)."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -48,11 +48,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeLLM(_Server):
-    """Answers with the label of the example nearest the query (the last ``Intent:`` line)."""
+    """Answers with the label of the example nearest the query (the last ``Intent:`` line), or with
+    ``answer(prompt)`` when given."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, answer=None) -> None:
         super().__init__(_FakeHandler)
         self.delay = delay
+        self.answer = answer
         self.requests: Counter = Counter()
         self.lock = threading.Lock()
 
@@ -70,6 +72,8 @@ class _FakeHandler(_Handler):
         time.sleep(owner.delay)
         labels = re.findall(r"Intent: (\S+)", prompt)
         text = " " + labels[-1] if labels else " unknown"
+        if owner.answer is not None:
+            text = owner.answer(prompt)
         usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": 2, "total_tokens": len(prompt) // 4 + 2}
         if "messages" in body:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}

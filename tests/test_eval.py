@@ -158,7 +158,19 @@ def test_cli_eval_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("icl-fungi: error:") and "\n" not in err
 
 
-def test_unreachable_endpoint_fails_cleanly(intent_data, tmp_path):
-    with pytest.raises(RuntimeError, match="rerun to resume"):
-        run_icl_eval(_settings(intent_data, tmp_path / "u", "http://127.0.0.1:9/v1", max_retries=0, timeout=2, limit=2,
-                               selectors=("random",)))
+def test_unreachable_endpoint_fails_before_anything_is_built(intent_data, tmp_path):
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"cannot reach http://127\.0\.0\.1:9/v1"):
+        run_icl_eval(_settings(intent_data, tmp_path / "u", "http://127.0.0.1:9/v1", selectors=("fungi", "embedding")))
+    assert time.perf_counter() - t0 < 15  # a check of /models, no retriever built
+    assert not (tmp_path / "u" / "report.json").exists()
+
+
+def test_request_failing_after_retries_is_a_clean_error(intent_data, tmp_path):
+    with FakeLLM() as llm:  # /models answers; the completions then go to a port where nothing listens
+        settings = _settings(intent_data, tmp_path / "f", llm.base_url, max_retries=0, timeout=2, limit=2, selectors=("random",))
+        from icl_fungi.evaluation.llm import LLMClient, ResponseCache
+
+        client = LLMClient("http://127.0.0.1:9/v1", model="fake", max_retries=0, timeout=2, cache=ResponseCache(tmp_path / "c.jsonl"))
+        with pytest.raises(RuntimeError, match="rerun to resume"):
+            run_icl_eval(settings, client=client)

@@ -12,34 +12,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import platform
 import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..data import check_labels, check_texts, load_pool
+from ..data import check_labels, check_texts
+from ..features import FeatureConfig, FungiEncoder
 from ..prompt import compose_prompt, get_template, sorted_labels
 from ..retriever import ICLRetriever, RetrievedExample
+from .dispatch import send_all
 from .llm import LLMClient, LocalServer, ResponseCache, redact_url
 from .metrics import macro_f1, paired_comparison, parse_label, retrieval_metrics, wilson_interval
 from .report import write_report
+from .splits import load_splits
 
 __all__ = ["SELECTORS", "EvalSettings", "load_splits", "run_icl_eval"]
 
 logger = logging.getLogger(__name__)
 
 SELECTORS = ("fungi", "embedding", "random")
-LABEL_COLUMNS = ("label", "category", "intent")
-_SPLIT_FILES = ("csv", "tsv", "jsonl", "json")
 DEFAULT_TEMPLATES = {"completion": "classification-completion", "chat": "banking77-chat"}
 
 
@@ -81,61 +81,6 @@ class EvalSettings:
             raise ValueError("--model is required with --base-url")
 
 
-# ------------------------------------------------------------------ data
-def _split_file(folder: Path, split: str) -> Path:
-    for ext in _SPLIT_FILES:
-        if (folder / f"{split}.{ext}").is_file():
-            return folder / f"{split}.{ext}"
-    raise ValueError(f"{folder} has no {split} file ({', '.join(f'{split}.{e}' for e in _SPLIT_FILES)})")
-
-
-def _columns(source: Any) -> list[str]:
-    if isinstance(source, Path):
-        from ..data import _read_file
-
-        rows = _read_file(source)
-        return list(rows[0]) if rows else []
-    return list(source.column_names)
-
-
-def load_splits(data: str, text_column: str = "text", label_column: str | None = None) -> tuple[list, list, list, list, str]:
-    """``(train_texts, train_labels, test_texts, test_labels, label_column)`` from a folder, two files or a hub name.
-
-    ``data`` is a folder with ``train.*`` and ``test.*``, ``"TRAIN_FILE,TEST_FILE"``, or a
-    hub dataset with train and test splits. The label column defaults to the first of
-    ``label``, ``category``, ``intent`` present.
-    """
-    path = Path(data)
-    if path.is_dir():
-        sources: list[Any] = [_split_file(path, "train"), _split_file(path, "test")]
-    elif "," in data:
-        sources = [Path(p.strip()) for p in data.split(",", 1)]
-        for p in sources:
-            if not p.is_file():
-                raise ValueError(f"file not found: {p}")
-    elif path.is_file():
-        raise ValueError(f"--data needs train and test: a folder, 'TRAIN,TEST' files or a hub name (got one file {path})")
-    else:
-        import datasets
-
-        try:
-            dd = datasets.load_dataset(data)
-        except Exception as err:
-            raise ValueError(f"{data!r} is not a folder, 'TRAIN,TEST' files or a loadable hub dataset: {err}") from err
-        if "train" not in dd or "test" not in dd:
-            raise ValueError(f"hub dataset {data!r} needs train and test splits (has {sorted(dd)})")
-        sources = [dd["train"], dd["test"]]
-    if label_column is None:
-        cols = _columns(sources[0])
-        found = [c for c in LABEL_COLUMNS if c in cols]
-        if not found:
-            raise ValueError(f"no label column found (tried {LABEL_COLUMNS}; columns: {cols}); pass --label-column")
-        label_column = found[0]
-    train = load_pool(sources[0], text_column=text_column, label_column=label_column)
-    test = load_pool(sources[1], text_column=text_column, label_column=label_column)
-    return train[0], train[1], test[0], test[1], label_column
-
-
 # --------------------------------------------------------------- running
 def _versions() -> dict[str, str]:
     import openai
@@ -147,6 +92,17 @@ def _versions() -> dict[str, str]:
             "openai": openai.__version__}
 
 
+def _retriever(name: str, texts: list[str], labels: list, settings: EvalSettings) -> ICLRetriever:
+    """The retriever behind a selector; its progress bars say which one they build."""
+    if name == "fungi":
+        config = FeatureConfig(seed=settings.seed)
+    else:  # the plain-embedding baseline: the encoder's own normalised embeddings, no block centring
+        config = FeatureConfig(features=("embedding",), center_blocks=False, seed=settings.seed)
+    encoder = FungiEncoder(config=config, show_progress_bar=settings.show_progress)
+    encoder.progress_desc = f"{name}: encoding"
+    return ICLRetriever(encoder).fit(texts, labels)
+
+
 def _examples(settings: EvalSettings, name: str, pool: tuple[list, list], queries: list[str], q_index: Sequence[int],
               fungi: ICLRetriever | None) -> list[list[tuple[int, float]]]:
     """Per query, the chosen pool examples ``(index, score)``, most similar first."""
@@ -155,27 +111,61 @@ def _examples(settings: EvalSettings, name: str, pool: tuple[list, list], querie
     if name == "random":
         return [[(int(i), 0.0) for i in np.random.default_rng([settings.seed, int(qi)]).choice(len(texts), k, replace=False)]
                 for qi in q_index]
-    if name == "fungi":
-        r = fungi
-    else:
-        # the plain-embedding baseline: the encoder's own normalised embeddings, no block centring
-        r = ICLRetriever.from_texts(texts, labels, features=("embedding",), center_blocks=False, seed=settings.seed,
-                                    show_progress_bar=settings.show_progress)
+    r = fungi if name == "fungi" and fungi is not None else _retriever(name, texts, labels, settings)
     return [[(x.index, x.score) for x in row] for row in r.retrieve_batch(queries, k)]
 
 
+def _run_key(settings: EvalSettings, template: str) -> dict:
+    """What makes two runs the same run (a rerun may resume in the same folder)."""
+    return {"data": settings.data, "k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": template,
+            "mode": settings.mode, "selectors": list(settings.selectors), "model": settings.model,
+            "base_url": redact_url(settings.base_url) if settings.base_url else None, "retriever": settings.retriever}
+
+
+def _check_out(out: Path, key: dict) -> None:
+    """Refuse an output folder that holds the report of another run: results are never overwritten."""
+    old = out / "report.json"
+    if not old.is_file():
+        return
+    try:
+        prior = json.loads(old.read_text()).get("run_key")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        prior = None
+    if prior != key:
+        raise ValueError(f"{out} holds the report of another run ({old}); choose another --out (a rerun of the same "
+                         "command may reuse its folder and resumes from its cache)")
+
+
+def _open_client(settings: EvalSettings, stack: contextlib.ExitStack, out: Path, stop: tuple[str, ...]) -> tuple[LLMClient, bool]:
+    """The client (and, without --base-url, the embedded server), checked before anything is built."""
+    cache = ResponseCache(settings.cache or out / "responses.jsonl")
+    if settings.base_url:
+        client = LLMClient(settings.base_url, model=settings.model, timeout=settings.timeout,
+                           max_retries=settings.max_retries, stop=stop, cache=cache)
+        client.check()
+        return client, False
+    server = stack.enter_context(LocalServer())
+    return LLMClient(server.base_url, model=server.model, endpoint_id=server.endpoint_id, timeout=settings.timeout,
+                     max_retries=settings.max_retries, stop=stop, cache=cache), True
+
+
 def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> dict:
-    """Run the evaluation and write ``report.json``, ``report.md`` and plots to ``settings.out``."""
+    """Run the evaluation and write ``report.json``, ``report.md``, ``report.html`` and plots to ``settings.out``.
+
+    ``settings.out`` must be new or hold the report of this same run (then the run resumes from its cache).
+    """
     settings.validate()
     t_start = time.perf_counter()
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
     template = get_template(settings.template or DEFAULT_TEMPLATES[settings.mode])
     if template.kind != settings.mode:
         raise ValueError(f"template {template.name!r} is a {template.kind} template but --mode is {settings.mode}")
+    run_key = _run_key(settings, template.name)
+    _check_out(out, run_key)
     tr_texts, tr_labels, te_texts, te_labels, label_column = load_splits(settings.data, settings.text_column, settings.label_column)
     check_texts(te_texts)
     check_labels(te_labels, len(te_texts))
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(settings.seed)
     n = len(te_texts) if settings.limit is None else min(settings.limit, len(te_texts))
     q_index = sorted(rng.choice(len(te_texts), size=n, replace=False).tolist())
@@ -183,48 +173,27 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
     gold = [te_labels[i] for i in q_index]
     label_set = sorted_labels(tr_labels)
 
-    fungi = None
-    if "fungi" in settings.selectors:
-        if settings.retriever:
+    embedded = False
+    with contextlib.ExitStack() as stack:
+        if client is None:  # before the (long) retriever builds: an unreachable endpoint fails at once
+            client, embedded = _open_client(settings, stack, out, template.stop or ("\n",))
+        fungi = None
+        if "fungi" in settings.selectors and settings.retriever:
             fungi = ICLRetriever.load(settings.retriever, show_progress_bar=settings.show_progress)
             if fungi.texts != tr_texts or fungi.labels != tr_labels:
                 raise ValueError(f"the retriever at {settings.retriever} was not built on this train split")
-        else:
-            fungi = ICLRetriever.from_texts(tr_texts, tr_labels, seed=settings.seed, show_progress_bar=settings.show_progress)
-    chosen = {name: _examples(settings, name, (tr_texts, tr_labels), queries, q_index, fungi) for name in settings.selectors}
-    prompts = {
-        name: [compose_prompt(template, [RetrievedExample(tr_texts[i], tr_labels[i], s, i) for i, s in rows], q, labels=label_set)
-               for rows, q in zip(chosen[name], queries, strict=True)]
-        for name in settings.selectors
-    }
-
-    server = None
-    with contextlib.ExitStack() as stack:
-        if client is None:
-            cache = ResponseCache(settings.cache or out / "responses.jsonl")
-            if settings.base_url:
-                client = LLMClient(settings.base_url, model=settings.model, timeout=settings.timeout,
-                                   max_retries=settings.max_retries, stop=template.stop or ("\n",), cache=cache)
-            else:
-                server = stack.enter_context(LocalServer())
-                client = LLMClient(server.base_url, model=server.model, endpoint_id=server.endpoint_id, timeout=settings.timeout,
-                                   max_retries=settings.max_retries, stop=template.stop or ("\n",), cache=cache)
+        elif "fungi" in settings.selectors:
+            fungi = _retriever("fungi", tr_texts, tr_labels, settings)
+        chosen = {name: _examples(settings, name, (tr_texts, tr_labels), queries, q_index, fungi) for name in settings.selectors}
+        prompts = {
+            name: [compose_prompt(template, [RetrievedExample(tr_texts[i], tr_labels[i], s, i) for i, s in rows], q, labels=label_set)
+                   for rows, q in zip(chosen[name], queries, strict=True)]
+            for name in settings.selectors
+        }
         jobs = [(name, j) for name in settings.selectors for j in range(n)]
-        responses: dict[tuple[str, int], Any] = {}
-        bar = tqdm(total=len(jobs), desc="LLM requests", disable=not settings.show_progress, unit="req")
-        with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
-            futures = {pool.submit(client.complete, prompts[name][j]): (name, j) for name, j in jobs}
-            try:
-                for f in as_completed(futures):
-                    responses[futures[f]] = f.result()
-                    bar.update(1)
-            except Exception as err:
-                for p in futures:
-                    p.cancel()
-                bar.close()
-                raise RuntimeError(f"an LLM request failed after retries ({type(err).__name__}: {err}); "
-                                   "responses so far are cached: rerun to resume") from err
-        bar.close()
+        replies = send_all(client, [prompts[name][j] for name, j in jobs], concurrency=settings.concurrency,
+                           show_progress=settings.show_progress, labels=label_set, mode=settings.mode)
+        responses: dict[tuple[str, int], Any] = dict(zip(jobs, replies, strict=True))
 
     records = []
     for name in settings.selectors:
@@ -242,7 +211,8 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "versions": _versions(),
-        "endpoint": {"host": client.endpoint_id if server is None else "embedded local server (127.0.0.1)",
+        "run_key": run_key,
+        "endpoint": {"host": "embedded local server (127.0.0.1)" if embedded else client.endpoint_id,
                      "id": client.endpoint_id, "model": client.model, "params": client.params},
         "data": {"source": redact_url(settings.data) if "://" in settings.data else settings.data, "label_column": label_column,
                  "n_train": len(tr_texts), "n_test": len(te_texts), "n_labels": len(label_set)},
@@ -257,7 +227,7 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
         "wall_time_s": round(time.perf_counter() - t_start, 1),
         "records": records,
     }
-    write_report(report, out)
+    write_report(report, out, pool=(tr_texts, tr_labels))
     return report
 
 

@@ -84,6 +84,11 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def latencies(self) -> list[float]:
+        """Latency of every cached reply."""
+        with self._lock:
+            return [float(e["latency_s"]) for e in self._entries.values() if isinstance(e.get("latency_s"), int | float)]
+
     def get(self, key: str) -> dict | None:
         with self._lock:
             return self._entries.get(key)
@@ -139,9 +144,37 @@ class LLMClient:
         self.requests_sent = 0
         self._count_lock = threading.Lock()
 
+    def _key(self, prompt: Any) -> str:
+        return ResponseCache.key(self.endpoint_id, self.model, self.params, prompt)
+
+    def is_cached(self, prompt: str | list[dict[str, str]]) -> bool:
+        """True when the cache already holds the reply to ``prompt`` for this endpoint, model and parameters."""
+        return self.cache is not None and self.cache.get(self._key(prompt)) is not None
+
+    def cached_latencies(self) -> list[float]:
+        """Latencies of the replies in the cache (for time estimates)."""
+        return [] if self.cache is None else self.cache.latencies()
+
+    def check(self, timeout: float = 10.0) -> None:
+        """Fail fast when the endpoint cannot be reached or rejects the key (one ``GET /models``, no retries).
+
+        An endpoint without ``/models`` (404 / 405) passes: it answered.
+        """
+        import openai
+
+        try:
+            self.client.with_options(timeout=timeout, max_retries=0).models.list()
+        except openai.AuthenticationError as err:
+            raise ValueError(f"{self.endpoint_id} rejected the API key (set OPENAI_API_KEY): {err}") from None
+        except openai.APIConnectionError as err:
+            raise ValueError(f"cannot reach {self.endpoint_id}: {err.__cause__ or err}") from None
+        except openai.APIStatusError as err:
+            if err.status_code not in (404, 405):
+                logger.warning("%s answered GET /models with HTTP %s; going on", self.endpoint_id, err.status_code)
+
     def complete(self, prompt: str | list[dict[str, str]]) -> LLMResponse:
         """Send one prompt (string: completions API; messages: chat API), or answer from the cache."""
-        key = ResponseCache.key(self.endpoint_id, self.model, self.params, prompt) if self.cache is not None else None
+        key = self._key(prompt) if self.cache is not None else None
         if key is not None:
             hit = self.cache.get(key)
             if hit is not None:

@@ -13,8 +13,12 @@ __all__ = ["write_report"]
 logger = logging.getLogger(__name__)
 
 
-def write_report(report: dict, out: Path) -> None:
-    """Write report.json, report.md and the PNG plots."""
+def write_report(report: dict, out: Path, *, pool: tuple[list, list] | None = None) -> None:
+    """Write report.json, report.md, report.html and the PNG plots.
+
+    The HTML and the plots never fail a run: a problem with them is logged and the rest is written.
+    ``pool`` (texts, labels) lets report.html show the examples' texts.
+    """
     (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str))
     sel = report["selectors"]
     lines = [
@@ -48,7 +52,13 @@ def write_report(report: dict, out: Path) -> None:
             lines += ["", f"### Most frequent confusions: {name}", ""]
             lines += [f"- {c['gold']} -> {c['predicted']}: {c['count']}" for c in m["top_confusions"][:5]]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    _plots(report, out)
+    from .report_html import write_html
+
+    for what, fn in (("report.html", lambda: write_html(report, out / "report.html", pool=pool)), ("plots", lambda: _plots(report, out))):
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - reports must not fail a finished run
+            logger.warning("%s not written: %s: %s", what, type(err).__name__, err)
 
 
 def _plots(report: dict, out: Path) -> None:
@@ -63,8 +73,8 @@ def _plots(report: dict, out: Path) -> None:
     sel = report["selectors"]
     names = list(sel)
     acc = [sel[s]["accuracy"] for s in names]
-    err = np.array([[a - sel[s]["accuracy_ci95"][0] for s, a in zip(names, acc, strict=True)],
-                    [sel[s]["accuracy_ci95"][1] - a for s, a in zip(names, acc, strict=True)]])
+    err = np.clip(np.array([[a - sel[s]["accuracy_ci95"][0] for s, a in zip(names, acc, strict=True)],
+                            [sel[s]["accuracy_ci95"][1] - a for s, a in zip(names, acc, strict=True)]]), 0.0, None)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.bar(names, acc, yerr=err, capsize=6, color=["#4c72b0", "#dd8452", "#8c8c8c"][: len(names)])
     ax.set_ylabel("accuracy (95 % CI)")

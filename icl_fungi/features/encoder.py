@@ -74,7 +74,11 @@ class FungiEncoder:
         device: torch device (default: CUDA when available, else CPU).
         show_progress_bar: ``None`` follows the logging level (INFO shows it).
         allow_pickle_weights: let a model folder with pickled (non-safetensors) weights load.
+
+    ``progress_desc`` (default ``"Encoding"``) is the progress bars' label.
     """
+
+    progress_desc = "Encoding"
 
     def __init__(self, model: Any = DEFAULT_MODEL, config: FeatureConfig | None = None, *, batch_size: int = 32,
                  device: str | None = None, show_progress_bar: bool | None = None, allow_pickle_weights: bool = False) -> None:
@@ -183,7 +187,7 @@ class FungiEncoder:
         sample = np.asarray(head_sample(n, labels, seed=cfg.seed))
         in_sample = np.zeros(n, dtype=bool)
         in_sample[sample] = True
-        with self._lock, self._progress(n, "Encoding") as bar:
+        with self._lock, self._progress(n) as bar:
             kept = list(self._trunk_batches(texts, sample, lengths, keep=True))
             emb = in_row_order([(rows, emb) for rows, _, emb, _ in kept])
             self._fit_head(emb, None if labels is None else [labels[i] for i in sample])
@@ -232,15 +236,15 @@ class FungiEncoder:
             return out
         lengths = np.asarray(self.token_lengths(batch_texts))
         self.n_truncated_ = int((lengths > self.max_seq_length).sum())
-        with self._lock, self._progress(n, "Encoding") as bar:
+        with self._lock, self._progress(n) as bar:
             self._encode_into(batch_texts, np.arange(n), lengths, out, bar)
         return {f: a[0] for f, a in out.items()} if single else out
 
-    def _progress(self, total: int, desc: str) -> tqdm:
+    def _progress(self, total: int) -> tqdm:
         show = self.show_progress_bar
         if show is None:
             show = logger.getEffectiveLevel() <= logging.INFO
-        return tqdm(total=total, desc=desc, disable=not show or total == 0, unit="text")
+        return tqdm(total=total, desc=self.progress_desc, disable=not show or total == 0, unit="text")
 
     def _empty_blocks(self, n: int) -> dict[str, np.ndarray]:
         return {f: np.zeros((n, self.dim if f == "embedding" else self.projection_dim), np.float32) for f in self.config.features}
@@ -303,12 +307,23 @@ class FungiEncoder:
         if (info.get("dim"), info.get("projection_dim")) != (enc.dim, enc.projection_dim):
             raise ValueError(f"{path}: dims {info.get('dim')}/{info.get('projection_dim')} do not match the model's "
                              f"{enc.dim}/{enc.projection_dim}")
-        if enc.config.fitted_head:
-            enc.head = KLHead.load(path / "kl_head").to(enc.device)
-            if enc.head.dim != enc.dim:
-                raise ValueError(f"{path}: the KL head's dim {enc.head.dim} differs from the model's {enc.dim}")
+        if config.fitted_head:
+            head = KLHead.load(path / "kl_head")
+            expected = (enc.head.name, enc.dim, config.kl_tau, config.kl_centered, config.kl_head_dim, config.seed)
+            fallback = head.name == "prototypes" and enc.head.needs_labels  # label heads fall back to k-means
+            got = (enc.head.name if fallback else head.name, head.dim, head.temperature, head.centered, head.n_rows, head.seed)
+            if got != expected:
+                raise ValueError(f"{path}: the saved KL head (name, dim, temperature, centred, rows, seed) {got} does not "
+                                 f"match the feature config's {expected}")
+            enc.head = head.to(enc.device)
         if "simclr" in config.features:
             enc.simclr = SimCLRLoss.load(path / "simclr", dim=enc.dim).to(enc.device)
-        for name in enc.projections:
-            enc.projections[name] = GradientProjection.load(path / f"projection_{name}", n_features=enc.target.gradient_shape)
+            if enc.simclr.config() != SimCLRLoss(temperature=config.simclr_temperature, n_negatives=config.simclr_negatives,
+                                                 seed=config.seed).config():
+                raise ValueError(f"{path}: the saved SimCLR loss {enc.simclr.config()} does not match the feature config")
+        for name, fresh in enc.projections.items():
+            saved = GradientProjection.load(path / f"projection_{name}", n_features=enc.target.gradient_shape)
+            if (saved.n_components, saved.kind, saved.random_state) != (fresh.n_components, fresh.kind, fresh.random_state):
+                raise ValueError(f"{path}: the saved {name} projection does not match the feature config")
+            enc.projections[name] = saved
         return enc

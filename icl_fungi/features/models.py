@@ -95,6 +95,20 @@ def check_model_folder(folder: str | Path, *, allow_pickle_weights: bool = False
                                  "convert them to safetensors, or pass allow_pickle_weights=True if you trust the folder")
 
 
+def _check_hub_model(name: str, *, allow_pickle_weights: bool) -> None:
+    """Check a hub model's module list and configs (fetched alone, before any weights) like a local folder.
+
+    Where the hub cannot be reached and nothing is cached, sentence-transformers' own load fails next.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(name, allow_patterns=["modules.json", "*config*.json", "*/config.json", "*.py", "*/*.py"])
+    except Exception:  # noqa: BLE001 - offline, unknown name: the load below reports it
+        return
+    check_model_folder(folder, allow_pickle_weights=True)  # weights are not fetched yet: use_safetensors enforces them
+
+
 def load_model(model: Any, *, device: str | None = None, allow_pickle_weights: bool = False) -> tuple[Any, str]:
     """``(module, name)`` for a model name, path, ``SentenceTransformer`` or :class:`MeanPooledModel`.
 
@@ -109,6 +123,8 @@ def load_model(model: Any, *, device: str | None = None, allow_pickle_weights: b
         path = resolve_model(name)
         if Path(path).is_dir():
             check_model_folder(path, allow_pickle_weights=allow_pickle_weights)
+        else:
+            _check_hub_model(path, allow_pickle_weights=allow_pickle_weights)
         kwargs: dict[str, Any] = {} if allow_pickle_weights else {"model_kwargs": {"use_safetensors": True}}
         try:
             module = SentenceTransformer(path, device=device, trust_remote_code=False, **kwargs)

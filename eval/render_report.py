@@ -1,0 +1,62 @@
+"""Re-render an ICL run's report.html from its report.json, and take a screenshot of it in headless chromium.
+
+Reports written before report.html existed, or a page to publish without its data set's texts
+(``--no-example-texts`` keeps only the examples' labels), are made from the run's report.json and the
+train split it was built on.
+
+    python eval/render_report.py eval/results/banking77-gemma3-270m-n1000-labels --no-example-texts \\
+        --screenshot eval/results/banking77-gemma3-270m-n1000-labels/report.png
+
+Writes REPORT_DIR/report.html (and the screenshot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, load_split
+
+from icl_fungi.evaluation.report_html import write_html
+
+
+def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 1800) -> None:
+    """A PNG of ``page`` from Debian's chromium, headless, with no network."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        sys.exit("chromium is not installed (apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+               f"--user-data-dir={profile}", f"--window-size={width},{height}", "--virtual-time-budget=5000",
+               f"--screenshot={png.resolve()}", page.resolve().as_uri()]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("report_dir", type=Path)
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="the data folder the run used (its train split is the pool)")
+    ap.add_argument("--no-example-texts", action="store_true", help="show the examples' labels only")
+    ap.add_argument("--screenshot", type=Path, default=None, help="also write a PNG of the page")
+    args = ap.parse_args()
+    report = json.loads((args.report_dir / "report.json").read_text())
+    texts, labels = load_split(args.data, "train")
+    if len(texts) != report["data"]["n_train"]:
+        sys.exit(f"{args.data} has {len(texts)} train texts, the run had {report['data']['n_train']}")
+    page = args.report_dir / "report.html"
+    write_html(report, page, pool=(texts, labels), example_texts=not args.no_example_texts)
+    print(f"wrote {page}")
+    if args.screenshot:
+        screenshot(page, args.screenshot)
+        print(f"wrote {args.screenshot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The evaluation never dies at its last step, stops on the first Ctrl-C, fails fast and never overwrites results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from icl_fungi.evaluation.harness import run_icl_eval
+from icl_fungi.evaluation.llm import ResponseCache
+
+from .conftest import DATA
+from .llm_fakes import FakeLLM
+from .llm_fakes import eval_settings as _settings
+
+
+def _gold() -> dict[str, str]:
+    with (DATA / "intents-test.csv").open(newline="") as fh:
+        return {r["text"]: r["intent"] for r in csv.DictReader(fh)}
+
+
+def _query(prompt: str) -> str:
+    return re.findall(r"Query: (.*)\n", prompt)[-1]
+
+
+@pytest.mark.parametrize(("case", "limit"), [("all right", 6), ("all wrong", 6), ("one query", 1)])
+def test_reports_and_plots_at_0_and_100_percent_and_n_1(intent_data, tmp_path, case, limit):
+    gold = _gold()
+    answer = {"all right": lambda p: " " + gold[_query(p)], "all wrong": lambda p: " lost_card_xyz",
+              "one query": lambda p: " " + gold[_query(p)]}[case]
+    with FakeLLM(answer=answer) as llm:
+        report = run_icl_eval(_settings(intent_data, tmp_path / "o", llm.base_url, limit=limit))
+    want = {"all right": 1.0, "all wrong": 0.0, "one query": 1.0}[case]
+    for m in report["selectors"].values():
+        lo, hi = m["accuracy_ci95"]
+        assert m["accuracy"] == want and m["n"] == limit and lo <= m["accuracy"] <= hi
+    for name in ("report.json", "report.md", "report.html", "accuracy.png"):
+        assert (tmp_path / "o" / name).stat().st_size > 500, name
+
+
+def test_first_ctrl_c_stops_within_seconds_with_replies_cached(intent_data, tmp_path):
+    with FakeLLM(delay=1.0) as llm:
+        out = tmp_path / "int"
+        cmd = [sys.executable, "-m", "icl_fungi.cli", "eval", "-q", "--data", str(intent_data), "--selectors", "embedding,random",
+               "-k", "5", "--limit", "30", "--concurrency", "2", "--base-url", llm.base_url, "--model", "fake", "--out", str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cache = out / "responses.jsonl"
+        deadline = time.time() + 240
+        while time.time() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 4):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=30)
+        stopped_in = time.time() - t0
+        n_at_exit = sum(llm.requests.values())
+        time.sleep(2.5)  # nothing keeps going after the exit
+        assert sum(llm.requests.values()) == n_at_exit
+    assert proc.returncode == 130 and "interrupted" in err.decode()
+    assert stopped_in < 5, stopped_in
+    assert 4 <= len(ResponseCache(cache)) <= n_at_exit < 60  # the queue (60 prompts) was dropped, not drained
+
+
+def test_a_folder_with_another_runs_report_is_refused(intent_data, tmp_path):
+    with FakeLLM() as llm:
+        run_icl_eval(_settings(intent_data, tmp_path / "r", llm.base_url, limit=5))
+        first = (tmp_path / "r" / "report.json").read_text()
+        with pytest.raises(ValueError, match="holds the report of another run"):
+            run_icl_eval(_settings(intent_data, tmp_path / "r", llm.base_url, limit=6))
+        assert (tmp_path / "r" / "report.json").read_text() == first
+        again = run_icl_eval(_settings(intent_data, tmp_path / "r", llm.base_url, limit=5))  # the same run resumes
+    assert again["requests_sent"] == 0
+
+
+def test_limit_all_refuses_zero_and_announces_requests(intent_data, tmp_path, capsys, caplog):
+    from icl_fungi.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(intent_data), "--limit", "0", "--out", str(tmp_path / "z")])
+    assert "'all' for the whole test split" in capsys.readouterr().err
+    with FakeLLM() as llm, caplog.at_level("INFO"):
+        assert main(["eval", "-q", "--data", str(intent_data), "--selectors", "random", "-k", "3", "--limit", "all",
+                     "--base-url", llm.base_url, "--model", "fake", "--out", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["selectors"]["random"]["n"] == 36 and report["settings"]["limit"] is None
+    assert re.search(r"36 prompts: 0 answered from the cache, 36 requests to send", caplog.text)
+
+
+def test_chat_mode_with_a_model_that_answers_no_label_warns(intent_data, tmp_path, caplog):
+    with FakeLLM(answer=lambda p: "Sure! Here is what I think about your banking question.") as llm, caplog.at_level("WARNING"):
+        run_icl_eval(_settings(intent_data, tmp_path / "c", llm.base_url, mode="chat", limit=12))
+    assert re.search(r"\d+ of the first 20 replies are not one of the labels", caplog.text)
+    assert "--mode completion" in caplog.text

@@ -1,0 +1,176 @@
+"""Loading a saved retriever never runs code or unpickles: one crafted directory per attack is refused by
+our own checks with a clear error, and no marker file the payload would write appears."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from icl_fungi import ICLRetriever
+from icl_fungi.features.models import check_model_folder
+from icl_fungi.persistence import _checksum, _sha256
+
+MARKER = "PWNED"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, intent_pool) -> Path:
+    """A retriever built with the default model *name*, so the manifest names a model."""
+    texts, labels = intent_pool
+    r = ICLRetriever.from_texts(texts[:40], labels[:40], features=("embedding", "kl"), show_progress_bar=False)
+    return r.save(tmp_path_factory.mktemp("s") / "r")
+
+
+def _copy(saved: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "r"
+    shutil.copytree(saved, dst)
+    return dst
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def _write_manifest(path: Path, m: dict, *, rehash: bool = True) -> None:
+    """The attacker's view: list every file they planted with its true hash and fix the checksum."""
+    if rehash:
+        m["files"] = {p.relative_to(path).as_posix(): _sha256(p) for p in sorted(path.rglob("*"))
+                      if p.is_file() and not p.is_symlink() and p.name != "manifest.json"} | {
+                         k: v for k, v in m["files"].items() if not (path / k).is_file() or (path / k).is_symlink()}
+    m["checksum"] = _checksum(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def _marker_absent(root: Path) -> None:
+    assert not list(root.rglob(MARKER)) and not Path(MARKER).exists()
+
+
+def _evil_module_folder(folder: Path, marker: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nclass EvilModule:\n    pass\n")
+    (folder / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "evil.EvilModule"}]))
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    return folder
+
+
+def test_custom_module_class_in_the_saved_directory(saved, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _copy(saved, tmp_path)
+    _evil_module_folder(path / "evil_model", tmp_path / MARKER)
+    m = _manifest(path)
+    m["model"] = "evil_model"
+    _write_manifest(path, m)
+    with pytest.raises(ValueError, match="names the local model path 'evil_model'"):
+        ICLRetriever.load(path)
+    with pytest.raises(ValueError, match=r"module class 'evil\.EvilModule'"):  # even when the caller names it
+        ICLRetriever.load(path, model=str(path / "evil_model"))
+    _marker_absent(tmp_path)
+
+
+def test_auto_map_modeling_code_is_refused(tmp_path):
+    folder = tmp_path / "auto"
+    folder.mkdir()
+    (folder / "modeling_evil.py").write_text(f"open({str(tmp_path / MARKER)!r}, 'w').write('x')\n")
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "auto_map": {"AutoModel": "modeling_evil.Evil"}}))
+    with pytest.raises(ValueError, match="auto_map"):
+        check_model_folder(folder)
+    from icl_fungi import FungiEncoder
+
+    with pytest.raises(ValueError, match="auto_map"):
+        FungiEncoder(str(folder))
+    _marker_absent(tmp_path)
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('x')",))
+
+
+def test_pickled_bin_weights_are_refused(tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(tmp_path / MARKER)))
+    with pytest.raises(ValueError, match=r"only pickled weights \(pytorch_model\.bin\)"):
+        check_model_folder(folder)
+    from icl_fungi import FungiEncoder
+
+    with pytest.raises(ValueError, match="allow_pickle_weights=True"):
+        FungiEncoder(str(folder))
+    _marker_absent(tmp_path)
+
+
+@pytest.mark.parametrize("entry", ["../../../../../../etc/passwd", "/etc/passwd", "encoder/../../outside.npy", "..", "a\\b"])
+def test_manifest_entries_outside_the_directory(saved, tmp_path, entry, monkeypatch):
+    path = _copy(saved, tmp_path)
+    m = _manifest(path)
+    m["files"][entry] = "0" * 64
+    _write_manifest(path, m, rehash=False)
+    opened = []
+    real_open = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: opened.append(str(self)) or real_open(self, *a, **k))
+    with pytest.raises(ValueError, match="not a plain"):
+        ICLRetriever.load(path)
+    assert not any(p.endswith(("passwd", "outside.npy")) for p in opened)  # refused before anything was opened or hashed
+
+
+def test_symlinked_array_file(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    target = path / "encoder" / "kl_head" / "rows.npy"
+    outside = tmp_path / "rows.npy"
+    shutil.move(target, outside)
+    os.symlink(outside, target)  # same bytes, same hash: only the link is wrong
+    with pytest.raises(ValueError, match="symbolic link"):
+        ICLRetriever.load(path)
+
+
+@pytest.mark.parametrize(("part", "edit"), [
+    ("encoder/config.json", lambda c: c["feature_config"].update(kl_temperature=0.5)),
+    ("encoder/config.json", lambda c: c["feature_config"].update(seed=3)),
+    ("combiner/config.json", lambda c: c["weights"].update(kl=2.0)),
+    ("pca/config.json", lambda c: c.update(whiten=True)),
+])
+def test_edited_configuration_is_a_clear_error(saved, tmp_path, part, edit):
+    path = _copy(saved, tmp_path)
+    cfg = json.loads((path / part).read_text())
+    edit(cfg)
+    (path / part).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"{part} is corrupt or truncated"):
+        ICLRetriever.load(path)
+    # an attacker who also rewrites the hashes still meets the consistency checks where values must agree
+    _write_manifest(path, _manifest(path))
+    if part == "encoder/config.json":
+        with pytest.raises(ValueError, match="does not match"):
+            ICLRetriever.load(path)
+
+
+def test_edited_or_truncated_manifest(saved, tmp_path, capsys):
+    path = _copy(saved, tmp_path)
+    m = _manifest(path)
+    del m["n_examples"]
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="was edited or is corrupt"):
+        ICLRetriever.load(path)
+    _write_manifest(path, m, rehash=False)
+    with pytest.raises(ValueError, match="n_examples must be a positive int"):
+        ICLRetriever.load(path)
+    from icl_fungi.cli import main
+
+    assert main(["-q", "query", str(path), "card"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("icl-fungi: error:") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_loading_unpickles_nothing(saved):
+    """Every array of a saved retriever loads with allow_pickle=False (an object array would not)."""
+    for f in saved.rglob("*.npy"):
+        assert np.load(f, allow_pickle=False).dtype != object
