@@ -91,6 +91,15 @@ def test_limit_all_refuses_zero_and_announces_requests(intent_data, tmp_path, ca
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["selectors"]["random"]["n"] == 36 and report["settings"]["limit"] is None
     assert re.search(r"36 prompts: 0 answered from the cache, 36 requests to send", caplog.text)
+    assert "HTTP Request" not in caplog.text  # the openai client's per-request logs stay quiet
+
+
+def test_progress_bars_name_the_retriever_they_build(intent_data, tmp_path, capsys):
+    with FakeLLM() as llm:
+        run_icl_eval(_settings(intent_data, tmp_path / "b", llm.base_url, selectors=("fungi", "embedding"), limit=3,
+                               show_progress=True))
+    err = capsys.readouterr().err
+    assert "fungi: encoding" in err and "embedding: encoding" in err and "LLM requests" in err
 
 
 def test_chat_mode_with_a_model_that_answers_no_label_warns(intent_data, tmp_path, caplog):

@@ -233,5 +233,14 @@ def test_cli_build_and_query(tmp_path, capsys):
     assert main(["-q", "query", str(tmp_path / "missing"), "x"]) == 2
     assert "not a saved retriever" in capsys.readouterr().err
     assert main(["-q", "build", str(pool), "--label-column", "nope", "--out", str(tmp_path / "r2")]) == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    from unittest import mock
+
+    with mock.patch("icl_fungi.retriever.ICLRetriever.from_dataset") as build:  # refused before any encoding
+        assert main(["-q", "build", str(pool), "--label-column", "intent", "--out", str(mine)]) == 2
+    assert not build.called and "refusing to overwrite" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "precious"
 
 
