@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     b.add_argument("--seed", type=int, default=0, help="seed of heads, projections, views (default: 0)")
+    b.add_argument("--index", choices=("hnswlib", "milvus"), default="hnswlib",
+                   help="where the vectors live: in process (hnswlib, default) or in Milvus")
+    b.add_argument("--milvus-uri", default=None, help="with --index milvus: a milvus-lite file (*.db) or http://host:19530")
+    b.add_argument("--collection", default="icl_fungi", help="with --index milvus: the collection's name (default: icl_fungi)")
+    b.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="build the features in this process (default) or with Ray Data actors")
+    b.add_argument("--ray-address", default=None, help="with --executor ray: 'auto' or ray://host:10001 (default: a local Ray)")
+    b.add_argument("--workers", type=int, default=2, help="with --executor ray: encoding actors (default: 2)")
 
     q = sub.add_parser("query", parents=[quiet], help="print the examples retrieved for a query, and the prompt")
     q.add_argument("retriever", help="directory of a saved retriever")
@@ -107,10 +115,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = Path(args.out)
             if out.exists() and not (out / "manifest.json").is_file():  # checked before the (long) build
                 raise ValueError(f"{out} exists and is not a saved retriever; refusing to overwrite it")
+            index = executor = None
+            if args.index == "milvus":
+                if not args.milvus_uri:
+                    raise ValueError("--index milvus needs --milvus-uri (a milvus-lite file *.db, or http://host:19530)")
+                from .milvus import MilvusIndex
+
+                index = MilvusIndex(args.milvus_uri, args.collection)
+            if args.executor == "ray":
+                from .distributed import RayExecutor
+
+                executor = RayExecutor(args.ray_address, workers=args.workers)
             r = ICLRetriever.from_dataset(
                 args.data, text_column=args.text_column, label_column=args.label_column, split=args.split,
                 model=args.model, features=tuple(f.strip() for f in args.features.split(",") if f.strip()),
-                batch_size=args.batch_size, device=args.device, seed=args.seed,
+                batch_size=args.batch_size, device=args.device, seed=args.seed, index=index, executor=executor,
             )
             path = r.save(args.out)
             print(f"saved a retriever over {len(r)} examples to {path}")

@@ -1,24 +1,66 @@
-"""Cosine nearest-neighbour index: hnswlib HNSW, exact search for small pools.
+"""Vector indexes: the :class:`Index` protocol the retriever searches through, and :class:`VectorIndex`,
+the in-process backend (hnswlib HNSW, exact search for small pools). ``MilvusIndex``
+(:mod:`icl_fungi.milvus`) is the backend for pools past one machine.
+
+Ids are pool positions ``0..n-1``; scores are cosine similarities; every vector carries its
+example's label (as a string), so a query can be restricted to some labels inside the engine.
 
 Example:
     >>> import numpy as np
-    >>> idx = VectorIndex().build(np.eye(3, dtype=np.float32))
+    >>> idx = VectorIndex().build(np.eye(3, dtype=np.float32), labels=["a", "b", "b"])
     >>> ids, scores = idx.query(np.eye(3, dtype=np.float32)[:1], k=2)
-    >>> int(ids[0, 0])
-    0
+    >>> ids[0].tolist(), idx.query(np.eye(3, dtype=np.float32)[:1], k=2, labels={"b"})[0][0].tolist()
+    ([0, 1], [1, 2])
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["VectorIndex"]
+__all__ = ["Index", "VectorIndex", "load_index"]
 
 _HNSW_FILE = "hnsw.bin"
+Chunk = tuple[np.ndarray, np.ndarray, Sequence[str]]  # (ids, vectors, labels)
+
+
+@runtime_checkable
+class Index(Protocol):
+    """What the retriever needs of a vector index. A new backend is one class with these members
+    (and a ``load(path, dim=...)`` classmethod registered in :func:`load_index`)."""
+
+    backend: ClassVar[str]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def build(self, vectors: np.ndarray, labels: Sequence[str] | None = None) -> Index:
+        """Index ``vectors`` (n, dim) as ids ``0..n-1``, replacing any content."""
+
+    def build_from(self, chunks: Iterable[Chunk], n: int, dim: int) -> Index:
+        """Index ``n`` vectors arriving as ``(ids, vectors, labels)`` chunks in any order; every id in ``0..n-1``
+        must come, a repeated id counts once."""
+
+    def add(self, vectors: np.ndarray, labels: Sequence[str] | None = None) -> np.ndarray:
+        """Append vectors; returns their ids."""
+
+    def query(self, queries: np.ndarray, k: int, *, labels: Collection[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, scores)``, (n_queries, k') best first, k' = min(k, len); rows with fewer hits are padded with id -1."""
+
+    def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored unit vectors of ``ids``."""
+
+    def save(self, path: str | Path) -> None:
+        """Write what restores the index into the folder ``path``."""
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, settings and size (JSON-ready)."""
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -27,24 +69,45 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-class VectorIndex:
-    """Cosine-similarity index over row vectors; ids are row positions.
+def check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """``vectors`` as a finite float32 (n, dim) array, or a ``ValueError`` naming the problem."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] == 0 or (dim is not None and vectors.shape[1] != dim):
+        want = f"(n, {dim})" if dim is not None else "a non-empty (n, dim)"
+        raise ValueError(f"expected {want} array, got shape {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors contain NaN or infinity")
+    return vectors
 
-    Pools with at most ``exact_threshold`` vectors are searched exactly; larger
-    ones use an HNSW graph (``M``, ``ef_construction``). At query time ``ef`` is
-    ``max(ef_search, 2 * k)``, so it is always at least ``k``. ``k`` is capped at
-    the pool size. Safe to query from many threads while another adds vectors.
+
+def _label_array(labels: Sequence[Any] | None, n: int) -> np.ndarray:
+    if labels is None:
+        return np.full(n, "", dtype=str)
+    if len(labels) != n:
+        raise ValueError(f"got {n} vectors but {len(labels)} labels")
+    return np.asarray([str(lab) for lab in labels], dtype=str)
+
+
+def _pad(rows: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.full((len(rows), k), -1, dtype=np.int64)
+    scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    for r, (i, s) in enumerate(rows):
+        ids[r, : len(i)], scores[r, : len(s)] = i[:k], s[:k]
+    return ids, scores
+
+
+class VectorIndex:
+    """In-process cosine index; ids are row positions.
+
+    Pools with at most ``exact_threshold`` vectors are searched exactly; larger ones use an HNSW graph
+    (``M``, ``ef_construction``). At query time ``ef`` is ``max(ef_search, 2 * k)``, so it is always at
+    least ``k``. ``k`` is capped at the pool size. Safe to query from many threads while another adds.
     """
 
-    def __init__(
-        self,
-        *,
-        M: int = 32,
-        ef_construction: int = 200,
-        ef_search: int = 128,
-        exact_threshold: int = 2000,
-        random_state: int = 0,
-    ) -> None:
+    backend: ClassVar[str] = "hnswlib"
+
+    def __init__(self, *, M: int = 32, ef_construction: int = 200, ef_search: int = 128, exact_threshold: int = 2000,
+                 random_state: int = 0) -> None:
         self.M = M
         self.ef_construction = ef_construction
         self.ef_search = ef_search
@@ -52,6 +115,7 @@ class VectorIndex:
         self.random_state = random_state
         self._lock = threading.RLock()
         self.vectors_: np.ndarray | None = None
+        self.labels_: np.ndarray | None = None  # str label of each vector (for label filters)
         self._hnsw: Any = None  # an hnswlib.Index when the pool is large
 
     def __len__(self) -> int:
@@ -74,31 +138,39 @@ class VectorIndex:
         index.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=self.M, random_seed=self.random_state)
         return index
 
-    def build(self, vectors: np.ndarray) -> VectorIndex:
+    def build(self, vectors: np.ndarray, labels: Sequence[str] | None = None) -> VectorIndex:
         """Index ``vectors`` (n, dim); replaces any previous content."""
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] == 0:
-            raise ValueError(f"expected a non-empty (n, dim) array, got shape {vectors.shape}")
-        if not np.isfinite(vectors).all():
-            raise ValueError("vectors contain NaN or infinity")
+        vectors = check_vectors(vectors)
+        label_arr = _label_array(labels, len(vectors))
         with self._lock:
-            self.vectors_ = _normalise(vectors)
+            self.vectors_, self.labels_ = _normalise(vectors), label_arr
             self._hnsw = None
             if len(vectors) > self.exact_threshold:
                 self._hnsw = self._new_hnsw(vectors.shape[1], len(vectors))
                 self._hnsw.add_items(self.vectors_, np.arange(len(vectors)), num_threads=1)
         return self
 
-    def add(self, vectors: np.ndarray) -> np.ndarray:
+    def build_from(self, chunks: Iterable[Chunk], n: int, dim: int) -> VectorIndex:
+        """Collect ``(ids, vectors, labels)`` chunks into place, then :meth:`build`."""
+        vectors = np.zeros((n, dim), np.float32)
+        labels = np.full(n, "", dtype=object)
+        seen = np.zeros(n, dtype=bool)
+        for ids, vecs, labs in chunks:
+            ids = np.asarray(ids, dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= n):
+                raise ValueError(f"chunk ids must lie in 0..{n - 1}")
+            vectors[ids], labels[ids], seen[ids] = check_vectors(vecs, dim), list(labs), True
+        if not seen.all():
+            raise ValueError(f"{int((~seen).sum())} of {n} ids never arrived")
+        return self.build(vectors, labels.tolist())
+
+    def add(self, vectors: np.ndarray, labels: Sequence[str] | None = None) -> np.ndarray:
         """Append vectors; returns their ids. Queries running meanwhile see the old or new pool, never half of it."""
-        vectors = np.asarray(vectors, dtype=np.float32)
         if self.vectors_ is None:
-            self.build(vectors)
-            return np.arange(len(vectors))
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"expected shape (n, {self.dim}), got {vectors.shape}")
-        if not np.isfinite(vectors).all():
-            raise ValueError("vectors contain NaN or infinity")
+            self.build(vectors, labels)
+            return np.arange(len(self))
+        vectors = check_vectors(vectors, self.dim)
+        label_arr = _label_array(labels, len(vectors))
         with self._lock:
             start = len(self)
             ids = np.arange(start, start + len(vectors))
@@ -111,11 +183,13 @@ class VectorIndex:
             elif self._hnsw is not None:
                 self._hnsw.resize_index(len(all_vectors))
                 self._hnsw.add_items(normed, ids, num_threads=1)
+            self.labels_ = np.concatenate([self.labels_, label_arr])
             self.vectors_ = all_vectors
         return ids
 
-    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(ids, cosine similarities)``, each (n_queries, min(k, len)), best first."""
+    def query(self, queries: np.ndarray, k: int, *, labels: Collection[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, cosine similarities)``, each (n_queries, min(k, len)), best first; with ``labels``, only
+        vectors of those labels (rows padded with id -1 when fewer match)."""
         if self.vectors_ is None:
             raise RuntimeError("the index is empty")
         queries = np.asarray(queries, dtype=np.float32)
@@ -123,22 +197,37 @@ class VectorIndex:
             raise ValueError(f"expected queries of shape (n, {self.dim}), got {queries.shape}")
         with self._lock:
             k = min(int(k), len(self))
+            allowed = None if labels is None else np.isin(self.labels_, [str(x) for x in labels])
             if self._hnsw is None:
-                return self.exact_query(queries, k)
+                return self.exact_query(queries, k, allowed=allowed)
             self._hnsw.set_ef(max(self.ef_search, 2 * k))
-            labels, distances = self._hnsw.knn_query(_normalise(queries), k=k, num_threads=1)
-        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+            if allowed is None:
+                ids, distances = self._hnsw.knn_query(_normalise(queries), k=k, num_threads=1)
+                return ids.astype(np.int64), (1.0 - distances).astype(np.float32)
+            kk = min(k, int(allowed.sum()))
+            if kk == 0:
+                return _pad([(np.empty(0, np.int64), np.empty(0, np.float32))] * len(queries), k)
+            ids, distances = self._hnsw.knn_query(_normalise(queries), k=kk, num_threads=1, filter=lambda i: bool(allowed[i]))
+        return _pad([(i.astype(np.int64), (1.0 - d).astype(np.float32)) for i, d in zip(ids, distances, strict=True)], k)
 
-    def exact_query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Brute-force search (the reference for recall measurements)."""
+    def exact_query(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force search (the reference for recall measurements); ``allowed`` masks vectors out."""
         vectors = self.vectors_
         k = min(int(k), len(vectors))
         sims = _normalise(queries) @ vectors.T
+        if allowed is not None:
+            sims[:, ~allowed] = -np.inf
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         part_sims = np.take_along_axis(sims, part, axis=1)
         order = np.lexsort((part, -part_sims), axis=1)  # by score, then by id for ties
-        ids = np.take_along_axis(part, order, axis=1)
-        return ids.astype(np.int64), np.take_along_axis(sims, ids, axis=1).astype(np.float32)
+        ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
+        scores = np.take_along_axis(sims, ids, axis=1).astype(np.float32)
+        ids[~np.isfinite(scores)] = -1
+        return ids, scores
+
+    def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored unit vectors of ``ids``."""
+        return self.vectors_[np.asarray(ids, dtype=np.int64)]
 
     # ------------------------------------------------------------- persistence
     def config(self) -> dict[str, Any]:
@@ -146,14 +235,19 @@ class VectorIndex:
         return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
                 "exact_threshold": self.exact_threshold, "random_state": self.random_state}
 
+    def describe(self) -> dict[str, Any]:
+        """Backend, settings and size."""
+        return {"backend": self.backend, **self.config(), "n": len(self), "dim": self.dim, "hnsw": self.uses_hnsw}
+
     def save(self, path: str | Path) -> None:
-        """Write settings, the normalised vectors and (when used) the HNSW graph into the folder ``path``."""
+        """Write settings, the normalised vectors, their labels and (when used) the HNSW graph into the folder ``path``."""
         from .persistence import write_part
 
         with self._lock:
             if self.vectors_ is None:
                 raise RuntimeError("the index is empty")
-            write_part(path, {**self.config(), "hnsw": self._hnsw is not None}, {"vectors": self.vectors_})
+            write_part(path, {"backend": self.backend, **self.config(), "hnsw": self._hnsw is not None},
+                       {"vectors": self.vectors_, "labels": self.labels_.astype(str)})
             if self._hnsw is not None:
                 self._hnsw.save_index(str(Path(path) / _HNSW_FILE))
 
@@ -167,21 +261,26 @@ class VectorIndex:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in settings.values()) \
                 or not isinstance(config.get("hnsw"), bool):
             raise ValueError(f"{path}: index config is invalid ({config})")
-        vectors = arrays.get("vectors")
+        vectors, labels = arrays.get("vectors"), arrays.get("labels")
         if vectors is None or vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.dtype != np.float32 \
                 or (dim is not None and vectors.shape[1] != dim) or not np.isfinite(vectors).all():
             raise ValueError(f"{path}: vectors.npy is missing or not a finite float32 (n, {dim or 'dim'}) array")
+        if labels is None or labels.shape != (len(vectors),) or labels.dtype.kind != "U":
+            raise ValueError(f"{path}: labels.npy is missing or does not hold one string per vector")
         index = cls(**settings)
         hnsw_file = Path(path) / _HNSW_FILE
         if config["hnsw"] != hnsw_file.is_file():
             raise ValueError(f"{path}: the index config and the presence of {_HNSW_FILE} disagree")
-        return index.restore(vectors, hnsw_file if config["hnsw"] else None)
+        index.restore(vectors, hnsw_file if config["hnsw"] else None)
+        index.labels_ = labels
+        return index
 
     def restore(self, vectors: np.ndarray, hnsw_path: str | Path | None) -> VectorIndex:
         """Restore from saved (already normalised) vectors and an optional HNSW file."""
         vectors = np.asarray(vectors, dtype=np.float32)
         with self._lock:
             self.vectors_ = vectors
+            self.labels_ = np.full(len(vectors), "", dtype=str)
             self._hnsw = None
             if hnsw_path is not None:
                 import hnswlib
@@ -189,9 +288,21 @@ class VectorIndex:
                 index = hnswlib.Index(space="cosine", dim=vectors.shape[1])
                 index.load_index(str(hnsw_path), max_elements=len(vectors))
                 if index.get_current_count() != len(vectors):
-                    raise ValueError(
-                        f"HNSW file holds {index.get_current_count()} vectors but the pool has {len(vectors)}"
-                    )
+                    raise ValueError(f"HNSW file holds {index.get_current_count()} vectors but the pool has {len(vectors)}")
                 index.set_ef(self.ef_search)
                 self._hnsw = index
         return self
+
+
+def load_index(path: str | Path, *, dim: int | None = None) -> Index:
+    """Load a saved index with the backend its ``config.json`` names."""
+    from .persistence import read_config
+
+    backend = read_config(path).get("backend", VectorIndex.backend)
+    if backend == VectorIndex.backend:
+        return VectorIndex.load(path, dim=dim)
+    if backend == "milvus":
+        from .milvus import MilvusIndex
+
+        return MilvusIndex.load(path, dim=dim)
+    raise ValueError(f"{path}: unknown index backend {backend!r} (known: hnswlib, milvus)")

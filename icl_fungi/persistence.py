@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "open_directory", "read_part", "save_directory", "write_part"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "open_directory", "read_config", "read_part", "save_directory", "write_part"]
 
 FORMAT = "icl-fungi-retriever"
 FORMAT_VERSION = 2
@@ -59,8 +59,8 @@ def write_part(path: str | os.PathLike, config: dict[str, Any], arrays: dict[str
         np.save(path / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
 
 
-def read_part(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(config, arrays)`` of a folder written by :func:`write_part` (symbolic links are refused)."""
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a part folder (symbolic links are refused)."""
     path = Path(path)
     if path.is_symlink() or not path.is_dir():
         raise ValueError(f"{path} is not a saved part (missing folder or a symbolic link)")
@@ -73,6 +73,13 @@ def read_part(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
         raise ValueError(f"{cfg_file} is corrupt: {err}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_file} must hold a JSON object")
+    return config
+
+
+def read_part(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(config, arrays)`` of a folder written by :func:`write_part` (symbolic links are refused)."""
+    path = Path(path)
+    config = read_config(path)
     arrays = {}
     for f in sorted(path.glob("*.npy")):
         if f.is_symlink() or not f.is_file():

@@ -28,7 +28,7 @@ import numpy as np
 from .combine import BlockCombiner
 from .data import Label, check_labels, check_texts, load_pool
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder
-from .index import VectorIndex
+from .index import Index, VectorIndex, load_index
 from .projection import PCA
 from .prompt import compose_prompt, sorted_labels
 from .selection import Selection, select_from_index
@@ -71,20 +71,21 @@ class ICLRetriever:
         whiten: whiten the PCA output.
         block_weights: multiplier per feature block before concatenation (default: embedding 1,
             kl 0.3, simclr 0.3, measured on a dev split).
-        index: a configured :class:`~icl_fungi.index.VectorIndex` (default settings otherwise).
+        index: the vector index: a configured :class:`~icl_fungi.index.VectorIndex` (the default, in process) or
+            another :class:`~icl_fungi.index.Index` backend such as :class:`~icl_fungi.milvus.MilvusIndex`.
         fit_weights: ``"loo"`` chooses the gradient blocks' weights by leave-one-out P@20 on the
             labelled pool itself (no held-out labels used).
     """
 
     def __init__(self, encoder: FungiEncoder, *, pca_components: int | None = None, whiten: bool = False,
-                 block_weights: dict[str, float] | None = None, index: VectorIndex | None = None,
+                 block_weights: dict[str, float] | None = None, index: Index | None = None,
                  fit_weights: str | None = None) -> None:
         if not isinstance(encoder, FungiEncoder):
             raise TypeError(f"encoder must be a FungiEncoder, got {type(encoder).__name__}")
         if fit_weights not in (None, "loo"):
             raise ValueError(f"fit_weights must be None or 'loo', got {fit_weights!r}")
-        if index is not None and not isinstance(index, VectorIndex):
-            raise TypeError(f"index must be a VectorIndex, got {type(index).__name__}")
+        if index is not None and not isinstance(index, Index):
+            raise TypeError(f"index must be an Index (VectorIndex, MilvusIndex, ...), got {type(index).__name__}")
         self.fit_weights = fit_weights
         self.encoder = encoder
         self.combiner = BlockCombiner(encoder.config.features, weights=block_weights, center=encoder.config.center_blocks)
@@ -101,11 +102,12 @@ class ICLRetriever:
     def from_texts(cls, texts: Sequence[str], labels: Sequence[Label], *, model: Any = DEFAULT_MODEL,
                    features: Sequence[str] = DEFAULT_FEATURES, pca_components: int | None = None, whiten: bool = False,
                    block_weights: dict[str, float] | None = None, fit_weights: str | None = None,
-                   index: VectorIndex | None = None, batch_size: int = 32, device: str | None = None,
+                   index: Index | None = None, executor: Any = None, batch_size: int = 32, device: str | None = None,
                    show_progress_bar: bool | None = None, seed: int = 0, **feature_options: Any) -> ICLRetriever:
         """Build a retriever over ``texts`` and their ``labels``.
 
-        ``feature_options`` are :class:`~icl_fungi.features.FeatureConfig` fields (e.g. ``kl_head``).
+        ``feature_options`` are :class:`~icl_fungi.features.FeatureConfig` fields (e.g. ``kl_head``);
+        ``executor="ray"`` (or a :class:`~icl_fungi.distributed.RayExecutor`) builds the features with Ray Data.
         """
         if isinstance(features, str):
             raise TypeError("features must be a sequence of block names, e.g. ('embedding', 'kl'), not a string")
@@ -113,7 +115,7 @@ class ICLRetriever:
         encoder = FungiEncoder(model, config, batch_size=batch_size, device=device, show_progress_bar=show_progress_bar)
         retriever = cls(encoder, pca_components=pca_components, whiten=whiten, block_weights=block_weights, index=index,
                         fit_weights=fit_weights)
-        return retriever.fit(texts, labels)
+        return retriever.fit(texts, labels, executor=executor)
 
     @classmethod
     def from_dataset(cls, data: Any, *, text_column: str = "text", label_column: str = "label", split: str | None = None,
@@ -123,8 +125,12 @@ class ICLRetriever:
         texts, labels = load_pool(data, text_column=text_column, label_column=label_column, split=split)
         return cls.from_texts(texts, labels, **kwargs)
 
-    def fit(self, texts: Sequence[str], labels: Sequence[Label]) -> ICLRetriever:
-        """Encode the pool, fit the block combiner and the PCA, and build the index (replaces any pool)."""
+    def fit(self, texts: Sequence[str], labels: Sequence[Label], *, executor: Any = None) -> ICLRetriever:
+        """Encode the pool, fit the block combiner and the PCA, and build the index (replaces any pool).
+
+        ``executor``: ``None`` (this process) or ``"ray"`` / a :class:`~icl_fungi.distributed.RayExecutor`
+        (features built by Ray Data actors; the KL head, negatives and PCA are fitted here, on the driver).
+        """
         texts = check_texts(texts)
         if not texts:
             raise ValueError("the example pool is empty")
@@ -132,6 +138,11 @@ class ICLRetriever:
         n_dup = len(texts) - len(set(texts))
         if n_dup:
             logger.warning("the pool holds %d duplicate text(s); they are kept as separate examples", n_dup)
+        if executor is not None:
+            from .distributed import as_executor
+
+            as_executor(executor).fit(self, texts, labels)
+            return self
         blocks = self.encoder.fit_encode(texts, labels)
         self.n_truncated_ = self.encoder.n_truncated_
         if self.n_truncated_:
@@ -141,10 +152,20 @@ class ICLRetriever:
         if self.fit_weights == "loo":
             self.weight_search_ = self.combiner.search_weights(blocks, labels, seed=self.encoder.config.seed)
         vectors = self.pca.fit_transform(self.combiner.transform(blocks))
+        self._install(texts, labels, lambda: self.index.build(vectors, labels=[str(lab) for lab in labels]))
+        return self
+
+    def _install(self, texts: list[str], labels: list[Label], build_index: Any) -> None:
+        """Publish a new pool and build its index (``build_index()``) as one step for concurrent readers."""
         with self._write_lock:
             self._texts, self._labels = texts, labels
-            self.index.build(vectors)
-        return self
+            build_index()
+
+    def vectors_from_blocks(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
+        """The index vectors of feature blocks: combined, PCA-reduced, L2-normalised."""
+        vectors = self.pca.transform(self.combiner.transform(blocks))
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
     # ------------------------------------------------------------- queries
     def __len__(self) -> int:
@@ -175,8 +196,7 @@ class ICLRetriever:
         single = isinstance(texts, str)
         batch = check_texts([texts] if single else texts, what="query")
         self._check_built()
-        vectors = self.pca.transform(self.combiner.transform(self.encoder.encode(batch)))
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = self.vectors_from_blocks(self.encoder.encode(batch))
         return vectors[0] if single else vectors
 
     def _check_built(self) -> None:
@@ -203,13 +223,13 @@ class ICLRetriever:
             return []
         vectors = self.features(queries)
         if sel.is_plain:
-            ids, scores = self.index.query(vectors, k)
-            picked = [list(zip(i.tolist(), s.tolist(), strict=True)) for i, s in zip(ids, scores, strict=True)]
+            ids, scores = self.index.query(vectors, k, labels=sel.allowed_labels)
+            picked = [[(a, b) for a, b in zip(i.tolist(), s.tolist(), strict=True) if a >= 0] for i, s in zip(ids, scores, strict=True)]
             texts, labels = self._texts, self._labels  # read after the query: texts are published before ids
         else:
             with self._write_lock:  # one consistent snapshot of the pool
-                texts, labels, pool_vectors = self._texts, self._labels, self.index.vectors_
-            picked = [select_from_index(self.index, v, k, sel, pool_vectors, labels, texts=texts, query=q)
+                texts, labels = self._texts, self._labels
+            picked = [select_from_index(self.index, v, k, sel, len(texts), labels, texts=texts, query=q)
                       for q, v in zip(queries, vectors, strict=True)]
         return [sorted((RetrievedExample(texts[i], labels[i], float(s), int(i)) for i, s in row), key=lambda x: (-x.score, x.index))
                 for row in picked]
@@ -246,12 +266,12 @@ class ICLRetriever:
         labels = check_labels(labels, len(texts))
         if not texts:
             return []
-        vectors = self.pca.transform(self.combiner.transform(self.encoder.encode(texts)))
+        vectors = self.vectors_from_blocks(self.encoder.encode(texts))
         with self._write_lock:
             # publish the texts before the index can return their ids
             self._texts = self._texts + texts
             self._labels = self._labels + labels
-            ids = self.index.add(vectors)
+            ids = self.index.add(vectors, labels=[str(lab) for lab in labels])
         return [int(i) for i in ids]
 
     def label_counts(self) -> dict[Label, int]:
@@ -322,7 +342,7 @@ def _load(cls: type[ICLRetriever], path: Path, *, model: Any, **encoder_options:
     retriever = cls(encoder, fit_weights=fit_weights)
     retriever.combiner = BlockCombiner.load(path / "combiner", features=encoder.config.features, dims=dims)
     retriever.pca = PCA.load(path / "pca", n_features=sum(dims.values()))
-    retriever.index = VectorIndex.load(path / "index", dim=retriever.pca.n_components_)
+    retriever.index = load_index(path / "index", dim=retriever.pca.n_components_)
     texts, labels = read_pool(path, n)
     if len(retriever.index) != n:
         raise ValueError(f"{path}: the index holds {len(retriever.index)} vectors, the pool {n} examples")

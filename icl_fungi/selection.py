@@ -2,7 +2,7 @@
 
 Example:
     >>> import numpy as np
-    >>> vecs = np.array([[1, 0], [0.99, 0.14], [0.6, 0.8]], dtype=np.float32)
+    >>> vecs = np.array([[1, 0], [0.99, 0.14], [0.6, 0.8]], dtype=np.float32)  # the candidates' vectors
     >>> sel = Selection(strategy="mmr", mmr_lambda=0.5)
     >>> [i for i, _ in select(np.array([1, 0.1]), [0, 1, 2], [0.99, 0.99, 0.68], vecs, ["a", "a", "b"], 2, sel)]
     [0, 2]
@@ -38,6 +38,8 @@ class Selection:
             whitespace ignored): needed when queries come from the pool.
         dedup_threshold: drop a candidate whose cosine similarity to an already kept
             one is at least this (near-duplicates; 1.0 drops exact duplicates only).
+        allowed_labels: only examples with these labels (compared as strings); the index applies
+            the filter itself (inside Milvus for a Milvus index).
     """
 
     strategy: str = "topk"
@@ -47,6 +49,7 @@ class Selection:
     n_labels: int | None = None
     exclude_query: bool = False
     dedup_threshold: float | None = None
+    allowed_labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -61,6 +64,13 @@ class Selection:
             raise ValueError(f"fetch_k must be a positive int, got {self.fetch_k!r}")
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
             raise ValueError(f"dedup_threshold must be in [-1, 1], got {self.dedup_threshold}")
+        if self.allowed_labels is not None:
+            if isinstance(self.allowed_labels, str) or not hasattr(self.allowed_labels, "__iter__"):
+                raise TypeError("allowed_labels must be a collection of labels, e.g. ('card_arrival',), not a string")
+            allowed = tuple(str(x) for x in self.allowed_labels)
+            if not allowed:
+                raise ValueError("allowed_labels is empty: no example could be chosen")
+            object.__setattr__(self, "allowed_labels", allowed)
 
     @classmethod
     def coerce(cls, selection: Selection | str | None) -> Selection:
@@ -75,8 +85,13 @@ class Selection:
 
     @property
     def is_plain(self) -> bool:
-        """Plain top-k with no filter: the index answer is the selection."""
+        """Plain top-k with no filter besides the index's label filter: the index answer is the selection."""
         return self.strategy == "topk" and not self.exclude_query and self.dedup_threshold is None
+
+    @property
+    def needs_vectors(self) -> bool:
+        """True when choosing needs the candidates' vectors (MMR, near-duplicate removal)."""
+        return self.strategy == "mmr" or self.dedup_threshold is not None
 
     def fetch_size(self, k: int) -> int:
         """Candidates to fetch for ``k`` examples."""
@@ -91,7 +106,7 @@ def select(
     query_vector: np.ndarray,
     ids: Sequence[int],
     scores: Sequence[float],
-    pool_vectors: np.ndarray,
+    vectors: np.ndarray | None,
     labels: Sequence,
     k: int,
     selection: Selection,
@@ -101,11 +116,14 @@ def select(
 ) -> list[tuple[int, float]]:
     """Choose up to ``k`` of the candidates ``ids`` (best first by ``scores``).
 
-    ``pool_vectors`` are the pool's L2-normalised vectors, ``labels``/``texts`` the
-    pool's labels and texts. Returns ``(pool id, similarity to the query)`` pairs in
-    the order the strategy picked them.
+    ``vectors`` are the candidates' L2-normalised vectors (row ``j`` for ``ids[j]``; needed by MMR
+    and ``dedup_threshold``), ``labels``/``texts`` the pool's labels and texts. Returns
+    ``(pool id, similarity to the query)`` pairs in the order the strategy picked them.
     """
     cand = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
+    row = {i: j for j, (i, _) in enumerate(cand)}
+    if selection.needs_vectors and vectors is None and cand:
+        raise ValueError(f"selection {selection.strategy!r} with these options needs the candidates' vectors")
     if selection.exclude_query:
         if texts is None or query is None:
             raise ValueError("exclude_query needs the pool texts and the query")
@@ -114,7 +132,7 @@ def select(
     if selection.dedup_threshold is not None:
         kept: list[tuple[int, float]] = []
         for i, s in cand:
-            if kept and float(np.max(pool_vectors[[j for j, _ in kept]] @ pool_vectors[i])) >= selection.dedup_threshold - 1e-6:
+            if kept and float(np.max(vectors[[row[j] for j, _ in kept]] @ vectors[row[i]])) >= selection.dedup_threshold - 1e-6:
                 continue
             kept.append((i, s))
         cand = kept
@@ -145,7 +163,7 @@ def select(
     # MMR
     if not cand:
         return []
-    vecs = pool_vectors[[i for i, _ in cand]]
+    vecs = vectors[[row[i] for i, _ in cand]]
     rel = np.array([s for _, s in cand])
     lam = selection.mmr_lambda
     picked: list[int] = []
@@ -160,16 +178,17 @@ def select(
     return [cand[j] for j in picked]
 
 
-def select_from_index(index: Any, vector: np.ndarray, k: int, selection: Selection, pool_vectors: np.ndarray, labels: Sequence,
+def select_from_index(index: Any, vector: np.ndarray, k: int, selection: Selection, n: int, labels: Sequence,
                       *, texts: Sequence[str] | None = None, query: str | None = None) -> list[tuple[int, float]]:
-    """:func:`select` over ``index.query`` candidates for one query vector, fetching more (up to the snapshot of
-    ``len(pool_vectors)`` examples) while filters leave fewer than ``k``."""
-    n = len(pool_vectors)
+    """:func:`select` over ``index.query`` candidates for one query vector, among the first ``n`` pool examples
+    (a snapshot), fetching more while filters leave fewer than ``k``."""
     fetch = min(n, selection.fetch_size(k))
     while True:
-        ids, scores = index.query(vector[None], fetch)
-        keep = ids[0] < n  # ignore examples added after the snapshot
-        chosen = select(vector, ids[0][keep], scores[0][keep], pool_vectors, labels, k, selection, texts=texts, query=query)
+        ids, scores = index.query(vector[None], fetch, labels=selection.allowed_labels)
+        keep = (ids[0] >= 0) & (ids[0] < n)  # padding, and examples added after the snapshot
+        ids_k, scores_k = ids[0][keep], scores[0][keep]
+        vectors = index.get_vectors(ids_k) if selection.needs_vectors and len(ids_k) else None
+        chosen = select(vector, ids_k, scores_k, vectors, labels, k, selection, texts=texts, query=query)
         if len(chosen) >= k or fetch >= n:
             return chosen
         fetch = min(n, fetch * 4)

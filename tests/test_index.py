@@ -63,7 +63,7 @@ def test_bad_vectors():
     index = VectorIndex().build(np.eye(4))
     with pytest.raises(ValueError, match=r"queries of shape \(n, 4\)"):
         index.query(np.ones((1, 3)), 2)
-    with pytest.raises(ValueError, match=r"expected shape \(n, 4\)"):
+    with pytest.raises(ValueError, match=r"expected \(n, 4\) array, got shape \(1, 3\)"):
         index.add(np.ones((1, 3)))
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..projection import GradientProjection
@@ -252,13 +251,7 @@ class FungiEncoder:
     def _encode_into(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, out: dict[str, np.ndarray], bar: tqdm) -> None:
         for idx in _sorted_batches(rows, lengths, self.batch_size):
             batch = [texts[i] for i in idx]
-            features = self.tokenize(batch)
-            if self.config.gradient_features:
-                emb, cached, clean = self.gradients.trunk(features, with_kl=True)
-                blocks = self.gradients.blocks(batch, features, emb, cached, clean)
-            else:  # plain embeddings: no graph, no hooks
-                with torch.inference_mode():
-                    blocks = {"embedding": F.normalize(self.forward(features), dim=-1).float().cpu().numpy()}
+            blocks = self.gradients.encode_batch(batch, self.tokenize(batch))
             for f, arr in blocks.items():
                 out[f][idx] = arr
             bar.update(len(idx))

@@ -129,6 +129,16 @@ class GradientPass:
             result["simclr"] = self.simclr_block(grads[-1], captures[-1].inputs, other["attention_mask"], V)
         return result
 
+    def encode_batch(self, texts: list[str], features: dict[str, Any]) -> dict[str, np.ndarray]:
+        """All blocks of one batch from scratch: the trunk pass (recording the KL graph) and the gradient pass;
+        plain embeddings need neither graph nor hooks."""
+        enc = self.enc
+        if enc.config.gradient_features:
+            emb, cached, clean = self.trunk(features, with_kl=True)
+            return self.blocks(texts, features, emb, cached, clean)
+        with torch.inference_mode():
+            return {"embedding": F.normalize(enc.forward(features), dim=-1).float().cpu().numpy()}
+
     def simclr_block(self, g: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, V: int) -> np.ndarray:
         """Project the view-major per-view gradients ``g`` (inputs ``x``, token mask ``mask``) and sum each text's views."""
         proj = self.enc.projections["simclr"]
