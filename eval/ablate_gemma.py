@@ -26,7 +26,7 @@ from common import BASE_FEATURES, DEFAULT_DATA, RESULTS, dev_split, load_split, 
 
 from icl_fungi.evaluation import retrieval_metrics, stratified_split
 from icl_fungi.features import FeatureConfig, FungiEncoder, MeanPooledModel
-from icl_fungi.projection import PCA
+from icl_fungi.pca import PCA
 
 COMBOS: dict[str, dict[str, float]] = {
     "embedding (raw)": {"embedding": 1.0},

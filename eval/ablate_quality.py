@@ -49,6 +49,14 @@ GRIDS: dict[str, dict[str, dict]] = {
         "neighbors head T0.05, kl only, w 0.5": {**KL_ONLY, **NEIGHBORS, "block_weights": {"kl": 0.5}},
         "neighbors head T0.05, w kl 0.5 / simclr 0.3": {**NEIGHBORS, "block_weights": {"kl": 0.5, "simclr": 0.3}},
     },
+    # where the gradient is taken: the last block's attention output projection (the default) or its FFN output
+    "target": {
+        "embedding": EMBEDDING,
+        "labels head, kl only w 0.3, attn-out L5": {**KL_ONLY, "block_weights": {"kl": 0.3}},
+        "labels head, kl only w 0.3, ffn-out L5": {**KL_ONLY, "block_weights": {"kl": 0.3}, "target_layer": "encoder.layer.5.output.dense"},
+        "default, attn-out L5": {},
+        "default, ffn-out L5": {"target_layer": "encoder.layer.5.output.dense"},
+    },
 }
 
 

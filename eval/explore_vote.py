@@ -29,7 +29,7 @@ from common import BASE_FEATURES, DEFAULT_DATA, RESULTS, markdown_table, pool_an
 
 from icl_fungi.evaluation import retrieval_metrics
 from icl_fungi.features import FeatureConfig, FungiEncoder
-from icl_fungi.projection import PCA
+from icl_fungi.pca import PCA
 
 ENCODERS = {  # block name -> (encoder config over common.BASE_FEATURES, block it yields; None: all its blocks)
     "labels": ({"features": ("embedding", "kl", "simclr"), "kl_head": "labels", "kl_center": True, "kl_temperature": 0.07}, None),

@@ -66,7 +66,7 @@ class _EncodeActor:
 
         from .combine import BlockCombiner
         from .features import FungiEncoder
-        from .projection import PCA
+        from .pca import PCA
 
         if isinstance(state, ray.ObjectRef):  # the driver put the fitted parts in the object store once
             state = ray.get(state)

@@ -1,7 +1,7 @@
-"""Random projection of per-sample gradients, and PCA.
+"""Random projection of per-sample gradients of a linear layer, without forming them where it can.
 
-Both are scikit-learn-style estimators: ``__init__`` stores arguments, ``fit``
-returns ``self``, learned attributes end in ``_``.
+A scikit-learn-style estimator: ``__init__`` stores arguments, ``fit`` returns ``self``,
+learned attributes end in ``_``.
 
 Example:
     >>> import numpy as np
@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["PCA", "GradientProjection"]
+__all__ = ["GradientProjection"]
 
-_KINDS = ("sketch", "dense")
+_KINDS = ("tensor_sketch", "sketch", "dense")
 _CHUNK_ELEMENTS = 1 << 24  # elements of per-sample gradients formed at once (64 MB)
-_PCA_ROWS = 8192  # rows converted to float64 at once by PCA
 
 
 class GradientProjection:
@@ -35,6 +34,11 @@ class GradientProjection:
     in expectation, and never holds more than ``max_bytes`` of projection state.
 
     kinds:
+        ``"tensor_sketch"``: a CountSketch of ``G`` whose hash of entry ``(i, j)`` is
+            ``(h1(i) + h2(j)) mod n_components`` with sign ``s1(i) s2(j)``. Because ``G`` is a sum
+            of outer products, its sketch is ``sum_t IFFT(FFT(C1 g_t) * FFT(C2 x_t))``: ``G`` is
+            never formed. Memory O(d_out + d_in); cost per token O(d_out + d_in + D log D)
+            instead of O(d_out * d_in). Unbiased for inner products.
         ``"sketch"``: a signed hashing (CountSketch) projection: each gradient entry
             is added, with a seeded random sign, to one seeded random output
             coordinate. Memory is O(d_out * d_in) integers; cost O(d_out * d_in) per
@@ -75,7 +79,13 @@ class GradientProjection:
         self.shape_ = (rows, cols)
         self.n_features_ = self.n_components
         total = rows * cols
-        if self.kind == "sketch":
+        if self.kind == "tensor_sketch":
+            gen = torch.Generator().manual_seed(int(self.random_state))
+            self.row_buckets_ = torch.randint(0, self.n_components, (rows,), generator=gen)
+            self.row_signs_ = torch.randint(0, 2, (rows,), generator=gen, dtype=torch.int8) * 2 - 1
+            self.col_buckets_ = torch.randint(0, self.n_components, (cols,), generator=gen)
+            self.col_signs_ = torch.randint(0, 2, (cols,), generator=gen, dtype=torch.int8) * 2 - 1
+        elif self.kind == "sketch":
             gen = torch.Generator().manual_seed(int(self.random_state))
             self.buckets_ = torch.randint(0, self.n_components, (total,), generator=gen)
             self.signs_ = torch.randint(0, 2, (total,), generator=gen, dtype=torch.int8) * 2 - 1
@@ -107,6 +117,9 @@ class GradientProjection:
         arrays = {}
         if self.kind == "sketch":
             arrays = {"buckets": self.buckets_.numpy().astype(np.int32), "signs": self.signs_.numpy()}
+        elif self.kind == "tensor_sketch":
+            arrays = {"row_buckets": self.row_buckets_.numpy().astype(np.int32), "row_signs": self.row_signs_.numpy(),
+                      "col_buckets": self.col_buckets_.numpy().astype(np.int32), "col_signs": self.col_signs_.numpy()}
         config = {"n_components": self.n_components, "kind": self.kind, "max_bytes": self.max_bytes,
                   "random_state": self.random_state, "shape": list(self.shape_)}
         write_part(path, config, arrays)
@@ -136,6 +149,15 @@ class GradientProjection:
                 raise ValueError(f"{path}: saved projection holds out-of-range buckets or signs")
             proj.buckets_ = torch.from_numpy(buckets.astype(np.int64))
             proj.signs_ = torch.from_numpy(signs.astype(np.int8))
+        elif proj.kind == "tensor_sketch":
+            for part, size in (("row", n_features[0]), ("col", n_features[1])):
+                buckets, signs = arrays.get(f"{part}_buckets"), arrays.get(f"{part}_signs")
+                if buckets is None or signs is None or buckets.shape != (size,) or signs.shape != (size,) \
+                        or buckets.dtype.kind not in "iu" or signs.dtype.kind != "i" or buckets.min() < 0 \
+                        or buckets.max() >= proj.n_components or not np.isin(signs, (-1, 1)).all():
+                    raise ValueError(f"{path}: saved tensor sketch ({part}s) does not match the target layer or is out of range")
+                setattr(proj, f"{part}_buckets_", torch.from_numpy(buckets.astype(np.int64)))
+                setattr(proj, f"{part}_signs_", torch.from_numpy(signs.astype(np.int8)))
         return proj
 
     # ---------------------------------------------------------------- transform
@@ -171,8 +193,26 @@ class GradientProjection:
         if G.ndim != 3 or tuple(G.shape[1:]) != self.shape_:
             raise ValueError(f"expected gradients of shape (n, {self.shape_[0]}, {self.shape_[1]}), got {tuple(G.shape)}")
         out = torch.zeros(G.shape[0], self.n_components)
+        if self.kind == "tensor_sketch":  # the equivalent CountSketch of the flattened matrix
+            idx = (self.row_buckets_[:, None] + self.col_buckets_[None, :]) % self.n_components
+            sign = (self.row_signs_[:, None] * self.col_signs_[None, :]).to(torch.float32)
+            out.index_add_(1, idx.reshape(-1), (G * sign).reshape(G.shape[0], -1))
+            return out.numpy()
         self._project_flat(G.reshape(G.shape[0], -1), 0, out)
         return out.numpy()
+
+    def _tensor_sketch(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``sum_t TS(g_t (x) [x_t; 1])`` for g (n, T, d_out), x (n, T, d_in): count sketches, FFT, product, sum, IFFT."""
+        D, dev = self.n_components, g.device
+        n, T, _ = g.shape
+        cg = torch.zeros(n, T, D, dtype=torch.float32, device=dev)
+        cg.index_add_(2, self.row_buckets_.to(dev), g.float() * self.row_signs_.to(dev, torch.float32))
+        cx = torch.zeros(n, T, D, dtype=torch.float32, device=dev)
+        d_in = x.shape[-1]
+        cx.index_add_(2, self.col_buckets_[:d_in].to(dev), x.float() * self.col_signs_[:d_in].to(dev, torch.float32))
+        cx[..., int(self.col_buckets_[d_in])] += float(self.col_signs_[d_in])  # the bias' constant input 1
+        spectrum = (torch.fft.rfft(cg, dim=-1) * torch.fft.rfft(cx, dim=-1)).sum(dim=1)
+        return torch.fft.irfft(spectrum, n=D, dim=-1)
 
     def transform(self, grad_output: torch.Tensor, layer_input: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Project per-sample gradients of a linear layer from its hooks' tensors.
@@ -185,6 +225,10 @@ class GradientProjection:
         n, T, d_out = grad_output.shape
         if mask is not None:
             grad_output = grad_output * mask[..., None].to(grad_output.dtype)
+        if self.kind == "tensor_sketch":
+            if (d_out, layer_input.shape[-1] + 1) != self.shape_:
+                raise ValueError(f"gradient shape {(d_out, layer_input.shape[-1] + 1)} does not match the fitted shape {self.shape_}")
+            return self._tensor_sketch(grad_output, layer_input)
         ones = torch.ones(n, T, 1, dtype=layer_input.dtype, device=layer_input.device)
         xa = torch.cat([layer_input, ones], dim=-1)
         d_in1 = xa.shape[-1]
@@ -197,120 +241,3 @@ class GradientProjection:
             G = torch.einsum("nto,nti->noi", grad_output[..., r0:r1], xa)
             self._project_flat(G.reshape(n, -1), r0 * d_in1, out)
         return out
-
-
-class PCA:
-    """Principal component analysis, exact (deterministic signs).
-
-    Tall inputs (more than twice as many samples as features) use the eigendecomposition
-    of the scatter matrix, others the SVD; both in float64.
-
-    ``n_components`` is clamped to ``min(n_samples - 1, n_features)``; with fewer
-    than two samples the transform only centres nothing and is the identity.
-
-    Example:
-        >>> import numpy as np
-        >>> X = np.random.default_rng(0).normal(size=(50, 8))
-        >>> PCA(n_components=3).fit(X).transform(X).shape
-        (50, 3)
-    """
-
-    def __init__(self, n_components: int | None = None, *, whiten: bool = False) -> None:
-        self.n_components = n_components
-        self.whiten = whiten
-
-    def fit(self, X: np.ndarray, y: object = None) -> PCA:
-        """Fit on the rows of ``X`` (n_samples, n_features)."""
-        X = np.asarray(X)
-        if not np.issubdtype(X.dtype, np.number):
-            raise TypeError(f"PCA needs a numeric array, got dtype {X.dtype}")
-        if X.ndim != 2 or X.shape[0] == 0:
-            raise ValueError(f"PCA needs a non-empty 2-D array, got shape {X.shape}")
-        if self.n_components is not None and (not isinstance(self.n_components, int) or self.n_components <= 0):
-            raise ValueError(f"n_components must be a positive int or None, got {self.n_components!r}")
-        n, d = X.shape
-        self.n_features_in_ = d
-        if n < 2:
-            self.mean_ = np.zeros(d)
-            self.components_ = np.eye(d)
-            self.explained_variance_ = np.ones(d)
-            self.n_components_ = d
-            return self
-        want = d if self.n_components is None else self.n_components
-        k = max(1, min(want, n - 1, d))
-        self.mean_ = np.zeros(d)
-        for lo in range(0, n, _PCA_ROWS):
-            self.mean_ += X[lo : lo + _PCA_ROWS].sum(axis=0, dtype=np.float64)
-        self.mean_ /= n
-        if n > 2 * d:  # tall: eigendecomposition of the d x d scatter matrix, accumulated in row chunks
-            scatter = np.zeros((d, d))
-            for lo in range(0, n, _PCA_ROWS):
-                Xc = X[lo : lo + _PCA_ROWS].astype(np.float64) - self.mean_
-                scatter += Xc.T @ Xc
-            evals, evecs = np.linalg.eigh(scatter)
-            S = np.sqrt(np.clip(evals[::-1], 0.0, None))
-            Vt = np.ascontiguousarray(evecs[:, ::-1].T)
-        else:
-            _, S, Vt = np.linalg.svd(X.astype(np.float64) - self.mean_, full_matrices=False)
-        # deterministic sign: the largest-magnitude entry of each component is positive
-        signs = np.sign(Vt[np.arange(Vt.shape[0]), np.argmax(np.abs(Vt), axis=1)])
-        signs[signs == 0] = 1
-        Vt *= signs[:, None]
-        self.components_ = Vt[:k]
-        self.explained_variance_ = (S[:k] ** 2) / (n - 1)
-        self.n_components_ = k
-        return self
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Project rows of ``X`` on the fitted components (float32)."""
-        if not hasattr(self, "components_"):
-            raise RuntimeError("PCA is not fitted; call fit(X) first")
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected shape (n, {self.n_features_in_}), got {X.shape}")
-        Z = np.empty((X.shape[0], self.components_.shape[0]), dtype=np.float32)
-        scale = 1.0 / np.sqrt(np.maximum(self.explained_variance_, 1e-12)) if self.whiten else None
-        for lo in range(0, X.shape[0], _PCA_ROWS):  # float64 in row chunks: bounded extra memory
-            z = (X[lo : lo + _PCA_ROWS].astype(np.float64) - self.mean_) @ self.components_.T
-            Z[lo : lo + _PCA_ROWS] = z * scale if scale is not None else z
-        return Z
-
-    def fit_transform(self, X: np.ndarray, y: object = None) -> np.ndarray:
-        """``fit(X).transform(X)``."""
-        return self.fit(X).transform(X)
-
-    def save(self, path: str | Path) -> None:
-        """Write the fitted PCA into the folder ``path``."""
-        from .persistence import write_part
-
-        if not hasattr(self, "components_"):
-            raise RuntimeError("PCA is not fitted; call fit(X) first")
-        write_part(path, {"n_components": self.n_components, "whiten": self.whiten},
-                   {"mean": self.mean_, "components": self.components_, "explained_variance": self.explained_variance_})
-
-    @classmethod
-    def load(cls, path: str | Path, *, n_features: int | None = None) -> PCA:
-        """Load a PCA saved by :meth:`save`, checking its arrays (and its input size, when given)."""
-        from .persistence import read_part
-
-        config, arrays = read_part(path)
-        n_components, whiten = config.get("n_components"), config.get("whiten")
-        if not isinstance(whiten, bool) or not (n_components is None or (isinstance(n_components, int) and n_components > 0)):
-            raise ValueError(f"{path}: PCA config is invalid ({config})")
-        mean, comps, var = (arrays.get(k) for k in ("mean", "components", "explained_variance"))
-        if mean is None or comps is None or var is None or comps.ndim != 2 or mean.shape != (comps.shape[1],) \
-                or var.shape != (comps.shape[0],) or comps.dtype.kind != "f":
-            raise ValueError(f"{path}: PCA arrays are missing or of inconsistent shapes")
-        if not (np.isfinite(mean).all() and np.isfinite(comps).all() and np.isfinite(var).all()) or (var < 0).any():
-            raise ValueError(f"{path}: PCA arrays hold NaN, infinity or negative variances")
-        if n_features is not None and comps.shape[1] != n_features:
-            raise ValueError(f"{path}: PCA expects {comps.shape[1]} input features, the encoder gives {n_features}")
-        if n_components is not None and comps.shape[0] > n_components:
-            raise ValueError(f"{path}: PCA holds {comps.shape[0]} components, more than n_components={n_components}")
-        pca = cls(n_components, whiten=whiten)
-        pca.mean_ = mean.astype(np.float64)
-        pca.components_ = comps.astype(np.float64)
-        pca.explained_variance_ = var.astype(np.float64)
-        pca.n_components_ = comps.shape[0]
-        pca.n_features_in_ = comps.shape[1]
-        return pca

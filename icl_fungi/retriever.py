@@ -29,7 +29,7 @@ from .combine import BlockCombiner
 from .data import Label, check_labels, check_texts, load_pool
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder
 from .index import Index, VectorIndex, load_index
-from .projection import PCA
+from .pca import PCA
 from .prompt import compose_prompt, sorted_labels
 from .selection import Selection, select_from_index
 from .template import Prompt, PromptTemplate

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from icl_fungi.projection import PCA, GradientProjection
+from icl_fungi.pca import PCA
+from icl_fungi.projection import GradientProjection
 
 
 def _gram_error(kind: str, k: int, seed: int = 0) -> float:
@@ -21,7 +22,7 @@ def _gram_error(kind: str, k: int, seed: int = 0) -> float:
     return float(np.abs(est - true).max() / scale.max())
 
 
-@pytest.mark.parametrize("kind", ["sketch", "dense"])
+@pytest.mark.parametrize("kind", ["tensor_sketch", "sketch", "dense"])
 def test_projection_preserves_inner_products(kind):
     # JL: error shrinks like 1/sqrt(k); 2048 dims keep every pairwise product within 15 %
     assert _gram_error(kind, 2048) < 0.15
@@ -29,7 +30,7 @@ def test_projection_preserves_inner_products(kind):
     assert np.mean(errs) > _gram_error(kind, 2048)  # fewer dims, larger error: the test can fail
 
 
-@pytest.mark.parametrize("kind", ["sketch", "dense"])
+@pytest.mark.parametrize("kind", ["tensor_sketch", "sketch", "dense"])
 def test_hook_form_matches_explicit_gradients(kind):
     torch.manual_seed(0)
     g = torch.randn(3, 7, 6)
@@ -57,7 +58,7 @@ def test_projection_seeded_and_dense_blocks_bounded():
     assert not np.allclose(a.transform_matrices(G), c.transform_matrices(G))
 
 
-@pytest.mark.parametrize("kind", ["sketch", "dense"])
+@pytest.mark.parametrize("kind", ["tensor_sketch", "sketch", "dense"])
 def test_projection_save_load(tmp_path, kind):
     p = GradientProjection(16, kind=kind, random_state=2).fit(n_features=(5, 4))
     p.save(tmp_path / "p")
@@ -119,7 +120,7 @@ def test_pca_whiten():
 
 def test_pca_tall_path_matches_svd_and_chunks():
     """Tall inputs use the scatter-matrix eigendecomposition in row chunks: same result as the SVD."""
-    from icl_fungi import projection
+    from icl_fungi import pca as pca_module
 
     rng = np.random.default_rng(3)
     X = (rng.normal(size=(20_000, 24)) * np.linspace(3, 0.1, 24)).astype(np.float32)
@@ -129,7 +130,7 @@ def test_pca_tall_path_matches_svd_and_chunks():
     Vt *= np.sign(Vt[np.arange(24), np.argmax(np.abs(Vt), axis=1)])[:, None]
     np.testing.assert_allclose(pca.components_, Vt[:8], atol=1e-8)
     np.testing.assert_allclose(pca.explained_variance_, S[:8] ** 2 / (len(X) - 1), rtol=1e-8)
-    assert len(X) > 2 * projection._PCA_ROWS  # several chunks were used
+    assert len(X) > 2 * pca_module._PCA_ROWS  # several chunks were used
     np.testing.assert_allclose(pca.transform(X), (Xc @ Vt[:8].T).astype(np.float32), atol=1e-4)
     with pytest.raises(TypeError, match="numeric"):
         PCA(2).fit(np.array([["a", "b"], ["c", "d"]]))
