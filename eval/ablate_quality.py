@@ -35,6 +35,7 @@ from common import (
 from icl_fungi.evaluation import retrieval_metrics
 
 KL_ONLY = {"features": ("embedding", "kl")}
+FFN_OUT = "encoder.layer.5.output.dense"  # all-MiniLM-L6-v2's last FFN output projection
 NEIGHBORS = {"kl_head": "neighbors", "kl_temperature": 0.05, "kl_center": True}
 GRIDS: dict[str, dict[str, dict]] = {
     # the 0.2.0 default against plain embeddings (reported on the test split)
@@ -53,9 +54,19 @@ GRIDS: dict[str, dict[str, dict]] = {
     "target": {
         "embedding": EMBEDDING,
         "labels head, kl only w 0.3, attn-out L5": {**KL_ONLY, "block_weights": {"kl": 0.3}},
-        "labels head, kl only w 0.3, ffn-out L5": {**KL_ONLY, "block_weights": {"kl": 0.3}, "target_layer": "encoder.layer.5.output.dense"},
+        "labels head, kl only w 0.3, ffn-out L5": {**KL_ONLY, "block_weights": {"kl": 0.3}, "target_layer": FFN_OUT},
         "default, attn-out L5": {},
-        "default, ffn-out L5": {"target_layer": "encoder.layer.5.output.dense"},
+        "default, ffn-out L5": {"target_layer": FFN_OUT},
+    },
+    # performance round 2 (issue 15): the gradient projected without forming it (tensor sketch), the target layer
+    # moved to the last FFN output (views then differ only after it), counter-based dropout masks
+    "fast": {
+        "embedding": EMBEDDING,
+        "default (attn-out L5, sketch)": {},
+        "attn-out L5, tensor sketch": {"projection": "tensor_sketch"},
+        "ffn-out L5, tensor sketch": {"projection": "tensor_sketch", "target_layer": FFN_OUT},
+        "ffn-out L5, tensor sketch, kl only w 0.3": {**KL_ONLY, "projection": "tensor_sketch", "target_layer": FFN_OUT,
+                                                    "block_weights": {"kl": 0.3}},
     },
 }
 

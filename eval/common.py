@@ -151,7 +151,7 @@ def _json_default(value: Any) -> Any:
 # as of icl-fungi 0.2.0, spelled out), never against "the default": when the library's defaults move, a
 # committed grid still measures what it says. Result files record the full resolved configuration too.
 BASE_FEATURES: dict[str, Any] = {
-    "features": ("embedding", "kl", "simclr"), "target_layer": None, "kl_head": "labels", "kl_head_dim": 256,
+    "features": ("embedding", "kl", "simclr"), "target_layer": "attention_output", "kl_head": "labels", "kl_head_dim": 256,
     "kl_temperature": 0.07, "kl_center": True, "center_blocks": True, "simclr_views": 2, "simclr_view_mode": "dropout",
     "simclr_dropout": None, "simclr_view_blocks": 1, "word_deletion_p": 0.1, "simclr_temperature": 0.07,
     "simclr_negatives": 256, "projection": "sketch", "projection_dim": None, "seed": 0,

@@ -210,6 +210,20 @@ def test_bad_target_layer_and_model(st_model):
         FungiEncoder(42)
 
 
+def test_default_target_is_the_last_ffn_output_and_views_start_after_it(st_model):
+    enc = FungiEncoder(st_model, show_progress_bar=False)
+    assert enc.target.name.endswith("encoder.layer.5.output.dense") and enc.target.gradient_shape == (384, 1537)
+    # what runs before the target in its block is replayed from the trunk pass, so its Dropout is not a view
+    replayed = {n for n, m in enc.model.named_modules() if any(m is r for r in enc.gradients.replayed_modules())}
+    assert {n.rsplit("layer.5.", 1)[1] for n in replayed} == {"attention", "intermediate", "output.dense"}
+    assert [n for n, m in enc.model.named_modules() if any(m is v for v in enc.views.modules)] == \
+        [n for n in dict(enc.model.named_modules()) if n.endswith("layer.5.output.dropout")]
+    attn = FungiEncoder(st_model, FeatureConfig(target_layer="attention_output"), show_progress_bar=False)
+    assert attn.target.name.endswith("layer.5.attention.output.dense")
+    assert FungiEncoder(st_model, FeatureConfig(target_layer=None), show_progress_bar=False).target.name == attn.target.name
+    assert len(attn.views.modules) == 2  # after the attention output: its own Dropout and the FFN's
+
+
 def test_other_target_layer(st_model, intent_pool):
     cfg = FeatureConfig(features=("embedding", "kl"), target_layer="encoder.layer.4.output.dense")
     enc = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(*intent_pool)
@@ -265,7 +279,7 @@ def test_plain_transformers_model_with_mean_pooling(st_model, intent_pool):
     plain = MeanPooledModel(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), max_seq_length=256)
     cfg = FeatureConfig(features=("embedding", "kl", "simclr"))
     ours = FungiEncoder(plain, cfg, show_progress_bar=False)
-    assert ours.target.name.endswith("encoder.layer.5.attention.output.dense")
+    assert ours.target.name.endswith("encoder.layer.5.output.dense")  # the last FFN output projection
     ref = FungiEncoder(st_model, cfg, show_progress_bar=False)
     texts, labels = intent_pool[0][:64], intent_pool[1][:64]
     got, want = ours.fit_encode(texts, labels), ref.fit_encode(texts, labels)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BlockCache", "Capture", "SkipBlocks", "hooked", "in_row_order", "repeat_rows", "tile", "token_mask"]
+__all__ = ["BlockCache", "Capture", "PreTargetRecorder", "StubModules", "TrunkCache", "hooked", "in_row_order", "repeat_rows",
+           "tile", "token_mask"]
 
 
 class Capture:
@@ -59,20 +60,95 @@ def hooked(module: torch.nn.Module, fn: Any) -> Iterator[None]:
         handle.remove()
 
 
-class SkipBlocks:
-    """Replace blocks ``[0, split)`` by a stub returning a cached hidden state ``value``."""
+class StubModules:
+    """Replace the forward of each module by a stub that returns a given value (its cached output).
 
-    def __init__(self, blocks: torch.nn.ModuleList, split: int, value: Any) -> None:
-        self.blocks, self.split, self.value = blocks, split, value
+    Forward hooks still run on the stub's value, so a :class:`Capture` on a stubbed layer still sees
+    the layer's input and makes its (cached) output the gradient leaf.
+    """
 
-    def __enter__(self) -> SkipBlocks:
-        for block in list(self.blocks)[: self.split]:
-            block.forward = lambda *a, **k: self.value
+    def __init__(self, values: dict[torch.nn.Module, Any]) -> None:
+        self.values = values
+
+    def __enter__(self) -> StubModules:
+        for module, value in self.values.items():
+            module.forward = (lambda v: lambda *a, **k: v)(value)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for block in list(self.blocks)[: self.split]:
-            del block.forward
+        for module in self.values:
+            del module.forward
+
+
+class TrunkCache:
+    """What a trunk pass keeps for the gradient pass: the hidden state entering the first recomputed block,
+    and the outputs of the modules that ran before the target layer inside that block (and the target's own)."""
+
+    def __init__(self, block_input: Any = None, outputs: dict[torch.nn.Module, Any] | None = None) -> None:
+        self.block_input = block_input
+        self.outputs = outputs or {}
+
+    def nbytes(self) -> int:
+        """Bytes held (tensors only)."""
+        values = [self.block_input, *self.outputs.values()]
+        tensors = [v[0] if isinstance(v, tuple) else v for v in values]
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    value = value[0] if isinstance(value, tuple) and value else value
+    return value if isinstance(value, torch.Tensor) else None
+
+
+class PreTargetRecorder:
+    """Records, during one forward pass, which modules of ``block`` finished before ``target`` started.
+
+    :meth:`stubs` returns the outermost such modules that are not ancestors of the target and whose
+    output is a batch-first tensor (or a tuple starting with one), plus the target itself: in a pass
+    whose inputs before the target are unchanged, their outputs can be replayed from a cache.
+    """
+
+    def __init__(self, block: torch.nn.Module, target: torch.nn.Module) -> None:
+        self.block, self.target = block, target
+        self.done: list[torch.nn.Module] = []
+        self.outputs: dict[torch.nn.Module, Any] = {}
+        self.start: int | None = None
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> PreTargetRecorder:
+        for m in self.block.modules():
+            if m is not self.block:
+                self.handles.append(m.register_forward_hook(self._done))
+        self.handles.append(self.target.register_forward_pre_hook(self._started))
+        return self
+
+    def _done(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        self.done.append(module)
+        self.outputs[module] = output.detach() if isinstance(output, torch.Tensor) else output
+
+    def _started(self, module: torch.nn.Module, args: tuple) -> None:
+        if self.start is None:
+            self.start = len(self.done)
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def stubs(self, batch: int) -> list[torch.nn.Module]:
+        if self.start is None:
+            return []
+        before, after = self.done[: self.start], set(self.done[self.start :])
+        ancestors = {m for m in self.block.modules() if any(sub is self.target for sub in m.modules())}
+        candidates = [m for m in dict.fromkeys(before) if m not in ancestors and m not in after]
+        outermost = [m for m in candidates if not any(m is not c and any(sub is m for sub in c.modules()) for c in candidates)]
+        ok = []
+        for m in [*outermost, self.target]:
+            t = _first_tensor(self.outputs.get(m))
+            if t is None or t.shape[0] != batch:
+                return []  # something this pass cannot replay: recompute the whole block instead
+            ok.append(m)
+        return ok
 
 
 def in_row_order(parts: list[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:

@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_FEATURES", "FEATURES", "FeatureConfig"]
 FEATURES = ("embedding", "kl", "simclr")
 DEFAULT_FEATURES = FEATURES
 VIEW_MODES = ("dropout", "word_deletion")
-PROJECTIONS = ("sketch", "dense")
+PROJECTIONS = ("tensor_sketch", "sketch", "dense")
 
 
 def _number(name: str, value: object, *, integer: bool = False, optional: bool = False) -> None:
@@ -36,8 +36,10 @@ class FeatureConfig:
 
     Args:
         features: blocks to compute, from ``("embedding", "kl", "simclr")``.
-        target_layer: the Linear module whose per-sample gradient is taken (a name or a unique
-            suffix); ``None``: the last block's attention output projection.
+        target_layer: the Linear module whose per-sample gradient is taken: ``"ffn_output"`` (the last
+            block's feed-forward output projection: the views and the KL backward then only touch what
+            follows it), ``"attention_output"`` (the last block's attention output projection, the
+            0.2.0 default; ``None`` means the same), or a module name or unique suffix.
         kl_head: a registered KL head (see :mod:`icl_fungi.features.heads`): ``"labels"`` (one row per
             pool label), ``"neighbors"`` (soft k-NN over a pool sample), ``"prototypes"`` (k-means),
             ``"random"`` (the paper's), or your own class registered with ``register_kl_head``.
@@ -52,13 +54,14 @@ class FeatureConfig:
         word_deletion_p: word-deletion probability of ``"word_deletion"`` views.
         simclr_temperature: InfoNCE temperature.
         simclr_negatives: size of the bank of negatives (views of seeded pool texts).
-        projection: ``"sketch"`` (signed hashing) or ``"dense"`` (+-1 matrix) gradient projection.
+        projection: ``"tensor_sketch"`` (a signed hashing of the gradient computed without forming it),
+            ``"sketch"`` (signed hashing of the formed gradient) or ``"dense"`` (+-1 matrix, the paper's).
         projection_dim: size of each projected gradient block; ``None``: the embedding size.
         seed: seed of heads, views, negatives and projections.
     """
 
     features: tuple[str, ...] = DEFAULT_FEATURES
-    target_layer: str | None = None
+    target_layer: str | None = "ffn_output"
     kl_head: str = "labels"
     kl_head_dim: int = 256
     kl_temperature: float | None = None
@@ -71,7 +74,7 @@ class FeatureConfig:
     word_deletion_p: float = 0.1
     simclr_temperature: float = 0.07
     simclr_negatives: int = 256
-    projection: str = "sketch"
+    projection: str = "tensor_sketch"
     projection_dim: int | None = None
     seed: int = 0
 
@@ -88,7 +91,7 @@ class FeatureConfig:
         if len(set(feats)) != len(feats):
             raise ValueError(f"features contain duplicates: {feats}")
         if self.target_layer is not None and (not isinstance(self.target_layer, str) or not self.target_layer):
-            raise TypeError(f"target_layer must be a module name or None, got {self.target_layer!r}")
+            raise TypeError(f"target_layer must be 'ffn_output', 'attention_output' or a module name, got {self.target_layer!r}")
         if not isinstance(self.kl_head, str) or self.kl_head not in registered_kl_heads():
             raise ValueError(f"kl_head must be one of {registered_kl_heads()}, got {self.kl_head!r}")
         for name in ("simclr_views", "kl_head_dim", "simclr_negatives", "seed"):

@@ -29,7 +29,7 @@ from .capture import in_row_order
 from .config import FEATURES, FeatureConfig
 from .gradients import GradientPass
 from .heads import KLHead, PrototypeHead, head_sample, is_categorical, kl_head_class
-from .models import DEFAULT_MODEL, TargetLayer, load_model
+from .models import DEFAULT_MODEL, TargetLayer, load_model, model_fingerprint
 from .simclr import SimCLRLoss
 from .views import DropoutViews, WordDeletionViews, dropout_modules
 
@@ -74,10 +74,12 @@ class FungiEncoder:
         show_progress_bar: ``None`` follows the logging level (INFO shows it).
         allow_pickle_weights: let a model folder with pickled (non-safetensors) weights load.
 
-    ``progress_desc`` (default ``"Encoding"``) is the progress bars' label.
+    ``progress_desc`` (default ``"Encoding"``) is the progress bars' label; ``cache_bytes`` (1 GiB) bounds
+    what :meth:`fit_encode` keeps of the head sample's trunk pass for reuse.
     """
 
     progress_desc = "Encoding"
+    cache_bytes = 1 << 30
 
     def __init__(self, model: Any = DEFAULT_MODEL, config: FeatureConfig | None = None, *, batch_size: int = 32,
                  device: str | None = None, show_progress_bar: bool | None = None, allow_pickle_weights: bool = False) -> None:
@@ -103,7 +105,10 @@ class FungiEncoder:
         self.head: KLHead | None = self._new_head(cfg.kl_head) if "kl" in cfg.features else None
         self.simclr = SimCLRLoss(temperature=cfg.simclr_temperature, n_negatives=cfg.simclr_negatives, seed=cfg.seed)
         if cfg.simclr_view_mode == "dropout":
-            modules = dropout_modules(self.model, self.target.blocks, self.gradients.split_block(), cfg.simclr_dropout)
+            # views differ from the target layer on: Dropout modules that run before it are replayed clean
+            replayed = self.gradients.replayed_modules()
+            modules = [m for m in dropout_modules(self.model, self.target.blocks, self.gradients.split_block(), cfg.simclr_dropout)
+                       if not any(m is sub for r in replayed for sub in r.modules())]
             self.views: Any = DropoutViews(modules, p=cfg.simclr_dropout, seed=cfg.seed)
             if "simclr" in cfg.features and not modules:
                 raise ValueError("the model has no torch.nn.Dropout modules where the SimCLR views are made (simclr_view_blocks="
@@ -145,11 +150,12 @@ class FungiEncoder:
 
     def _fit_negatives(self, texts: list[str]) -> None:
         chosen = self.simclr.choose_negatives(texts)
-        views = []
+        lengths = np.asarray(self.token_lengths(chosen))
+        parts = []
         with self._lock, torch.no_grad():
-            for start in range(0, len(chosen), self.batch_size):
-                views.append(self.gradients.view_embeddings(chosen[start : start + self.batch_size], None, ("neg",)).detach())
-        self.simclr.fit(torch.cat(views))
+            for idx in _sorted_batches(np.arange(len(chosen)), lengths, self.batch_size):  # little padding
+                parts.append((idx, self.gradients.view_embeddings([chosen[i] for i in idx], None, ("neg",)).detach()))
+        self.simclr.fit(in_row_order(parts))
 
     def fit(self, texts: Sequence[str], labels: Sequence | None = None) -> FungiEncoder:
         """Fit the pool-dependent parts (seeded): the KL head (label heads need ``labels``) and the
@@ -257,16 +263,19 @@ class FungiEncoder:
             bar.update(len(idx))
 
     def _trunk_batches(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, *, keep: bool) -> Iterator[tuple]:
-        """Trunk pass over ``texts[rows]``: yields ``(rows, features, embedding, cached)`` per batch."""
+        """Trunk pass over ``texts[rows]``: yields ``(rows, features, embedding, cached)`` per batch. With ``keep``,
+        the trunk caches are kept up to ``cache_bytes`` in all; later batches recompute their tail from scratch."""
+        held = 0
         for idx in _sorted_batches(rows, lengths, self.batch_size):
             features = self.tokenize([texts[i] for i in idx])
-            emb, cached, _ = self.gradients.trunk(features, cache=keep)
+            emb, cached, _ = self.gradients.trunk(features, cache=keep and held < self.cache_bytes)
+            held += cached.nbytes() if cached is not None else 0
             yield idx, (features if keep else None), emb, cached
 
     # --------------------------------------------------------- persistence
     def describe(self) -> dict[str, Any]:
-        """What identifies the encoder's features: model, target layer and its fingerprint, config, dims."""
-        return {"model": self.model_name, "target_layer": self.target.name, "target_fingerprint": self.target.fingerprint(),
+        """What identifies the encoder's features: model and its weights' fingerprint, target layer, config, dims."""
+        return {"model": self.model_name, "target_layer": self.target.name, "model_fingerprint": model_fingerprint(self.model),
                 "feature_config": self.config.to_dict(), "dim": self.dim, "projection_dim": self.projection_dim}
 
     def save(self, path: str | Path) -> None:
@@ -294,9 +303,9 @@ class FungiEncoder:
         enc = cls(model, config, batch_size=batch_size, device=device, show_progress_bar=show_progress_bar,
                   allow_pickle_weights=allow_pickle_weights)
         enc.model_name = info.get("model", enc.model_name)
-        if enc.target.name != info.get("target_layer") or enc.target.fingerprint() != info.get("target_fingerprint"):
+        if enc.target.name != info.get("target_layer") or model_fingerprint(enc.model) != info.get("model_fingerprint"):
             raise ValueError(f"the model loaded for {enc.model_name!r} differs from the one the retriever was built with "
-                             "(target layer weights do not match)")
+                             "(its weights do not match)")
         if (info.get("dim"), info.get("projection_dim")) != (enc.dim, enc.projection_dim):
             raise ValueError(f"{path}: dims {info.get('dim')}/{info.get('projection_dim')} do not match the model's "
                              f"{enc.dim}/{enc.projection_dim}")

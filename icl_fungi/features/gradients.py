@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .capture import BlockCache, Capture, SkipBlocks, hooked, repeat_rows, tile, token_mask
+from .capture import BlockCache, Capture, PreTargetRecorder, StubModules, TrunkCache, hooked, repeat_rows, tile, token_mask
 
 if TYPE_CHECKING:
     from .encoder import FungiEncoder
@@ -30,6 +30,7 @@ class GradientPass:
 
     def __init__(self, encoder: FungiEncoder) -> None:
         self.enc = encoder
+        self._stubs: list[torch.nn.Module] | None = None  # replayed in the gradient pass; None: not known yet
 
     def split_block(self) -> int:
         """Index of the first block with dropout in the SimCLR views (0: the whole model)."""
@@ -48,33 +49,58 @@ class GradientPass:
             start = min(start, self.split_block())
         return start
 
+    def _stubbable(self) -> bool:
+        """True when the gradient pass starts in the target's own block, so the modules that ran before the
+        target there (and the target itself) can be replayed from the trunk pass instead of recomputed."""
+        target = self.enc.target
+        return target.blocks is not None and target.block_index >= 0 and self.tail_start() == target.block_index
+
+    def replayed_modules(self) -> list[torch.nn.Module]:
+        """The modules the gradient pass replays from the trunk pass (found with one forward of a short text)."""
+        if self._stubs is None and self._stubbable():
+            self.trunk(self.enc.tokenize(["a short text"]), cache=True)  # records them
+        return list(self._stubs or [])
+
     def trunk(self, features: dict[str, Any], *, cache: bool = True, with_kl: bool = False) -> tuple[torch.Tensor, Any, Any]:
         """The model's forward pass: ``(embedding, cached, clean)``.
 
-        ``cached`` is the hidden state entering block :meth:`tail_start` (for the views). With
-        ``with_kl`` the pass also records the graph from the target layer on, and ``clean`` is
-        ``(unit embedding, capture)`` for the KL loss; else ``None``.
+        ``cached`` (a :class:`TrunkCache`, or ``None`` without ``cache``) holds the hidden state entering block
+        :meth:`tail_start` and the outputs the gradient pass replays. With ``with_kl`` the pass also records
+        the graph from the target layer on, and ``clean`` is ``(unit embedding, capture)`` for the KL loss.
         """
         enc = self.enc
         store = BlockCache()
         start = self.tail_start() if cache else 0  # (a reference to the block's output: no copy)
         fused = with_kl and "kl" in enc.config.features
         cap = Capture()
+        stubbable = cache and self._stubbable()
+        recorder = PreTargetRecorder(enc.target.blocks[start], enc.target.module) if stubbable and self._stubs is None else None
+        stores = {m: BlockCache() for m in (self._stubs or [])} if stubbable and recorder is None else {}
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.enable_grad() if fused else torch.no_grad())
             if fused:
                 stack.enter_context(hooked(enc.target.module, cap))
             if start > 0:
                 stack.enter_context(hooked(enc.target.blocks[start - 1], store.store))
+            if recorder is not None:
+                stack.enter_context(recorder)
+            for m, keep in stores.items():
+                stack.enter_context(hooked(m, keep.store))
             emb = enc.forward(features)
+        if recorder is not None:
+            self._stubs = recorder.stubs(len(emb))
+            stores = {m: recorder.outputs[m] for m in self._stubs}
+        else:
+            stores = {m: keep.value for m, keep in stores.items()}
         clean = (F.normalize(emb, dim=-1), cap) if fused else None
-        return emb.detach(), store.value, clean
+        cached = TrunkCache(store.value, stores) if cache else None
+        return emb.detach(), cached, clean
 
     def blocks(self, texts: list[str], features: dict[str, Any], emb: torch.Tensor, cached: Any,
                clean: Any = None) -> dict[str, np.ndarray]:
         """All blocks of a batch from its trunk pass: one gradient forward over the rows [clean; dropout views]
-        (blocks below :meth:`tail_start` replaced by ``cached``; no clean rows when the trunk pass gave
-        ``clean``) and one backward for both losses."""
+        (what ran before the target replayed from ``cached``; no clean rows when the trunk pass gave ``clean``)
+        and one backward for both losses."""
         enc = self.enc
         cfg = enc.config
         result: dict[str, np.ndarray] = {}
@@ -102,8 +128,11 @@ class GradientPass:
                     stack.enter_context(hooked(enc.target.module, cap))
                     if same_tokens:
                         stack.enter_context(enc.views.apply(seeds))
-                    if start > 0 and cached is not None:
-                        stack.enter_context(SkipBlocks(enc.target.blocks, start, tile(cached, R)))
+                    if cached is not None:  # replay what the trunk pass computed before the views differ
+                        replay = {m: tile(v, R) for m, v in cached.outputs.items()}
+                        if start > 0:
+                            replay.update({b: tile(cached.block_input, R) for b in list(enc.target.blocks)[:start]})
+                        stack.enter_context(StubModules(replay))
                     z = F.normalize(enc.forward(repeat_rows(features, R)), dim=-1)
                 if tail_kl:
                     loss = loss + enc.head.loss(z[:B])

@@ -12,12 +12,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_MODEL", "MeanPooledModel", "TargetLayer", "check_model_folder", "load_model", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "MeanPooledModel", "TargetLayer", "check_model_folder", "load_model", "model_fingerprint", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ _ATTN_OUT_SUFFIXES = (
     "attention.dense",  # GPT-NeoX
     "attn.out_proj",
 )
+# the feed-forward output projection of a numbered block, by architecture family
+_FFN_OUT = re.compile(r"(^|\.)(layer|layers|h|block)\.\d+\.(output\.dense|mlp\.down_proj|mlp\.fc2|fc2|ffn\.lin2|mlp\.c_proj"
+                      r"|layer\.\d+\.DenseReluDense\.wo|DenseReluDense\.wo)$")
 _PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -207,13 +211,19 @@ class TargetLayer:
     block_index: int = -1
 
     @classmethod
-    def locate(cls, model: torch.nn.Module, name: str | None = None) -> TargetLayer:
-        """Find ``name`` (a module name or a unique suffix) in ``model``; ``None``: the last attention output projection."""
+    def locate(cls, model: torch.nn.Module, name: str | None = "ffn_output") -> TargetLayer:
+        """Find ``name`` in ``model``: ``"ffn_output"`` (the last feed-forward output projection, else the last
+        attention output projection), ``"attention_output"`` or ``None`` (the last attention output projection),
+        or a module name or a unique suffix."""
         named = dict(model.named_modules())
-        if name is None:
-            candidates = [n for n, m in named.items() if isinstance(m, torch.nn.Linear) and n.endswith(_ATTN_OUT_SUFFIXES)]
+        linear = {n: m for n, m in named.items() if isinstance(m, torch.nn.Linear)}
+        if name in (None, "attention_output", "ffn_output"):
+            ffn = [n for n in linear if _FFN_OUT.search(n) and ".attention." not in f".{n}"]
+            attn = [n for n in linear if n.endswith(_ATTN_OUT_SUFFIXES)]
+            candidates = ffn or attn if name == "ffn_output" else attn
             if not candidates:
-                raise ValueError("could not find an attention output projection; pass target_layer= (a Linear module name)")
+                raise ValueError(f"could not find the model's {name or 'attention_output'} projection; pass target_layer= "
+                                 f"(a Linear module name such as {_linear_hint(named)})")
             name = candidates[-1]
         if name not in named:
             matches = [n for n in named if n.endswith("." + name)]
@@ -237,9 +247,18 @@ class TargetLayer:
         return (self.module.out_features, self.module.in_features + 1)
 
     def fingerprint(self) -> str:
-        """sha256 of the layer's weights: detects a different model at load time."""
+        """sha256 of the layer's weights."""
         h = hashlib.sha256()
         for t in (self.module.weight, self.module.bias):
             if t is not None:
                 h.update(t.detach().to("cpu", torch.float32).numpy().tobytes())
         return h.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every parameter (name, shape, float32 values): detects a different model at load time."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        h.update(f"{name}:{tuple(p.shape)}".encode())
+        h.update(p.detach().to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()

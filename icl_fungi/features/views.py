@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DropoutViews", "WordDeletionViews", "delete_words", "dropout_modules", "text_seed"]
+__all__ = ["DropoutViews", "WordDeletionViews", "counter_uniform", "delete_words", "dropout_modules", "text_seed"]
 
 _MASK63 = (1 << 63) - 1
-_GOLDEN = 0x9E3779B97F4A7C15  # mixes a dropout module's position into a row's seed
 
 
 def text_seed(seed: int, tag: str, text: str) -> int:
@@ -54,9 +53,10 @@ def dropout_modules(model: torch.nn.Module, blocks: torch.nn.ModuleList | None, 
 class DropoutViews:
     """Views as deterministic per-row dropout on (eval-mode) ``nn.Dropout`` modules.
 
-    Each row's mask comes from a generator seeded by the row's seed and the module's position;
-    the mask of token ``t`` depends only on ``t`` (not on the padded length). A row whose seed is
-    ``None`` is left clean. ``p``: the dropout rate (``None``: each module's own).
+    Each row's mask is a counter-based hash of the row's seed, the module's position and the element
+    (:func:`counter_uniform`), computed for all rows at once; the mask of token ``t`` depends only on
+    ``t`` (not on the padded length). A row whose seed is ``None`` is left clean. ``p``: the dropout
+    rate (``None``: each module's own).
     """
 
     kind = "dropout"
@@ -74,27 +74,53 @@ class DropoutViews:
         return _MaskHooks(self.modules, list(seeds), self.p)
 
 
+_M64 = (1 << 64) - 1
+
+
+def _i64(v: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+_C1, _C2, _C3 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def counter_uniform(seeds: torch.Tensor, position: int, n: int) -> torch.Tensor:
+    """Uniform floats in [0, 1), (rows, n): a splitmix64 hash of (row seed, position, element index).
+
+    Counter-based: element ``e`` of a row depends only on its seed, ``position`` and ``e``, so a
+    token's mask is the same whatever the batch and its padded length.
+    """
+    c1, c2, c3 = (torch.tensor(c, dtype=torch.int64) for c in (_C1, _C2, _C3))
+    x = seeds[:, None] + c1 * (position + 1) + c2 * torch.arange(1, n + 1, dtype=torch.int64)[None, :]  # int64 wraps
+    x = (x ^ _shr(x, 30)) * c2
+    x = (x ^ _shr(x, 27)) * c3
+    x = x ^ _shr(x, 31)
+    return _shr(x, 40).to(torch.float32) * (1.0 / (1 << 24))  # the top 24 bits
+
+
 class _MaskHooks:
-    """Forward hooks replacing each Dropout module's output by ``output * mask / (1 - p)``."""
+    """Forward hooks replacing each Dropout module's output by ``output * mask / (1 - p)``, all rows at once."""
 
     def __init__(self, modules: list[torch.nn.Dropout], seeds: list[int | None], p: float | None) -> None:
-        self.modules, self.seeds, self.p = modules, seeds, p
+        self.modules, self.p = modules, p
+        self.clean = torch.tensor([s is None for s in seeds])
+        self.seeds = torch.tensor([_i64(s & _M64) if s is not None else 0 for s in seeds], dtype=torch.int64)
         self.handles: list[Any] = []
 
     def _hook(self, position: int, p: float) -> Any:
         def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             if output.shape[0] != len(self.seeds):
                 return output
-            masks = []
-            gen = torch.Generator()
-            for seed in self.seeds:
-                if seed is None:  # a clean row: mask * 1/(1-p) = 1
-                    masks.append(torch.full(output.shape[1:], 1.0 - p))
-                    continue
-                gen.manual_seed((seed + _GOLDEN * (position + 1)) & _MASK63)
-                masks.append((torch.rand(output.shape[1:], generator=gen) >= p).float())
-            mask = torch.stack(masks).to(output.device, output.dtype)
-            return output * mask / (1.0 - p)
+            size = output[0].numel()
+            keep = (counter_uniform(self.seeds, position, size) >= p).float() / (1.0 - p)
+            keep[self.clean] = 1.0  # clean rows: no dropout
+            return output * keep.reshape(output.shape).to(output.device, output.dtype)
 
         return hook
 
