@@ -1,9 +1,15 @@
-"""Benchmark: build the banking-77 pool with each feature set; time, latency, memory, P@20.
+"""Benchmark: what FUNGI features cost against a plain embedding, at build and at query time.
 
-Each feature set runs in its own process (so peak RSS is its own). Prints a table and
-writes eval/results/bench_features.json and .md.
+For each feature set (each in its own process, so peak RSS is its own): build time on a seeded
+banking-77 pool after a warm-up build, ``build_prompt`` latency (p50/p95, k = 20) next to one
+sentence-transformers ``encode`` of the same queries, ``retrieve_batch`` of 32 queries per query,
+peak RSS, and P@20 / 1-NN on seeded test queries. ``--reference COMMIT`` also times the embedding
+and the default feature set of an older commit's code (extracted with ``git archive``) in the same
+run, so before and after are measured side by side.
 
-    python eval/bench_features.py [--data ../shared/data/banking77] [--queries 1000]
+    python eval/bench_features.py [--pool-size 10003] [--queries 1000] [--reference 7c2eceb]
+
+Writes eval/results/bench_features-<pool>.{json,md}.
 """
 
 from __future__ import annotations
@@ -11,112 +17,137 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BASE_FEATURES, BASE_WEIGHTS, DEFAULT_DATA, EMBEDDING, RESULTS, load_split, run_meta
+from common import DEFAULT_DATA, FEATURES_0_3, RESULTS, ROOT, load_split, markdown_table, run_meta, write_results
 
-FEATURE_SETS = {
-    "embedding": ("embedding",),
-    "embedding+kl": ("embedding", "kl"),
-    "embedding+kl+simclr": ("embedding", "kl", "simclr"),
+WEIGHTS = {"embedding": 1.0, "kl": 0.3, "simclr": 0.3}
+FEATURE_SETS = {  # the current defaults, spelled out; embedding alone is the plain baseline (no block centring)
+    "embedding": {**FEATURES_0_3, "features": ("embedding",), "center_blocks": False},
+    "embedding+kl": {**FEATURES_0_3, "features": ("embedding", "kl")},
+    "embedding+kl+simclr": dict(FEATURES_0_3),
 }
 
+# times any icl_fungi tree through the API every version has (from_dataset, build_prompt, retrieve_batch)
+TIMING = r"""
+import json, sys, time, resource
+import numpy as np
+args = json.loads(sys.argv[1])
+from icl_fungi import ICLRetriever
+pool = json.load(open(args["pool"]))
+texts, labels, queries = pool["texts"], pool["labels"], pool["queries"]
+records = [{"text": t, "label": l} for t, l in zip(texts, labels)]
+kw = args["kwargs"]
+if "feature_config" in args:
+    from icl_fungi import FeatureConfig, FungiEncoder
+    cfg = dict(args["feature_config"]); cfg["features"] = tuple(cfg["features"])
+    make = lambda rows: ICLRetriever(FungiEncoder(config=FeatureConfig(**cfg), show_progress_bar=False),
+                                     block_weights=args["weights"]).fit([r["text"] for r in rows], [r["label"] for r in rows])
+else:
+    make = lambda rows: ICLRetriever.from_dataset(rows, show_progress_bar=False, **kw)
+make(records[::max(1, len(records) // 64)][:64])  # warm-up: first-call allocations, thread pools
+t0 = time.perf_counter(); r = make(records); build_s = time.perf_counter() - t0
+rss_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+st = r.encoder.model
+def p(fn, qs):
+    for q in qs[:10]: fn(q)
+    lat = []
+    for q in qs:
+        t = time.perf_counter(); fn(q); lat.append((time.perf_counter() - t) * 1000)
+    return [round(float(np.percentile(lat, 50)), 2), round(float(np.percentile(lat, 95)), 2)]
+lq = queries[: args["latency_queries"]]
+st_ms = p(lambda q: st.encode(q, show_progress_bar=False), lq)
+bp_ms = p(lambda q: r.build_prompt(q, k=20), lq)
+r.retrieve_batch(queries[:32], k=20)
+t0 = time.perf_counter(); n = 0
+for s in range(0, len(queries) - 31, 32):
+    r.retrieve_batch(queries[s:s + 32], k=20); n += 32
+batch_ms = (time.perf_counter() - t0) * 1000 / n
+res = r.retrieve_batch(queries, k=20)
+gold = pool["query_labels"]
+p20 = float(np.mean([np.mean([x.label == g for x in row]) for row, g in zip(res, gold)]))
+nn1 = float(np.mean([row[0].label == g for row, g in zip(res, gold)]))
+print(json.dumps({"build_s": round(build_s, 2), "st_encode_ms": st_ms, "build_prompt_ms": bp_ms,
+                  "retrieve_batch32_ms_per_query": round(batch_ms, 2), "peak_rss_build_mb": round(rss_build, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "p@20": round(p20, 4), "1nn_acc": round(nn1, 4)}))
+"""
 
-def run_one(name: str, args: argparse.Namespace) -> dict:
-    from icl_fungi import FeatureConfig, FungiEncoder, ICLRetriever
-    from icl_fungi.evaluation import retrieval_metrics
 
-    texts, labels = load_split(args.data, "train")
-    q_texts, q_labels = load_split(args.data, "test")
-    t0 = time.perf_counter()
-    # embeddings alone: the plain baseline (no block centring); the others: the 0.2.0 defaults, spelled out
-    fields = {**BASE_FEATURES, **(EMBEDDING if FEATURE_SETS[name] == ("embedding",) else {}), "features": FEATURE_SETS[name]}
-    weights = {f: BASE_WEIGHTS[f] for f in FEATURE_SETS[name]}
-    encoder = FungiEncoder(config=FeatureConfig(**fields), show_progress_bar=False)
-    load_s = time.perf_counter() - t0
-    ICLRetriever(encoder, block_weights=weights).fit(texts[:64], labels[:64])  # warm-up (first-call allocations, thread pools)
-    encoder = FungiEncoder(encoder.model, FeatureConfig(**fields), show_progress_bar=False)
-    t0 = time.perf_counter()
-    r = ICLRetriever(encoder, block_weights=weights).fit(texts, labels)
-    build_s = time.perf_counter() - t0
-    rng = np.random.default_rng(args.seed)
-    sample = rng.choice(len(q_texts), size=min(args.queries, len(q_texts)), replace=False)
-    lat, prompt_lat = [], []
-    for i in sample[: args.latency_queries]:
-        t = time.perf_counter()
-        r.retrieve(q_texts[i], k=20)
-        lat.append((time.perf_counter() - t) * 1000)
-        t = time.perf_counter()
-        r.build_prompt(q_texts[i], k=20)
-        prompt_lat.append((time.perf_counter() - t) * 1000)
-    res = r.retrieve_batch([q_texts[i] for i in sample], k=20)
-    metrics = retrieval_metrics([[x.label for x in row] for row in res], [[x.score for x in row] for row in res],
-                                [q_labels[i] for i in sample], 20)
-    return {
-        "features": list(FEATURE_SETS[name]),
-        "pool": len(texts),
-        "model_load_s": round(load_s, 2),
-        "build_s": round(build_s, 2),
-        "retrieve_ms_p50": round(float(np.percentile(lat, 50)), 2),
-        "retrieve_ms_p95": round(float(np.percentile(lat, 95)), 2),
-        "build_prompt_ms_p50": round(float(np.percentile(prompt_lat, 50)), 2),
-        "build_prompt_ms_p95": round(float(np.percentile(prompt_lat, 95)), 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "retrieval": metrics,
-        "hnsw": r.index.uses_hnsw,
-        "config": {"feature_config": r.config.to_dict(), "block_weights": r.block_weights},
-    }
+def _run(src: Path, pool_json: Path, spec: dict, latency_queries: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    arg = json.dumps({"pool": str(pool_json), "latency_queries": latency_queries, **spec})
+    proc = subprocess.run([sys.executable, "-c", TIMING, arg], env=env, capture_output=True, text=True, cwd=pool_json.parent)
+    if proc.returncode:
+        sys.exit(f"run under {src} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
-    ap.add_argument("--queries", type=int, default=1000, help="seeded test queries for P@20")
+    ap.add_argument("--pool-size", type=int, default=10003, help="seeded sample of banking-77 train (10003: all)")
+    ap.add_argument("--queries", type=int, default=1000, help="seeded test queries for P@20 and the batch timing")
     ap.add_argument("--latency-queries", type=int, default=200, help="single queries timed")
+    ap.add_argument("--reference", default="7c2eceb", help="older commit timed side by side ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--sets", default=",".join(FEATURE_SETS), help="comma-separated feature sets (embedding is always run)")
-    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if args.one:
-        print(json.dumps(run_one(args.one, args)))
-        return
-    results = {}
-    wanted = {"embedding", *args.sets.split(",")}
-    for name in [n for n in FEATURE_SETS if n in wanted]:
-        cmd = [sys.executable, __file__, "--one", name, "--data", args.data, "--queries", str(args.queries),
-               "--latency-queries", str(args.latency_queries), "--seed", str(args.seed)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        if proc.returncode:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
-    base = results["embedding"]["build_s"]
-    for m in results.values():
-        m["build_ratio_to_embedding"] = round(m["build_s"] / base, 3)
-    report = {"meta": run_meta(seed=args.seed), "results": results}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_features.json").write_text(json.dumps(report, indent=2))
-    lines = ["| features | build s | ratio | retrieve p50 / p95 ms | build_prompt p50 / p95 ms | peak RSS MB | P@20 | 1-NN acc |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, m in results.items():
-        lines.append(f"| {name} | {m['build_s']} | {m['build_ratio_to_embedding']} | {m['retrieve_ms_p50']} / {m['retrieve_ms_p95']} | "
-                     f"{m['build_prompt_ms_p50']} / {m['build_prompt_ms_p95']} | {m['peak_rss_mb']} | {m['retrieval']['p@20']:.4f} | "
-                     f"{m['retrieval']['1nn_acc']:.4f} |")
-    table = "\n".join(lines)
-    (out / "bench_features.md").write_text(
-        f"# bench_features ({report['meta']['date']}, {os.cpu_count()} CPUs, commit {report['meta']['commit'][:12]})\n\n"
-        f"`{report['meta']['command']}`; build time "
-        "after a warm-up build of 64 texts (model loading excluded); "
-        f"P@20 on {args.queries} seeded banking-77 test queries, pool = full train split.\n\n{table}\n")
+    texts, labels = load_split(args.data, "train")
+    q_texts, q_labels = load_split(args.data, "test")
+    rng = np.random.default_rng(args.seed)
+    rows = sorted(rng.choice(len(texts), min(args.pool_size, len(texts)), replace=False).tolist())
+    qrows = rng.choice(len(q_texts), min(args.queries, len(q_texts)), replace=False)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        pool_json = tmp / "pool.json"
+        pool_json.write_text(json.dumps({"texts": [texts[i] for i in rows], "labels": [labels[i] for i in rows],
+                                         "queries": [q_texts[i] for i in qrows], "query_labels": [q_labels[i] for i in qrows]}))
+        runs = []
+        if args.reference:
+            ref = tmp / "reference"
+            ref.mkdir()
+            data = subprocess.run(["git", "-C", str(ROOT), "archive", args.reference, "icl_fungi", "prompts"],
+                                  capture_output=True, check=True).stdout
+            (tmp / "ref.tar").write_bytes(data)
+            with tarfile.open(tmp / "ref.tar") as tar:
+                tar.extractall(ref, filter="data")
+            runs += [(f"{args.reference}: embedding", ref, {"kwargs": {"features": ["embedding"], "center_blocks": False}}),
+                     (f"{args.reference}: default", ref, {"kwargs": {}})]
+        for name, fields in FEATURE_SETS.items():
+            cfg = {**fields, "features": list(fields["features"])}
+            runs.append((name, ROOT, {"kwargs": {}, "feature_config": cfg, "weights": {f: WEIGHTS[f] for f in fields["features"]}}))
+        for name, src, spec in runs:
+            t0 = time.perf_counter()
+            row = {"run": name, **_run(src, pool_json, spec, args.latency_queries)}
+            print(json.dumps(row), f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            results.append(row)
+    by = {r["run"]: r for r in results}
+    for r in results:
+        base = by[f"{args.reference}: embedding"] if r["run"].startswith(f"{args.reference}:") else by["embedding"]
+        r["build_ratio"] = round(r["build_s"] / base["build_s"], 2)
+        r["build_prompt_ratio"] = round(r["build_prompt_ms"][0] / base["build_prompt_ms"][0], 2)
+        r["build_prompt_vs_st_encode"] = round(r["build_prompt_ms"][0] / r["st_encode_ms"][0], 2)
+    cols = ["run", "build_s", "build_ratio", "build_prompt_ms", "build_prompt_ratio", "st_encode_ms", "build_prompt_vs_st_encode",
+            "retrieve_batch32_ms_per_query", "peak_rss_mb", "p@20", "1nn_acc"]
+    table = markdown_table(results, cols, digits=4)
+    out = Path(args.out) if args.out else RESULTS / f"bench_features-{len(rows)}.json"
+    doc = {"meta": run_meta(pool=len(rows), queries=len(qrows), latency_queries=args.latency_queries, reference=args.reference,
+                            feature_sets={k: {**v, "features": list(v["features"])} for k, v in FEATURE_SETS.items()},
+                            block_weights=WEIGHTS),
+           "results": results}
+    write_results(out, doc, title=f"Feature cost: build and query ({len(rows):,}-text pool, {os.cpu_count()} CPUs)", table=table,
+                  notes="Ratios are to the embedding-only run of the same code in the same benchmark run; latencies are "
+                        "[p50, p95] in ms. build_prompt includes encoding the query, the search and the prompt.")
     print(table)
 
 

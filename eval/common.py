@@ -157,6 +157,8 @@ BASE_FEATURES: dict[str, Any] = {
     "simclr_negatives": 256, "projection": "sketch", "projection_dim": None, "seed": 0,
 }
 BASE_WEIGHTS = {"embedding": 1.0, "kl": 0.3, "simclr": 0.3}
+# the 0.3.0 defaults (performance round 2): the gradient at the last FFN output, projected by a tensor sketch
+FEATURES_0_3: dict[str, Any] = {**BASE_FEATURES, "target_layer": "ffn_output", "projection": "tensor_sketch"}
 EMBEDDING = {"features": ("embedding",), "center_blocks": False}  # the plain-embedding baseline
 PAPER = {"kl_head": "random", "kl_head_dim": 1024, "kl_temperature": 15.0, "kl_center": False, "center_blocks": False,
          "block_weights": {"kl": 1.0, "simclr": 1.0}}  # the FUNGI paper's recipe

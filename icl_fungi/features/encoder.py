@@ -239,10 +239,18 @@ class FungiEncoder:
         out = self._empty_blocks(n)
         if n == 0:
             return out
-        lengths = np.asarray(self.token_lengths(batch_texts))
-        self.n_truncated_ = int((lengths > self.max_seq_length).sum())
-        with self._lock, self._progress(n) as bar:
-            self._encode_into(batch_texts, np.arange(n), lengths, out, bar)
+        if n <= self.batch_size:  # one batch (queries): tokenised once, no sorting, no progress bar
+            with self._lock:
+                features = self.tokenize(batch_texts)
+                at_limit = [i for i, m in enumerate(features["attention_mask"].sum(1).tolist()) if m >= self.max_seq_length]
+                lengths = self.token_lengths([batch_texts[i] for i in at_limit]) if at_limit else []
+                self.n_truncated_ = sum(length > self.max_seq_length for length in lengths)
+                out = self.gradients.encode_batch(batch_texts, features)
+        else:
+            lengths = np.asarray(self.token_lengths(batch_texts))
+            self.n_truncated_ = int((lengths > self.max_seq_length).sum())
+            with self._lock, self._progress(n) as bar:
+                self._encode_into(batch_texts, np.arange(n), lengths, out, bar)
         return {f: a[0] for f, a in out.items()} if single else out
 
     def _progress(self, total: int) -> tqdm:
