@@ -215,7 +215,10 @@ def test_default_target_is_the_last_ffn_output_and_views_start_after_it(st_model
     assert enc.target.name.endswith("encoder.layer.5.output.dense") and enc.target.gradient_shape == (384, 1537)
     # what runs before the target in its block is replayed from the trunk pass, so its Dropout is not a view
     replayed = {n for n, m in enc.model.named_modules() if any(m is r for r in enc.gradients.replayed_modules())}
-    assert {n.rsplit("layer.5.", 1)[1] for n in replayed} == {"attention", "intermediate", "output.dense"}
+    assert {n.rsplit(".", 1)[1] if "layer.5" not in n else n.rsplit("layer.5.", 1)[1] for n in replayed} == {
+        "embeddings", "attention", "intermediate", "output.dense"}
+    tiled = {n.rsplit(".", 2)[-1] for n, m in enc.model.named_modules() if enc.gradients._tile.get(m)}
+    assert tiled == {"attention", "dense"}  # repeated per view: only what the views' own computation reads
     assert [n for n, m in enc.model.named_modules() if any(m is v for v in enc.views.modules)] == \
         [n for n in dict(enc.model.named_modules()) if n.endswith("layer.5.output.dropout")]
     attn = FungiEncoder(st_model, FeatureConfig(target_layer="attention_output"), show_progress_bar=False)

@@ -113,6 +113,7 @@ def test_milvus_refuses_missing_collection_other_dimension_and_count(milvus_retr
         MilvusIndex(str(tmp_path / "pool.sqlite"))
 
 
+@pytest.mark.slow  # starts Ray (about 20 s)
 def test_ray_build_equals_single_process_build(intent_pool, st_model):
     texts, labels = intent_pool
     single = ICLRetriever.from_texts(texts, labels, show_progress_bar=False)
@@ -122,6 +123,7 @@ def test_ray_build_equals_single_process_build(intent_pool, st_model):
     assert ray_built.labels == labels and ray_built.texts == texts
 
 
+@pytest.mark.slow  # starts Ray (about 20 s)
 def test_ray_worker_killed_mid_build_is_retried_and_every_example_lands_once(intent_pool, tmp_path):
     texts, labels = intent_pool
     marker = tmp_path / "died"
@@ -167,6 +169,7 @@ def test_ray_features_equal_single_process_on_2000_banking77_texts(banking_train
     assert np.abs(single.features(q) - ray_built.features(q)).max() <= 1e-5
 
 
+@pytest.mark.slow  # starts Ray (about 20 s)
 def test_cli_build_with_milvus_and_ray(tmp_path, capsys):
     import json
 

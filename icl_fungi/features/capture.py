@@ -100,37 +100,81 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+# operations that read a tensor's metadata (shape, dtype, grad flags), not its values
+_METADATA = {"getset_descriptor.__get__", "TensorBase.size", "TensorBase.dim", "TensorBase.numel", "TensorBase.stride",
+             "TensorBase.is_contiguous", "TensorBase.is_floating_point", "TensorBase.element_size", "TensorBase.get_device",
+             "TensorBase.__len__", "Tensor.__len__", "TensorBase.data_ptr"}
+
+
 class PreTargetRecorder:
-    """Records, during one forward pass, which modules of ``block`` finished before ``target`` started.
+    """Records, during one forward pass, which modules of ``block`` finished before ``target`` started, and
+    which of their outputs other code reads.
 
     :meth:`stubs` returns the outermost such modules that are not ancestors of the target and whose
     output is a batch-first tensor (or a tuple starting with one), plus the target itself: in a pass
     whose inputs before the target are unchanged, their outputs can be replayed from a cache.
+    :meth:`read_outside` tells whether a replayed value is read by any operation outside the
+    replayed modules (only those values must be repeated for a batch of several views); ``watch``
+    also tracks the output of that module (e.g. the block before ``block``).
     """
 
-    def __init__(self, block: torch.nn.Module, target: torch.nn.Module) -> None:
-        self.block, self.target = block, target
+    def __init__(self, block: torch.nn.Module, target: torch.nn.Module, watch: torch.nn.Module | None = None,
+                 root: torch.nn.Module | None = None, skipped: list[torch.nn.Module] | None = None) -> None:
+        self.block, self.target, self.watch = block, target, watch
+        self.root = root if root is not None else block  # modules outside ``block`` are looked at too (embeddings)
+        self.skipped = skipped or []  # blocks the gradient pass skips as a whole
         self.done: list[torch.nn.Module] = []
         self.outputs: dict[torch.nn.Module, Any] = {}
         self.start: int | None = None
         self.handles: list[Any] = []
+        self.stack: list[torch.nn.Module] = []
+        self.reads: list[tuple[tuple[torch.nn.Module, ...], set[int], str]] = []  # (modules running, tensor ids read, op)
+        self.mode: Any = None
+        self.created: dict[torch.nn.Module, int] = {}  # number of reads recorded when each output appeared
 
     def __enter__(self) -> PreTargetRecorder:
-        for m in self.block.modules():
-            if m is not self.block:
-                self.handles.append(m.register_forward_hook(self._done))
+        from torch.overrides import TorchFunctionMode
+
+        recorder = self
+
+        class _Reads(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                ids = {id(a) for a in (*args, *(kwargs or {}).values()) if isinstance(a, torch.Tensor)}
+                ids |= {id(t) for a in args if isinstance(a, list | tuple) for t in a if isinstance(t, torch.Tensor)}
+                recorder.reads.append((tuple(recorder.stack), ids, getattr(func, "__qualname__", repr(func))))
+                return func(*args, **(kwargs or {}))
+
+        modules = [m for m in self.root.modules() if m is not self.root]
+        for m in modules:
+            self.handles.append(m.register_forward_pre_hook(self._enter))
+            self.handles.append(m.register_forward_hook(self._done))
+        if self.watch is not None:
+            self.handles.append(self.watch.register_forward_hook(self._watched))
         self.handles.append(self.target.register_forward_pre_hook(self._started))
+        self.mode = _Reads()
+        self.mode.__enter__()
         return self
 
+    def _enter(self, module: torch.nn.Module, args: tuple) -> None:
+        self.stack.append(module)
+
     def _done(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
         self.done.append(module)
-        self.outputs[module] = output.detach() if isinstance(output, torch.Tensor) else output
+        self.outputs[module] = output
+        self.created[module] = len(self.reads)
+
+    def _watched(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        self.outputs[module] = output
+        self.created[module] = len(self.reads)
 
     def _started(self, module: torch.nn.Module, args: tuple) -> None:
         if self.start is None:
             self.start = len(self.done)
 
     def __exit__(self, *exc: object) -> None:
+        self.mode.__exit__(*exc)
         for h in self.handles:
             h.remove()
         self.handles = []
@@ -139,8 +183,9 @@ class PreTargetRecorder:
         if self.start is None:
             return []
         before, after = self.done[: self.start], set(self.done[self.start :])
-        ancestors = {m for m in self.block.modules() if any(sub is self.target for sub in m.modules())}
-        candidates = [m for m in dict.fromkeys(before) if m not in ancestors and m not in after]
+        ancestors = {m for m in self.root.modules() if any(sub is self.target for sub in m.modules())}
+        skipped = {id(sub) for b in self.skipped for sub in b.modules()}
+        candidates = [m for m in dict.fromkeys(before) if m not in ancestors and m not in after and id(m) not in skipped]
         outermost = [m for m in candidates if not any(m is not c and any(sub is m for sub in c.modules()) for c in candidates)]
         ok = []
         for m in [*outermost, self.target]:
@@ -149,6 +194,15 @@ class PreTargetRecorder:
                 return []  # something this pass cannot replay: recompute the whole block instead
             ok.append(m)
         return ok
+
+    def read_outside(self, module: torch.nn.Module, replayed: list[torch.nn.Module]) -> bool:
+        """True when an operation outside the ``replayed`` modules read ``module``'s recorded output."""
+        t = _first_tensor(self.outputs.get(module))
+        if t is None:
+            return True
+        inside = set(map(id, replayed))
+        later = self.reads[self.created.get(module, 0) :]  # before it existed, its id may have been another tensor's
+        return any(id(t) in ids and op not in _METADATA and not any(id(m) in inside for m in stack) for stack, ids, op in later)
 
 
 def in_row_order(parts: list[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:

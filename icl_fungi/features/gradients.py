@@ -25,12 +25,21 @@ if TYPE_CHECKING:
 __all__ = ["GradientPass"]
 
 
+def _detached(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in value)
+    return value
+
+
 class GradientPass:
     """The per-batch computation of a :class:`~icl_fungi.features.FungiEncoder` (reads its parts)."""
 
     def __init__(self, encoder: FungiEncoder) -> None:
         self.enc = encoder
         self._stubs: list[torch.nn.Module] | None = None  # replayed in the gradient pass; None: not known yet
+        self._tile: dict[torch.nn.Module, bool] = {}  # replayed values read outside the replayed modules (repeated per view)
 
     def split_block(self) -> int:
         """Index of the first block with dropout in the SimCLR views (0: the whole model)."""
@@ -74,7 +83,9 @@ class GradientPass:
         fused = with_kl and "kl" in enc.config.features
         cap = Capture()
         stubbable = cache and self._stubbable()
-        recorder = PreTargetRecorder(enc.target.blocks[start], enc.target.module) if stubbable and self._stubs is None else None
+        watch = enc.target.blocks[start - 1] if start > 0 else None
+        recorder = (PreTargetRecorder(enc.target.blocks[start], enc.target.module, watch, root=enc.model,
+                                      skipped=list(enc.target.blocks)[:start]) if stubbable and self._stubs is None else None)
         stores = {m: BlockCache() for m in (self._stubs or [])} if stubbable and recorder is None else {}
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.enable_grad() if fused else torch.no_grad())
@@ -89,7 +100,11 @@ class GradientPass:
             emb = enc.forward(features)
         if recorder is not None:
             self._stubs = recorder.stubs(len(emb))
-            stores = {m: recorder.outputs[m] for m in self._stubs}
+            replayed = [*self._stubs, *list(enc.target.blocks)[:start]]
+            self._tile = {m: recorder.read_outside(m, replayed) for m in self._stubs}
+            if watch is not None:
+                self._tile[watch] = recorder.read_outside(watch, replayed)
+            stores = {m: _detached(recorder.outputs[m]) for m in self._stubs}
         else:
             stores = {m: keep.value for m, keep in stores.items()}
         clean = (F.normalize(emb, dim=-1), cap) if fused else None
@@ -129,9 +144,11 @@ class GradientPass:
                     if same_tokens:
                         stack.enter_context(enc.views.apply(seeds))
                     if cached is not None:  # replay what the trunk pass computed before the views differ
-                        replay = {m: tile(v, R) for m, v in cached.outputs.items()}
+                        replay = {m: tile(v, R) if self._tile.get(m, True) else v for m, v in cached.outputs.items()}
                         if start > 0:
-                            replay.update({b: tile(cached.block_input, R) for b in list(enc.target.blocks)[:start]})
+                            value = cached.block_input
+                            value = tile(value, R) if self._tile.get(enc.target.blocks[start - 1], True) else value
+                            replay.update({b: value for b in list(enc.target.blocks)[:start]})
                         stack.enter_context(StubModules(replay))
                     z = F.normalize(enc.forward(repeat_rows(features, R)), dim=-1)
                 if tail_kl:
@@ -148,11 +165,12 @@ class GradientPass:
                 captures.append(vcap)
             grads = torch.autograd.grad(loss, [c.output for c in captures])
         if want_kl:
-            g, x = grads[0][:B], captures[0].inputs[:B]
+            g, x = grads[0][:B], captures[0].inputs[:B]  # (an input replayed once for all rows has B rows)
             result["kl"] = F.normalize(enc.projections["kl"].transform(g, x, token_mask(mask, x)), dim=-1).cpu().numpy()
         if same_tokens:
             i = 1 if clean is not None else 0
-            g, x = grads[i][B * tail_kl :], captures[i].inputs[B * tail_kl :]
+            x = captures[i].inputs
+            g, x = grads[i][B * tail_kl :], (x if len(x) == B else x[B * tail_kl :])
             result["simclr"] = self.simclr_block(g, x, mask.repeat(V, 1), V)
         if want_sc and not same_tokens:
             result["simclr"] = self.simclr_block(grads[-1], captures[-1].inputs, other["attention_mask"], V)
@@ -169,13 +187,16 @@ class GradientPass:
             return {"embedding": F.normalize(enc.forward(features), dim=-1).float().cpu().numpy()}
 
     def simclr_block(self, g: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, V: int) -> np.ndarray:
-        """Project the view-major per-view gradients ``g`` (inputs ``x``, token mask ``mask``) and sum each text's views."""
+        """Project the view-major per-view gradients ``g`` (V * n rows) and sum each text's views; ``x`` is the layer's
+        input, per view (V * n rows) or shared by the views (n rows), ``mask`` the (V * n) token mask."""
         proj = self.enc.projections["simclr"]
         n = g.shape[0] // V
+        if len(x) == n:  # the views share the layer input: sum_v g_v x^T = (sum_v g_v) x^T
+            out = proj.transform(g.reshape(V, n, *g.shape[1:]).sum(0), x, token_mask(mask[:n], x))
+            return F.normalize(out, dim=-1).cpu().numpy()
         xs = x.reshape(V, n, *x.shape[1:])
         same = x.shape[:2] == mask.shape and all(torch.equal(xs[0], xs[v]) for v in range(1, V))
         if same and all(torch.equal(mask[:n], mask[v * n : (v + 1) * n]) for v in range(1, V)):
-            # the views share the layer input (dropout after the layer): sum_v g_v x^T = (sum_v g_v) x^T
             out = proj.transform(g.reshape(V, n, *g.shape[1:]).sum(0), xs[0], mask[:n])
         else:
             out = proj.transform(g, x, token_mask(mask, x)).reshape(V, n, -1).sum(0)

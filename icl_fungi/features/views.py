@@ -75,33 +75,48 @@ class DropoutViews:
 
 
 _M64 = (1 << 64) - 1
+_M32 = (1 << 32) - 1
 
 
-def _i64(v: int) -> int:
-    """An unsigned 64-bit constant as the int64 with the same bits."""
-    return v - (1 << 64) if v >= 1 << 63 else v
+def _i32(v: int) -> int:
+    """An unsigned 32-bit constant as the int32 with the same bits."""
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
-_C1, _C2, _C3 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+_K1, _K2, _K3 = _i32(0x9E3779B9), _i32(0x85EBCA6B), _i32(0xC2B2AE35)  # golden ratio, murmur3's finaliser
 
 
 def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 bits (torch's is arithmetic)."""
-    return (x >> k) & ((1 << (64 - k)) - 1)
+    """Logical right shift of int32 bits (torch's is arithmetic)."""
+    return (x >> k) & ((1 << (32 - k)) - 1)
+
+
+def _fmix(x: torch.Tensor) -> torch.Tensor:
+    x = (x ^ _shr(x, 16)) * _K2
+    x = (x ^ _shr(x, 13)) * _K3
+    return x ^ _shr(x, 16)
 
 
 def counter_uniform(seeds: torch.Tensor, position: int, n: int) -> torch.Tensor:
-    """Uniform floats in [0, 1), (rows, n): a splitmix64 hash of (row seed, position, element index).
+    """Uniform floats in [0, 1), (rows, n): a hash of (row seed, position, element index).
 
     Counter-based: element ``e`` of a row depends only on its seed, ``position`` and ``e``, so a
-    token's mask is the same whatever the batch and its padded length.
+    token's mask is the same whatever the batch and its padded length. 32-bit arithmetic (wrapping
+    multiplies) with murmur3's finaliser, the 64-bit seed folded in two rounds.
     """
-    c1, c2, c3 = (torch.tensor(c, dtype=torch.int64) for c in (_C1, _C2, _C3))
-    x = seeds[:, None] + c1 * (position + 1) + c2 * torch.arange(1, n + 1, dtype=torch.int64)[None, :]  # int64 wraps
-    x = (x ^ _shr(x, 30)) * c2
-    x = (x ^ _shr(x, 27)) * c3
-    x = x ^ _shr(x, 31)
-    return _shr(x, 40).to(torch.float32) * (1.0 / (1 << 24))  # the top 24 bits
+    lo = (seeds & _M32).to(torch.int32)
+    hi = _shr64(seeds, 32).to(torch.int32)
+    row = _fmix(_fmix(lo ^ _fold(position)) ^ hi)
+    x = row[:, None] ^ (torch.arange(n, dtype=torch.int32)[None, :] * _K1)
+    return _shr(_fmix(x), 8).to(torch.float32) * (1.0 / (1 << 24))  # the top 24 bits
+
+
+def _fold(position: int) -> int:
+    return _i32(((position + 1) * 0x9E3779B9) & _M32)
+
+
+def _shr64(x: torch.Tensor, k: int) -> torch.Tensor:
+    return (x >> k) & ((1 << (64 - k)) - 1)
 
 
 class _MaskHooks:
@@ -110,7 +125,7 @@ class _MaskHooks:
     def __init__(self, modules: list[torch.nn.Dropout], seeds: list[int | None], p: float | None) -> None:
         self.modules, self.p = modules, p
         self.clean = torch.tensor([s is None for s in seeds])
-        self.seeds = torch.tensor([_i64(s & _M64) if s is not None else 0 for s in seeds], dtype=torch.int64)
+        self.seeds = torch.tensor([s & ((1 << 63) - 1) if s is not None else 0 for s in seeds], dtype=torch.int64)
         self.handles: list[Any] = []
 
     def _hook(self, position: int, p: float) -> Any:
