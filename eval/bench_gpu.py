@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from icl_fungi import FeatureConfig, FungiEncoder  # noqa: E402
+from icl_fungi import FeatureConfig, FungiEncoder
 
 # the 0.3.0 defaults, spelled out (as common.FEATURES_0_3; this script runs without the rest of eval/)
 BASE = {"target_layer": "ffn_output", "kl_head": "labels", "kl_head_dim": 256, "kl_temperature": 0.07, "kl_center": True,
@@ -48,11 +48,17 @@ def main() -> None:
     ap.add_argument("--check", type=int, default=512, help="texts compared between CUDA and CPU")
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--out", default="bench_gpu.json")
+    ap.add_argument("--limit", type=int, default=0, help="use the first N texts (0: all)")
+    ap.add_argument("--device", default="cuda", help="the accelerator (cpu: a smoke test of this script)")
     args = ap.parse_args()
     data = json.loads(Path(args.texts).read_text())
     texts, labels = data["texts"], data["labels"]
-    cpu_model, gpu_model = load(args.model, "cpu"), load(args.model, "cuda")
-    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
+    if args.limit:
+        texts, labels = texts[: args.limit], labels[: args.limit]
+    cpu_model, gpu_model = load(args.model, "cpu"), load(args.model, args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    result = {"gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device,
+              "torch": torch.__version__, "python": platform.python_version(),
               "n_texts": len(texts), "feature_config": BASE, "sets": {}, "agreement": {}}
     for name, feats in SETS.items():
         cfg = FeatureConfig(**{**BASE, "features": feats})
@@ -65,19 +71,21 @@ def main() -> None:
         rows = {}
         for bs in (int(x) for x in args.batch_sizes.split(",")):
             enc = FungiEncoder(gpu_model, cfg, batch_size=bs, show_progress_bar=False)
-            enc.fit_encode(texts[:bs * 2], labels[:bs * 2])  # warm-up: kernels, allocator
-            torch.cuda.synchronize()
+            step = max(1, len(texts) // (bs * 2))
+            enc.fit_encode(texts[::step][: bs * 2], labels[::step][: bs * 2])  # warm-up: kernels, allocator
+            sync()
             t0 = time.perf_counter()
             enc.fit_encode(texts, labels)
-            torch.cuda.synchronize()
+            sync()
             build = time.perf_counter() - t0
             t0 = time.perf_counter()
             enc.encode(texts)
-            torch.cuda.synchronize()
+            sync()
             query = time.perf_counter() - t0
-            rows[str(bs)] = {"fit_encode_texts_per_s": round(len(texts) / build, 1), "encode_texts_per_s": round(len(texts) / query, 1),
-                             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-            torch.cuda.reset_peak_memory_stats()
+            rows[str(bs)] = {"fit_encode_texts_per_s": round(len(texts) / build, 1), "encode_texts_per_s": round(len(texts) / query, 1)}
+            if args.device.startswith("cuda"):
+                rows[str(bs)]["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                torch.cuda.reset_peak_memory_stats()
         result["sets"][name] = rows
         print(name, json.dumps(rows), json.dumps(result["agreement"][name]), flush=True)
     worst = max(v for d in result["agreement"].values() for v in d.values())
