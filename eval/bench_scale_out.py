@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import make_pool
-from common import BASE_FEATURES, BASE_WEIGHTS, DEFAULT_DATA, RESULTS, load_split, markdown_table, run_meta, write_results
+from common import BASE_WEIGHTS, DEFAULT_DATA, FEATURES_0_3, RESULTS, load_split, markdown_table, run_meta, write_results
 
 
 def _rss_mb() -> float:
@@ -57,7 +57,7 @@ def build(args: argparse.Namespace, executor: str, workers: int, work: Path) -> 
     from icl_fungi.distributed import RayExecutor
 
     texts, labels = make_pool(*load_split(args.data, "train"), args.size, args.seed)
-    config = FeatureConfig(**BASE_FEATURES)
+    config = FeatureConfig(**FEATURES_0_3)
     ICLRetriever(FungiEncoder(config=config, show_progress_bar=False), block_weights=BASE_WEIGHTS).fit(texts[:64], labels[:64])
     run = None if executor == "single" else RayExecutor(workers=workers, pca_sample=args.pca_sample)
     if run is not None:
@@ -149,10 +149,10 @@ def main() -> None:
               "peak_rss_driver_mb", "peak_rss_children_mb"]
     cols_i = ["backend", "pool", "index_build_s", "query_ms_p50", "query_ms_p95", "recall@20", "peak_rss_mb", "disk_mb"]
     table = markdown_table(builds, cols_b, digits=1) + "\n\n" + markdown_table(indexes, cols_i, digits=2)
-    doc = {"meta": run_meta(size=args.size, pca_sample=args.pca_sample, queries=args.queries, feature_config=BASE_FEATURES,
+    doc = {"meta": run_meta(size=args.size, pca_sample=args.pca_sample, queries=args.queries, feature_config=FEATURES_0_3,
                             block_weights=BASE_WEIGHTS), "builds": builds, "indexes": indexes}
     write_results(Path(args.out), doc, title=f"Scale-out benchmark ({args.size:,} texts, {os.cpu_count()} CPUs)", table=table,
-                  notes="Build: default features; Ray local with one CPU per actor; driver fits head, negatives, block means "
+                  notes="Build: the 0.3.0 default features; Ray local with one CPU per actor; driver fits head, negatives, block means "
                         "and PCA. Index: the single-process build's vectors, HNSW (M 32, efConstruction 200, ef max(128, 2k)) "
                         "in hnswlib and in milvus-lite; single queries, k = 20; recall against exact search.")
     print(table)
