@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BASE_FEATURES, BASE_WEIGHTS, DEFAULT_DATA, RESULTS, load_split, run_meta
+from common import BASE_WEIGHTS, DEFAULT_DATA, FEATURES_0_3, RESULTS, load_split, run_meta
 
 
 def make_pool(texts: list[str], labels: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -64,7 +64,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
     texts, labels = make_pool(*load_split(args.data, "train"), n, args.seed)
     q_texts, _ = load_split(args.data, "test")
     queries = [q_texts[i] for i in np.random.default_rng(args.seed).choice(len(q_texts), size=args.queries, replace=False)]
-    config = FeatureConfig(**BASE_FEATURES)  # the 0.2.0 defaults, spelled out
+    config = FeatureConfig(**FEATURES_0_3)  # the 0.3.0 defaults, spelled out
     encoder = FungiEncoder(config=config, show_progress_bar=False)
     ICLRetriever(encoder, block_weights=BASE_WEIGHTS).fit(["warm-up one", "warm-up two"], ["x", "y"])  # load + warm the model
     encoder = FungiEncoder(encoder.model, config, show_progress_bar=False)
@@ -167,7 +167,7 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     results.sort(key=lambda m: m["pool"])
-    report = {"meta": run_meta(seed=args.seed, feature_config=BASE_FEATURES, block_weights=BASE_WEIGHTS), "results": results}
+    report = {"meta": run_meta(seed=args.seed, feature_config=FEATURES_0_3, block_weights=BASE_WEIGHTS), "results": results}
     (out / "bench_scale.json").write_text(json.dumps(report, indent=2))
     lines = ["| pool | build s | texts/s | index | saved MB | peak RSS MB | retrieve p50/p95 ms | build_prompt p50/p95 ms "
              "| batch of 32 p50/p95 ms | HNSW recall@20 |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -108,8 +108,8 @@ def index_run(args: argparse.Namespace, backend: str, work: Path) -> dict:
     return {"backend": backend, "pool": len(vectors), "index_build_s": round(build_s, 1),
             "query_ms_p50": round(float(np.percentile(lat, 50)), 2), "query_ms_p95": round(float(np.percentile(lat, 95)), 2),
             "recall@20": round(recall, 4), "peak_rss_mb": round(_rss_mb(), 1),
-            "disk_mb": round(sum(p.stat().st_size for p in work.glob("bench.db*") if p.is_file()) / 2**20, 1)
-            if backend == "milvus" else None}
+            "disk_mb": round(sum(p.stat().st_size for p in (work / "bench.db").rglob("*") if p.is_file()) / 2**20, 1)
+            if backend == "milvus" else None}  # milvus-lite keeps a folder named like the file URI
 
 
 def main() -> None:
