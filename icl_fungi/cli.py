@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--label-column", default=None, help="label column (default: the first of label, category, intent present)")
     e.add_argument("--retriever", default=None, help="a saved FUNGI retriever built on the train split (default: build one)")
     e.add_argument("--selectors", default="fungi,embedding,random",
-                   help="comma-separated example selectors from fungi, embedding, random (default: all three)")
+                   help="comma-separated selectors: fungi, embedding, random, or specs NAME=BASE;key=value;... with feature "
+                        "options (kl_head=neighbors, w.kl=0.5, features=embedding+kl), a selection (selection=label_coverage;"
+                        "n_labels=5) and order=... (default: fungi,embedding,random)")
     e.add_argument("-k", "--k", type=int, default=20, help="examples per prompt (default: 20)")
     e.add_argument("--limit", type=_limit, default=300,
                    help="seeded sample of test queries, or 'all' for the whole test split (default: 300)")

@@ -286,31 +286,12 @@ class ICLRetriever:
         at ``path`` is replaced only once the new one is complete. Any other existing directory at
         ``path`` is never overwritten.
         """
-        from .persistence import save_directory
-
         self._check_built()
         path = Path(path)
         if path.exists() and not (path / "manifest.json").is_file():
             raise ValueError(f"{path} exists and is not a saved retriever; refusing to overwrite it")
         with self._write_lock:
-            texts, labels = self._texts, self._labels
-
-            def write(tmp: Path) -> None:
-                from .persistence import write_pool
-
-                self.encoder.save(tmp / "encoder")
-                self.combiner.save(tmp / "combiner")
-                self.pca.save(tmp / "pca")
-                self.index.save(tmp / "index")
-                write_pool(tmp, texts, labels)
-
-            return save_directory(path, write, self._info(len(texts)))
-
-    def _info(self, n: int) -> dict[str, Any]:
-        from .persistence import library_versions
-
-        return {"versions": library_versions(), "model": self.encoder.model_name, "n_examples": n,
-                "n_truncated": self.n_truncated_, "fit_weights": self.fit_weights}
+            return _save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, model: Any = None, batch_size: int = 32, device: str | None = None,
@@ -323,6 +304,24 @@ class ICLRetriever:
         """
         return _load(cls, Path(path), model=model, batch_size=batch_size, device=device,
                      show_progress_bar=show_progress_bar, allow_pickle_weights=allow_pickle_weights)
+
+
+def _save(r: ICLRetriever, path: Path) -> Any:
+    """Write the parts (encoder, combiner, PCA, index, pool) and the manifest; the caller holds the write lock."""
+    from .persistence import library_versions, save_directory, write_pool
+
+    texts, labels = r._texts, r._labels
+
+    def write(tmp: Path) -> None:
+        r.encoder.save(tmp / "encoder")
+        r.combiner.save(tmp / "combiner")
+        r.pca.save(tmp / "pca")
+        r.index.save(tmp / "index")
+        write_pool(tmp, texts, labels)
+
+    info = {"versions": library_versions(), "model": r.encoder.model_name, "n_examples": len(texts),
+            "n_truncated": r.n_truncated_, "fit_weights": r.fit_weights}
+    return save_directory(path, write, info)
 
 
 def _load(cls: type[ICLRetriever], path: Path, *, model: Any, **encoder_options: Any) -> ICLRetriever:

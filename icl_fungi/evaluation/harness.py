@@ -33,6 +33,7 @@ from .dispatch import send_all
 from .llm import LLMClient, LocalServer, ResponseCache, redact_url
 from .metrics import macro_f1, paired_comparison, parse_label, retrieval_metrics, wilson_interval
 from .report import write_report
+from .selectors import SelectorSpec, parse_selector
 from .splits import load_splits
 
 __all__ = ["SELECTORS", "EvalSettings", "load_splits", "run_icl_eval"]
@@ -67,9 +68,11 @@ class EvalSettings:
     show_progress: bool = True
 
     def validate(self) -> None:
-        unknown = [s for s in self.selectors if s not in SELECTORS]
-        if unknown or not self.selectors:
-            raise ValueError(f"unknown selector(s) {unknown}; choose from {SELECTORS}")
+        if not self.selectors:
+            raise ValueError(f"no selector; choose from {SELECTORS} or write specs (NAME=BASE;key=value;...)")
+        names = [self.spec(s).name for s in self.selectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"selector names must be unique, got {names}")
         if self.mode not in DEFAULT_TEMPLATES:
             raise ValueError(f"mode must be 'chat' or 'completion', got {self.mode!r}")
         for name in ("k", "concurrency"):
@@ -79,6 +82,14 @@ class EvalSettings:
             raise ValueError("--limit must be >= 1")
         if self.base_url and not self.model:
             raise ValueError("--model is required with --base-url")
+
+    @staticmethod
+    def spec(text: str) -> SelectorSpec:
+        """The :class:`SelectorSpec` of a ``--selectors`` entry."""
+        try:
+            return parse_selector(text)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--selectors: {err}") from None
 
 
 # --------------------------------------------------------------- running
@@ -92,27 +103,27 @@ def _versions() -> dict[str, str]:
             "openai": openai.__version__}
 
 
-def _retriever(name: str, texts: list[str], labels: list, settings: EvalSettings) -> ICLRetriever:
+def _retriever(spec: SelectorSpec, texts: list[str], labels: list, settings: EvalSettings) -> ICLRetriever:
     """The retriever behind a selector; its progress bars say which one they build."""
-    if name == "fungi":
-        config = FeatureConfig(seed=settings.seed)
-    else:  # the plain-embedding baseline: the encoder's own normalised embeddings, no block centring
-        config = FeatureConfig(features=("embedding",), center_blocks=False, seed=settings.seed)
+    base = {} if spec.base == "fungi" else {"features": ("embedding",), "center_blocks": False}  # the plain baseline
+    config = FeatureConfig(**{**base, "seed": settings.seed, **spec.features})
     encoder = FungiEncoder(config=config, show_progress_bar=settings.show_progress)
-    encoder.progress_desc = f"{name}: encoding"
-    return ICLRetriever(encoder).fit(texts, labels)
+    encoder.progress_desc = f"{spec.name}: encoding"
+    return ICLRetriever(encoder, block_weights=spec.weights or None, fit_weights=spec.fit_weights).fit(texts, labels)
 
 
-def _examples(settings: EvalSettings, name: str, pool: tuple[list, list], queries: list[str], q_index: Sequence[int],
-              fungi: ICLRetriever | None) -> list[list[tuple[int, float]]]:
+def _examples(settings: EvalSettings, spec: SelectorSpec, pool: tuple[list, list], queries: list[str], q_index: Sequence[int],
+              retrievers: dict[str, ICLRetriever]) -> list[list[tuple[int, float]]]:
     """Per query, the chosen pool examples ``(index, score)``, most similar first."""
     texts, labels = pool
     k = min(settings.k, len(texts))
-    if name == "random":
+    if spec.base == "random":
         return [[(int(i), 0.0) for i in np.random.default_rng([settings.seed, int(qi)]).choice(len(texts), k, replace=False)]
                 for qi in q_index]
-    r = fungi if name == "fungi" and fungi is not None else _retriever(name, texts, labels, settings)
-    return [[(x.index, x.score) for x in row] for row in r.retrieve_batch(queries, k)]
+    key = spec.retriever_key()
+    if key not in retrievers:
+        retrievers[key] = _retriever(spec, texts, labels, settings)
+    return [[(x.index, x.score) for x in row] for row in retrievers[key].retrieve_batch(queries, k, selection=spec.selection)]
 
 
 def _run_key(settings: EvalSettings, template: str) -> dict:
@@ -177,26 +188,28 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
     with contextlib.ExitStack() as stack:
         if client is None:  # before the (long) retriever builds: an unreachable endpoint fails at once
             client, embedded = _open_client(settings, stack, out, template.stop or ("\n",))
-        fungi = None
-        if "fungi" in settings.selectors and settings.retriever:
-            fungi = ICLRetriever.load(settings.retriever, show_progress_bar=settings.show_progress)
-            if fungi.texts != tr_texts or fungi.labels != tr_labels:
+        specs = {sp.name: sp for sp in map(settings.spec, settings.selectors)}
+        retrievers: dict[str, ICLRetriever] = {}
+        if settings.retriever:  # a saved FUNGI retriever serves the plain 'fungi' selectors
+            saved = ICLRetriever.load(settings.retriever, show_progress_bar=settings.show_progress)
+            if saved.texts != tr_texts or saved.labels != tr_labels:
                 raise ValueError(f"the retriever at {settings.retriever} was not built on this train split")
-        elif "fungi" in settings.selectors:
-            fungi = _retriever("fungi", tr_texts, tr_labels, settings)
-        chosen = {name: _examples(settings, name, (tr_texts, tr_labels), queries, q_index, fungi) for name in settings.selectors}
+            retrievers[parse_selector("fungi").retriever_key()] = saved
+        chosen = {name: _examples(settings, sp, (tr_texts, tr_labels), queries, q_index, retrievers) for name, sp in specs.items()}
         prompts = {
-            name: [compose_prompt(template, [RetrievedExample(tr_texts[i], tr_labels[i], s, i) for i, s in rows], q, labels=label_set)
+            name: [compose_prompt(template, [RetrievedExample(tr_texts[i], tr_labels[i], s, i) for i, s in rows], q, labels=label_set,
+                                  order=specs[name].order, seed=settings.seed)
                    for rows, q in zip(chosen[name], queries, strict=True)]
-            for name in settings.selectors
+            for name in specs
         }
-        jobs = [(name, j) for name in settings.selectors for j in range(n)]
+        names = list(specs)
+        jobs = [(name, j) for name in names for j in range(n)]
         replies = send_all(client, [prompts[name][j] for name, j in jobs], concurrency=settings.concurrency,
                            show_progress=settings.show_progress, labels=label_set, mode=settings.mode)
         responses: dict[tuple[str, int], Any] = dict(zip(jobs, replies, strict=True))
 
     records = []
-    for name in settings.selectors:
+    for name in names:
         for j in range(n):
             resp = responses[(name, j)]
             pred = parse_label(resp.text, label_set)
@@ -219,16 +232,24 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
         "settings": {"k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": template.name,
                      "mode": settings.mode, "selectors": list(settings.selectors), "concurrency": settings.concurrency,
                      "timeout": settings.timeout, "retriever": settings.retriever},
-        "fungi_config": fungi.config.to_dict() if fungi is not None else None,
+        "selector_specs": {name: sp.describe() for name, sp in specs.items()},
+        "selector_configs": {name: _config(retrievers.get(sp.retriever_key())) for name, sp in specs.items()},
         "requests_sent": client.requests_sent,
         "selectors": {name: _selector_metrics(name, [r for r in records if r["selector"] == name], chosen[name], tr_labels,
-                                              gold, settings.k) for name in settings.selectors},
-        "paired": _paired(records, settings.selectors),
+                                              gold, settings.k) for name in names},
+        "paired": _paired(records, names),
         "wall_time_s": round(time.perf_counter() - t_start, 1),
         "records": records,
     }
     write_report(report, out, pool=(tr_texts, tr_labels))
     return report
+
+
+def _config(r: ICLRetriever | None) -> dict | None:
+    if r is None:
+        return None
+    return {"feature_config": r.config.to_dict(), "block_weights": r.block_weights, "fit_weights": r.fit_weights,
+            "pca": {"n_components": r.pca.n_components, "whiten": r.pca.whiten}}
 
 
 def _selector_metrics(name: str, recs: list[dict], chosen: list[list[tuple[int, float]]], pool_labels: list, gold: list,

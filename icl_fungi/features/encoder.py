@@ -303,37 +303,42 @@ class FungiEncoder:
     def load(cls, path: str | Path, *, model: Any, batch_size: int = 32, device: str | None = None,
              show_progress_bar: bool | None = None, allow_pickle_weights: bool = False) -> FungiEncoder:
         """Rebuild an encoder saved by :meth:`save` on ``model`` (which must have the same target-layer weights)."""
-        from ..persistence import read_part
+        return _load_encoder(cls, Path(path), model=model, batch_size=batch_size, device=device,
+                             show_progress_bar=show_progress_bar, allow_pickle_weights=allow_pickle_weights)
 
-        path = Path(path)
-        info, _ = read_part(path)
-        config = FeatureConfig.from_dict(info.get("feature_config"))
-        enc = cls(model, config, batch_size=batch_size, device=device, show_progress_bar=show_progress_bar,
-                  allow_pickle_weights=allow_pickle_weights)
-        enc.model_name = info.get("model", enc.model_name)
-        if enc.target.name != info.get("target_layer") or model_fingerprint(enc.model) != info.get("model_fingerprint"):
-            raise ValueError(f"the model loaded for {enc.model_name!r} differs from the one the retriever was built with "
-                             "(its weights do not match)")
-        if (info.get("dim"), info.get("projection_dim")) != (enc.dim, enc.projection_dim):
-            raise ValueError(f"{path}: dims {info.get('dim')}/{info.get('projection_dim')} do not match the model's "
-                             f"{enc.dim}/{enc.projection_dim}")
-        if config.fitted_head:
-            head = KLHead.load(path / "kl_head")
-            expected = (enc.head.name, enc.dim, config.kl_tau, config.kl_centered, config.kl_head_dim, config.seed)
-            fallback = head.name == "prototypes" and enc.head.needs_labels  # label heads fall back to k-means
-            got = (enc.head.name if fallback else head.name, head.dim, head.temperature, head.centered, head.n_rows, head.seed)
-            if got != expected:
-                raise ValueError(f"{path}: the saved KL head (name, dim, temperature, centred, rows, seed) {got} does not "
-                                 f"match the feature config's {expected}")
-            enc.head = head.to(enc.device)
-        if "simclr" in config.features:
-            enc.simclr = SimCLRLoss.load(path / "simclr", dim=enc.dim).to(enc.device)
-            if enc.simclr.config() != SimCLRLoss(temperature=config.simclr_temperature, n_negatives=config.simclr_negatives,
-                                                 seed=config.seed).config():
-                raise ValueError(f"{path}: the saved SimCLR loss {enc.simclr.config()} does not match the feature config")
-        for name, fresh in enc.projections.items():
-            saved = GradientProjection.load(path / f"projection_{name}", n_features=enc.target.gradient_shape)
-            if (saved.n_components, saved.kind, saved.random_state) != (fresh.n_components, fresh.kind, fresh.random_state):
-                raise ValueError(f"{path}: the saved {name} projection does not match the feature config")
-            enc.projections[name] = saved
-        return enc
+
+def _load_encoder(cls: type[FungiEncoder], path: Path, *, model: Any, **options: Any) -> FungiEncoder:
+    """Compose a saved encoder: config, model check, KL head, SimCLR loss and projections, each checked
+    against the feature config."""
+    from ..persistence import read_part
+
+    info, _ = read_part(path)
+    config = FeatureConfig.from_dict(info.get("feature_config"))
+    enc = cls(model, config, **options)
+    enc.model_name = info.get("model", enc.model_name)
+    if enc.target.name != info.get("target_layer") or model_fingerprint(enc.model) != info.get("model_fingerprint"):
+        raise ValueError(f"the model loaded for {enc.model_name!r} differs from the one the retriever was built with "
+                         "(its weights do not match)")
+    if (info.get("dim"), info.get("projection_dim")) != (enc.dim, enc.projection_dim):
+        raise ValueError(f"{path}: dims {info.get('dim')}/{info.get('projection_dim')} do not match the model's "
+                         f"{enc.dim}/{enc.projection_dim}")
+    if config.fitted_head:
+        head = KLHead.load(path / "kl_head")
+        expected = (enc.head.name, enc.dim, config.kl_tau, config.kl_centered, config.kl_head_dim, config.seed)
+        fallback = head.name == "prototypes" and enc.head.needs_labels  # label heads fall back to k-means
+        got = (enc.head.name if fallback else head.name, head.dim, head.temperature, head.centered, head.n_rows, head.seed)
+        if got != expected:
+            raise ValueError(f"{path}: the saved KL head (name, dim, temperature, centred, rows, seed) {got} does not "
+                             f"match the feature config's {expected}")
+        enc.head = head.to(enc.device)
+    if "simclr" in config.features:
+        enc.simclr = SimCLRLoss.load(path / "simclr", dim=enc.dim).to(enc.device)
+        if enc.simclr.config() != SimCLRLoss(temperature=config.simclr_temperature, n_negatives=config.simclr_negatives,
+                                             seed=config.seed).config():
+            raise ValueError(f"{path}: the saved SimCLR loss {enc.simclr.config()} does not match the feature config")
+    for name, fresh in enc.projections.items():
+        saved = GradientProjection.load(path / f"projection_{name}", n_features=enc.target.gradient_shape)
+        if (saved.n_components, saved.kind, saved.random_state) != (fresh.n_components, fresh.kind, fresh.random_state):
+            raise ValueError(f"{path}: the saved {name} projection does not match the feature config")
+        enc.projections[name] = saved
+    return enc

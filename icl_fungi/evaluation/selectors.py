@@ -1,0 +1,125 @@
+"""Example selectors of an evaluation run, from ``icl-fungi eval --selectors`` specs.
+
+A spec is a name, optionally ``=BASE;key=value;...``. BASE is ``fungi`` (FUNGI features),
+``embedding`` (the plain-embedding baseline) or ``random``. Keys: any :class:`FeatureConfig` field
+(``kl_head=neighbors``, ``features=embedding+kl``), ``w.<block>`` block weights (``w.kl=0.5``),
+``fit_weights``, the :class:`Selection` options (``selection=label_coverage``, ``n_labels``,
+``max_per_label``, ``mmr_lambda``, ``fetch_k``, ``exclude_query``, ``dedup_threshold``,
+``allowed_labels=a|b``) and
+``order`` (as in ``build_prompt``).
+
+Example:
+    >>> spec = parse_selector("cov=fungi;selection=label_coverage;n_labels=4;w.kl=0.5")
+    >>> spec.base, spec.selection.strategy, spec.selection.n_labels, spec.weights
+    ('fungi', 'label_coverage', 4, {'kl': 0.5})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+from ..features import FeatureConfig
+from ..prompt import ORDERS
+from ..selection import Selection
+
+__all__ = ["BASES", "SelectorSpec", "parse_selector"]
+
+BASES = ("fungi", "embedding", "random")
+_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+_SELECTION_KEYS = {f.name for f in dataclasses.fields(Selection)} - {"strategy"}
+_FEATURE_KEYS = {f.name for f in dataclasses.fields(FeatureConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectorSpec:
+    """One selector: its name, base, feature-config overrides, block weights, selection and example order."""
+
+    name: str
+    base: str
+    features: dict[str, Any] = dataclasses.field(default_factory=dict)
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    fit_weights: str | None = None
+    selection: Selection = dataclasses.field(default_factory=Selection)
+    order: str = "similar_last"
+
+    def retriever_key(self) -> str:
+        """Selectors with the same key share one retriever."""
+        return json.dumps({"base": self.base, "features": self.features, "weights": self.weights, "fit": self.fit_weights},
+                          sort_keys=True, default=str)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description (for the report)."""
+        return {"base": self.base, "features": self.features, "weights": self.weights, "fit_weights": self.fit_weights,
+                "selection": dataclasses.asdict(self.selection), "order": self.order}
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_selector(text: str) -> SelectorSpec:
+    """A :class:`SelectorSpec` from ``NAME`` or ``NAME=BASE;key=value;...`` (see the module docstring)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty selector spec")
+    name, _, rest = text.strip().partition("=")
+    name = name.strip()
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"selector name {name!r} must be letters, digits and '_.+-'")
+    parts = [p.strip() for p in rest.split(";") if p.strip()] if rest else []
+    base = parts.pop(0) if parts else name
+    if base not in BASES:
+        raise ValueError(f"selector {name!r}: base must be one of {BASES}, got {base!r}")
+    features: dict[str, Any] = {}
+    weights: dict[str, float] = {}
+    selection: dict[str, Any] = {}
+    fit_weights, order = None, "similar_last"
+    for part in parts:
+        key, eq, raw = part.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"selector {name!r}: {part!r} is not key=value")
+        value = _value(raw.strip())
+        if key.startswith("w."):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"selector {name!r}: weight {key} must be a number, got {raw!r}")
+            weights[key[2:]] = float(value)
+        elif key == "selection":
+            selection["strategy"] = value
+        elif key == "allowed_labels":
+            selection[key] = tuple(x for x in raw.strip().split("|") if x)
+        elif key in _SELECTION_KEYS:
+            selection[key] = value
+        elif key == "order":
+            if value not in ORDERS:
+                raise ValueError(f"selector {name!r}: order must be one of {ORDERS}, got {raw!r}")
+            order = value
+        elif key == "fit_weights":
+            fit_weights = value
+        elif key == "features":
+            features["features"] = tuple(f for f in str(raw).split("+") if f)
+        elif key in _FEATURE_KEYS:
+            features[key] = value
+        else:
+            raise ValueError(f"selector {name!r}: unknown option {key!r}")
+    if base == "random" and (features or weights or selection or fit_weights):
+        raise ValueError(f"selector {name!r}: the random selector takes only 'order'")
+    try:
+        if base != "random":
+            FeatureConfig(**features)  # checks the values now, not after a build
+        chosen = Selection(**selection)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"selector {name!r}: {err}") from None
+    return SelectorSpec(name, base, features, weights, fit_weights, chosen, order)
