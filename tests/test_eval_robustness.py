@@ -50,7 +50,10 @@ def test_first_ctrl_c_stops_within_seconds_with_replies_cached(intent_data, tmp_
         out = tmp_path / "int"
         cmd = [sys.executable, "-m", "icl_fungi.cli", "eval", "-q", "--data", str(intent_data), "--selectors", "embedding,random",
                "-k", "5", "--limit", "30", "--concurrency", "2", "--base-url", llm.base_url, "--model", "fake", "--out", str(out)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # as from a terminal: a shell's background job (e.g. `make test &`) starts with SIGINT ignored, which its
+        # children inherit
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         cache = out / "responses.jsonl"
         deadline = time.time() + 240
         while time.time() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 4):
