@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_BLOCK_WEIGHTS", "BlockCombiner"]
+__all__ = ["AUTO_KL_ANCHORS", "DEFAULT_BLOCK_WEIGHTS", "FIT_WEIGHTS", "BlockCombiner"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +25,28 @@ logger = logging.getLogger(__name__)
 # P@20 / 1-NN / vote trade-off on the full pool and gains on every metric on small pools; SimCLR 0.3 about neutral
 DEFAULT_BLOCK_WEIGHTS = {"embedding": 1.0, "kl": 0.3, "simclr": 0.3}
 _GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)  # weights tried by the leave-one-out search
+FIT_WEIGHTS = (None, "loo", "auto")
+# fit_weights="auto": the KL weight from the plain embedding's leave-one-out P@k on the pool, linear between these
+# (P@k, weight) anchors and constant outside them. The better the embedding already groups the pool's labels, the
+# less label pull it needs: on banking-77 dev pools (eval/results/ablate_quality/dev-weights.md) the best KL weight
+# was 1 where the embedding's P@k was about 0.50 (5 and 20 examples per label) and 0.3 at 0.79 (the full pool).
+AUTO_KL_ANCHORS = ((0.60, 1.0), (0.78, 0.3))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _loo_precision(v: np.ndarray, lab: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Leave-one-out P@k of unit vectors ``v`` labelled ``lab``, over the rows ``queries``."""
+    hits = 0.0
+    for start in range(0, len(queries), 500):
+        q = queries[start : start + 500]
+        sims = v[q] @ v.T
+        sims[np.arange(len(q)), q] = -np.inf  # leave the query itself out
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        hits += float((lab[top] == lab[q][:, None]).sum())
+    return hits / (len(queries) * k)
 
 
 class BlockCombiner:
@@ -71,6 +89,34 @@ class BlockCombiner:
             parts.append(weights[f] * b)
         return np.concatenate(parts, axis=1)
 
+    def choose_weights(self, how: str, blocks: dict[str, np.ndarray], labels: Sequence, *, seed: int = 0) -> list[dict[str, Any]]:
+        """Set the weights from the labelled pool itself: ``"loo"`` (:meth:`search_weights`) or ``"auto"``
+        (:meth:`auto_weights`); returns the trials made."""
+        if how == "loo":
+            return self.search_weights(blocks, labels, seed=seed)
+        if how == "auto":
+            return [self.auto_weights(blocks, labels, seed=seed)]
+        raise ValueError(f"fit_weights must be one of {FIT_WEIGHTS}, got {how!r}")
+
+    def auto_weights(self, blocks: dict[str, np.ndarray], labels: Sequence, *, k: int = 20, n_queries: int = 2000,
+                     seed: int = 0) -> dict[str, Any]:
+        """Set the KL weight by :data:`AUTO_KL_ANCHORS` from the plain embedding's leave-one-out P@k on the pool
+        (``k = min(k, median examples per label - 1)``, on a seeded sample of ``n_queries`` texts); returns
+        ``{"weights", "loo_p@k", "k"}``. Without an embedding or a KL block, or with under 3 texts, nothing changes."""
+        n = len(labels)
+        if "kl" not in self.features or "embedding" not in self.features or n < 3:
+            return {"weights": dict(self.weights), "loo_p@k": None, "k": None}
+        lab = np.array([str(x) for x in labels])
+        per_label = float(np.median(np.unique(lab, return_counts=True)[1]))
+        kk = int(max(1, min(k, per_label - 1, n - 1)))
+        only = {f: float(f == "embedding") for f in self.features}
+        queries = np.sort(np.random.default_rng(seed).choice(n, size=min(n, n_queries), replace=False))
+        p = _loo_precision(_unit(self.transform(blocks, only).astype(np.float32)), lab, queries, kk)
+        (p_lo, w_hi), (p_hi, w_lo) = AUTO_KL_ANCHORS
+        self.weights["kl"] = round(float(np.interp(p, [p_lo, p_hi], [w_hi, w_lo])), 3)
+        logger.info("automatic block weights: %s (the embedding's leave-one-out P@%d on the pool: %.4f)", self.weights, kk, p)
+        return {"weights": dict(self.weights), "loo_p@k": p, "k": kk}
+
     def search_weights(self, blocks: dict[str, np.ndarray], labels: Sequence, *, k: int = 20, n_queries: int = 2000,
                        seed: int = 0) -> list[dict[str, Any]]:
         """Set the gradient blocks' weights to maximise leave-one-out P@k on the labelled pool (coordinate
@@ -84,15 +130,7 @@ class BlockCombiner:
         kk = min(k, n - 1)
 
         def score(w: dict[str, float]) -> float:
-            v = _unit(self.transform(blocks, w).astype(np.float32))
-            hits = 0.0
-            for start in range(0, len(queries), 500):
-                q = queries[start : start + 500]
-                sims = v[q] @ v.T
-                sims[np.arange(len(q)), q] = -np.inf  # leave the query itself out
-                top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-                hits += float((lab[top] == lab[q][:, None]).sum())
-            return hits / (len(queries) * kk)
+            return _loo_precision(_unit(self.transform(blocks, w).astype(np.float32)), lab, queries, kk)
 
         weights = dict(self.weights)
         best = score(weights)

@@ -177,8 +177,9 @@ class RayExecutor:
             sample_blocks = {f: b[sample] for f, b in blocks.items()}
             del blocks
             retriever.combiner.fit(sample_blocks)
-            if retriever.fit_weights == "loo":
-                retriever.weight_search_ = retriever.combiner.search_weights(sample_blocks, [labels[i] for i in sample], seed=cfg.seed)
+            if retriever.fit_weights is not None:
+                retriever.weight_search_ = retriever.combiner.choose_weights(retriever.fit_weights, sample_blocks,
+                                                                             [labels[i] for i in sample], seed=cfg.seed)
             retriever.pca.fit(retriever.combiner.transform(sample_blocks))
             sample_vectors = retriever.vectors_from_blocks(sample_blocks)
             rest = np.setdiff1d(np.arange(n), sample)

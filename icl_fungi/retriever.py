@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .combine import BlockCombiner
+from .combine import FIT_WEIGHTS, BlockCombiner
 from .data import Label, check_labels, check_texts, load_pool
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder
 from .index import Index, VectorIndex, load_index
@@ -73,8 +73,10 @@ class ICLRetriever:
             kl 0.3, simclr 0.3, measured on a dev split).
         index: the vector index: a configured :class:`~icl_fungi.index.VectorIndex` (the default, in process) or
             another :class:`~icl_fungi.index.Index` backend such as :class:`~icl_fungi.milvus.MilvusIndex`.
-        fit_weights: ``"loo"`` chooses the gradient blocks' weights by leave-one-out P@20 on the
-            labelled pool itself (no held-out labels used).
+        fit_weights: choose the weights from the labelled pool itself (no held-out labels used):
+            ``"loo"`` searches the gradient blocks' weights for the best leave-one-out P@20; ``"auto"`` sets
+            the KL weight from how well the plain embedding already groups the pool's labels
+            (:data:`~icl_fungi.combine.AUTO_KL_ANCHORS`).
     """
 
     def __init__(self, encoder: FungiEncoder, *, pca_components: int | None = None, whiten: bool = False,
@@ -82,8 +84,8 @@ class ICLRetriever:
                  fit_weights: str | None = None) -> None:
         if not isinstance(encoder, FungiEncoder):
             raise TypeError(f"encoder must be a FungiEncoder, got {type(encoder).__name__}")
-        if fit_weights not in (None, "loo"):
-            raise ValueError(f"fit_weights must be None or 'loo', got {fit_weights!r}")
+        if fit_weights not in FIT_WEIGHTS:
+            raise ValueError(f"fit_weights must be one of {FIT_WEIGHTS}, got {fit_weights!r}")
         if index is not None and not isinstance(index, Index):
             raise TypeError(f"index must be an Index (VectorIndex, MilvusIndex, ...), got {type(index).__name__}")
         self.fit_weights = fit_weights
@@ -149,8 +151,8 @@ class ICLRetriever:
             logger.warning("%d pool text(s) exceed the model's %d-token limit and were truncated", self.n_truncated_,
                            self.encoder.max_seq_length)
         self.combiner.fit(blocks)
-        if self.fit_weights == "loo":
-            self.weight_search_ = self.combiner.search_weights(blocks, labels, seed=self.encoder.config.seed)
+        if self.fit_weights is not None:
+            self.weight_search_ = self.combiner.choose_weights(self.fit_weights, blocks, labels, seed=self.encoder.config.seed)
         vectors = self.pca.fit_transform(self.combiner.transform(blocks))
         self._install(texts, labels, lambda: self.index.build(vectors, labels=[str(lab) for lab in labels]))
         return self
@@ -333,8 +335,8 @@ def _load(cls: type[ICLRetriever], path: Path, *, model: Any, **encoder_options:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"{path}: the manifest's n_examples must be a positive int, got {n!r}")
     fit_weights = manifest.get("fit_weights")
-    if fit_weights not in (None, "loo"):
-        raise ValueError(f"{path}: the manifest's fit_weights must be null or 'loo', got {fit_weights!r}")
+    if fit_weights not in FIT_WEIGHTS:
+        raise ValueError(f"{path}: the manifest's fit_weights must be one of {FIT_WEIGHTS}, got {fit_weights!r}")
     source = model if model is not None else manifest_model(manifest.get("model"), path)
     encoder = FungiEncoder.load(path / "encoder", model=source, **encoder_options)
     dims = {f: encoder.dim if f == "embedding" else encoder.projection_dim for f in encoder.config.features}
