@@ -36,6 +36,7 @@ from icl_fungi.evaluation import retrieval_metrics
 
 KL_ONLY = {"features": ("embedding", "kl")}
 FFN_OUT = "encoder.layer.5.output.dense"  # all-MiniLM-L6-v2's last FFN output projection
+V03 = {"projection": "tensor_sketch", "target_layer": FFN_OUT}  # the 0.3.0 defaults that differ from BASE_FEATURES
 NEIGHBORS = {"kl_head": "neighbors", "kl_temperature": 0.05, "kl_center": True}
 GRIDS: dict[str, dict[str, dict]] = {
     # the 0.2.0 default against plain embeddings (reported on the test split)
@@ -67,6 +68,17 @@ GRIDS: dict[str, dict[str, dict]] = {
         "ffn-out L5, tensor sketch": {"projection": "tensor_sketch", "target_layer": FFN_OUT},
         "ffn-out L5, tensor sketch, kl only w 0.3": {**KL_ONLY, "projection": "tensor_sketch", "target_layer": FFN_OUT,
                                                     "block_weights": {"kl": 0.3}},
+    },
+    # issue 16: does any SimCLR variant add P@20 over KL only at equal KL weight (0.3.0 target and projection)?
+    "simclr": {
+        "kl only w 0.3": {**KL_ONLY, **V03, "block_weights": {"kl": 0.3}},
+        "0.3.0 default (dropout 0.1, 256 negatives, T 0.07)": V03,
+        "dropout 0.3": {**V03, "simclr_dropout": 0.3},
+        "dropout 0.5": {**V03, "simclr_dropout": 0.5},
+        "1024 negatives": {**V03, "simclr_negatives": 1024},
+        "temperature 0.2": {**V03, "simclr_temperature": 0.2},
+        "dropout 0.1 in every block": {**V03, "simclr_view_blocks": None},
+        "word deletion 0.2": {**V03, "simclr_view_mode": "word_deletion", "word_deletion_p": 0.2},
     },
 }
 

