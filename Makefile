@@ -27,7 +27,7 @@ test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-# The edit loop: the fast tier only (about 3 minutes on 2 cores).
+# The edit loop: the fast tier only (about 2 minutes on 2 cores).
 test-fast: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow"
