@@ -134,10 +134,9 @@ def main() -> None:
             write_results(path, {"meta": run_meta(queries=len(q_t)), "rows": rows_out}, title="Block weights (dev split)", table="")
     table = [{"setting": r["setting"] + (" (auto)" if r.get("rule") else ""), "kl": r["kl"], "simclr": r["simclr"],
               "P@k": r[f"p@{r['k']}"], "k": r["k"], "1-NN": r["1nn_acc"],
-              "k-NN vote": r[f"knn{r['k']}_vote_acc"], "loo 1-NN (pool)": r["stats"]["loo_1nn"], "margin": r["stats"]["margin"]}
+              "k-NN vote": r[f"knn{r['k']}_vote_acc"], "loo 1-NN (pool)": r["stats"]["loo_1nn"],
+              "embedding loo P@k": r["stats"].get("auto_loo_p@k"), "margin": r["stats"]["margin"]}
              for r in rows_out.values()]
-    for t, r in zip(table, rows_out.values(), strict=True):
-        t["embedding loo P@k"] = r["stats"].get("auto_loo_p@k")
     cols = ["setting", "kl", "simclr", "P@k", "k", "1-NN", "k-NN vote", "loo 1-NN (pool)", "embedding loo P@k", "margin"]
     write_results(path, {"meta": run_meta(queries=len(q_t)), "rows": rows_out},
                   title=f"Block weights against pool shape and encoder (dev split, {len(q_t)} queries)", table=markdown_table(table, cols))

@@ -21,6 +21,7 @@ import json
 import re
 from typing import Any
 
+from ..combine import FIT_WEIGHTS
 from ..features import FeatureConfig
 from ..prompt import ORDERS
 from ..selection import Selection
@@ -107,6 +108,8 @@ def parse_selector(text: str) -> SelectorSpec:
                 raise ValueError(f"selector {name!r}: order must be one of {ORDERS}, got {raw!r}")
             order = value
         elif key == "fit_weights":
+            if value not in FIT_WEIGHTS:
+                raise ValueError(f"selector {name!r}: fit_weights must be one of {FIT_WEIGHTS}, got {raw!r}")
             fit_weights = value
         elif key == "features":
             features["features"] = tuple(f for f in str(raw).split("+") if f)
