@@ -1,0 +1,96 @@
+"""In-context accuracy on the dev split, the LLM in the loop: which selector should the test run use?
+
+Writes the dev split of train (``common.dev_split``: 80 % pool, 20 % held-out queries) as a data
+folder under ``runs/``, runs ``icl-fungi eval`` on it with the given selector specs (same CLI any
+user has), then summarises the run: accuracy of each selector, its paired difference to the
+``embedding`` selector, and what the LLM saw (share of prompts whose most similar example has the
+gold label, share of gold-label examples among the k).
+
+    python eval/icl_dev.py --selectors "embedding,kl=fungi;features=embedding+kl" --limit 300
+
+Responses are cached in eval/cache/banking77-dev-gemma3-270m-k20-completion.jsonl (resumable).
+Writes eval/results/icl_dev/<name>.{json,md} (no texts, only indices, labels and figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, RESULTS, ROOT, dev_split, load_split, markdown_table, run_meta, write_results
+
+from icl_fungi.evaluation import paired_comparison
+
+CACHE = ROOT / "eval" / "cache" / "banking77-dev-gemma3-270m-k20-completion.jsonl"
+
+
+def write_dev_folder(data: Path, out: Path) -> list[str]:
+    """``out/train.csv`` (the dev pool) and ``out/test.csv`` (the dev queries); returns the pool labels."""
+    pool_t, pool_l, dev_t, dev_l = dev_split(*load_split(data, "train"))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, texts, labels in (("train", pool_t, pool_l), ("test", dev_t, dev_l)):
+        with open(out / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "category"])
+            w.writerows(zip(texts, labels, strict=True))
+    return pool_l
+
+
+def summarise(report: dict, pool_labels: list[str]) -> dict[str, dict]:
+    """Per selector: accuracy, paired difference to ``embedding``, gold label of the nearest example, gold share."""
+    by_sel: dict[str, dict[int, dict]] = {}
+    for r in report["records"]:
+        by_sel.setdefault(r["selector"], {})[r["query_index"]] = r
+    rows = {}
+    for sel, recs in by_sel.items():
+        idx = sorted(recs)
+        row = {"n": len(idx), "accuracy": sum(recs[q]["correct"] for q in idx) / len(idx),
+               "gold_nearest": sum(pool_labels[recs[q]["examples"][0]] == recs[q]["gold"] for q in idx) / len(idx),
+               "gold_share": sum(sum(pool_labels[e] == recs[q]["gold"] for e in recs[q]["examples"]) / len(recs[q]["examples"])
+                                 for q in idx) / len(idx),
+               "spec": report["selector_specs"][sel]}
+        if sel != "embedding" and "embedding" in by_sel:
+            common = [q for q in idx if q in by_sel["embedding"]]
+            row["vs_embedding"] = paired_comparison([recs[q]["correct"] for q in common],
+                                                    [by_sel["embedding"][q]["correct"] for q in common])
+        rows[sel] = row
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--selectors", required=True, help="icl-fungi eval selector specs; include 'embedding' for the paired column")
+    ap.add_argument("--limit", default="300", help="dev queries (seeded sample), or 'all'")
+    ap.add_argument("-k", type=int, default=20)
+    ap.add_argument("--name", default="dev-icl", help="result file name under eval/results/icl_dev/")
+    args = ap.parse_args()
+    folder = ROOT / "runs" / "dev-banking77"
+    pool_labels = write_dev_folder(Path(args.data), folder)
+    run_dir = ROOT / "runs" / f"icl-{args.name}"
+    cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", str(folder), "--selectors", args.selectors,
+           "-k", str(args.k), "--limit", args.limit, "--seed", "0", "--cache", str(CACHE), "--out", str(run_dir)]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = summarise(report, pool_labels)
+    table = [{"selector": s, "spec": json.dumps(r["spec"]), "queries": r["n"], "accuracy": r["accuracy"],
+              "vs embedding (95 % CI)": (f"{100 * r['vs_embedding']['difference']:+.2f} pt ({100 * r['vs_embedding']['ci95'][0]:+.2f} "
+                                         f"to {100 * r['vs_embedding']['ci95'][1]:+.2f}), p {r['vs_embedding']['mcnemar_p']:.3f}")
+              if "vs_embedding" in r else "", "nearest example gold": r["gold_nearest"], f"gold share of {args.k}": r["gold_share"]}
+             for s, r in rows.items()]
+    cols = ["selector", "queries", "accuracy", "vs embedding (95 % CI)", "nearest example gold", f"gold share of {args.k}", "spec"]
+    meta = run_meta(eval_command=" ".join(cmd), settings=report.get("settings"), selector_configs=report["selector_configs"])
+    write_results(RESULTS / "icl_dev" / f"{args.name}.json", {"meta": meta, "rows": rows},
+                  title=f"In-context accuracy on the dev split (Gemma 3 270M, k = {args.k}, {rows[next(iter(rows))]['n']} queries)",
+                  table=markdown_table(table, cols))
+    print(markdown_table(table, cols))
+
+
+if __name__ == "__main__":
+    main()
