@@ -9,6 +9,8 @@ leave-one-out 1-NN accuracy and label margin of the plain embedding on a pool sa
 
     python eval/explore_weights.py [--encoders minilm,mpnet,gemma] [--per-label 5,20,0] [--simclr 0,0.3]
 
+``--simclr 0`` computes no SimCLR block (the 0.4.0 default features: embedding and KL).
+
 Each setting also gets a row for the library's ``fit_weights="auto"`` rule.
 
 Writes eval/results/ablate_quality/dev-weights.{json,md}. Gemma 3 270M needs the ``gguf`` extra.
@@ -98,11 +100,14 @@ def main() -> None:
     if args.queries:
         rows = np.sort(np.random.default_rng(0).choice(len(q_t), args.queries, replace=False))
         q_t, q_l = [q_t[i] for i in rows], [q_l[i] for i in rows]
+    simclr_weights = [float(x) for x in args.simclr.split(",")]
     path = Path(args.out)
     rows_out = read_results(path).get("rows", {})
     for enc_name in args.encoders.split(","):
-        # Gemma 3 has no Dropout modules: its SimCLR views delete words
-        cfg = FeatureConfig(**{**FEATURES_0_3, **({"simclr_view_mode": "word_deletion"} if enc_name == "gemma" else {})})
+        # Gemma 3 has no Dropout modules: its SimCLR views delete words; without a SimCLR weight the block is not computed
+        feats = ("embedding", "kl", "simclr") if max(simclr_weights) > 0 else ("embedding", "kl")
+        cfg = FeatureConfig(**{**FEATURES_0_3, "features": feats,
+                               **({"simclr_view_mode": "word_deletion"} if enc_name == "gemma" else {})})
         enc = None
         for per in (int(x) for x in args.per_label.split(",")):
             setting = f"{enc_name}, {per or 'all'}/label"
@@ -115,18 +120,18 @@ def main() -> None:
             fresh = FungiEncoder(enc.model, cfg, batch_size=enc.batch_size, show_progress_bar=False)
             pool_b, q_b = fresh.fit_encode(p_t, p_l), fresh.encode(q_t)
             stats = {**pool_stats(pool_b["embedding"], p_l), "encode_s": round(time.perf_counter() - t0, 1)}
-            for sc in (float(x) for x in args.simclr.split(",")):
+            for sc in simclr_weights:
                 for w in KL_WEIGHTS:
                     m = evaluate(pool_b, q_b, p_l, q_l, {"embedding": 1.0, "kl": w, "simclr": sc}, k)
                     rows_out[f"{setting}: kl {w:g} simclr {sc:g}"] = {**m, "k": k, "kl": w, "simclr": sc, "setting": setting,
                                                                     "stats": stats, "feature_config": cfg.to_dict()}
                     print(f"{setting:<22} kl {w:<5g} simclr {sc:<4g} P@{k} {m[f'p@{k}']:.4f}  1-NN {m['1nn_acc']:.4f}  "
                           f"vote {m[f'knn{k}_vote_acc']:.4f}", flush=True)
-            # the library's fit_weights="auto" rule on this pool (SimCLR at the default 0.3)
-            comb = BlockCombiner(("embedding", "kl", "simclr")).fit(pool_b)
+            # the library's fit_weights="auto" rule on this pool (SimCLR, when computed, at 0.3)
+            comb = BlockCombiner(cfg.features, weights={"simclr": 0.3} if "simclr" in cfg.features else None).fit(pool_b)
             auto = comb.auto_weights(pool_b, p_l, seed=cfg.seed)
             m = evaluate(pool_b, q_b, p_l, q_l, auto["weights"], k)
-            rows_out[f"{setting}: auto"] = {**m, "k": k, "kl": auto["weights"]["kl"], "simclr": auto["weights"]["simclr"],
+            rows_out[f"{setting}: auto"] = {**m, "k": k, "kl": auto["weights"]["kl"], "simclr": auto["weights"].get("simclr", 0.0),
                                             "setting": setting, "rule": "auto", "stats": {**stats, "auto_loo_p@k": auto["loo_p@k"]},
                                             "feature_config": cfg.to_dict()}
             print(f"{setting:<22} auto: kl {auto['weights']['kl']:g} (embedding loo P@{auto['k']} {auto['loo_p@k']:.4f})  "
