@@ -25,6 +25,7 @@ from common import (
     RESULTS,
     build_retriever,
     markdown_table,
+    mpnet_folder,
     pool_and_queries,
     read_results,
     retriever_config,
@@ -69,6 +70,14 @@ GRIDS: dict[str, dict[str, dict]] = {
         "ffn-out L5, tensor sketch, kl only w 0.3": {**KL_ONLY, "projection": "tensor_sketch", "target_layer": FFN_OUT,
                                                     "block_weights": {"kl": 0.3}},
     },
+    # issue 16: the 0.4.0 default (KL only, the KL weight from the pool) against 0.3.0's and the embedding, any
+    # encoder (target layers by role, so the grid runs on other architectures: --model mpnet)
+    "v04": {
+        "embedding": EMBEDDING,
+        "0.4.0 default (kl only, auto weight)": {**KL_ONLY, "projection": "tensor_sketch", "target_layer": "ffn_output",
+                                                 "fit_weights": "auto"},
+        "0.3.0 default (kl 0.3, simclr 0.3)": {"projection": "tensor_sketch", "target_layer": "ffn_output"},
+    },
     # issue 16: does any SimCLR variant add P@20 over KL only at equal KL weight (0.3.0 target and projection)?
     "simclr": {
         "kl only w 0.3": {**KL_ONLY, **V03, "block_weights": {"kl": 0.3}},
@@ -89,7 +98,8 @@ def main() -> None:
     ap.add_argument("--grid", required=True, help=f"one of {sorted(GRIDS)}")
     ap.add_argument("--only", default=None, help="run only these configuration names ('|'-separated)")
     ap.add_argument("--split", choices=("dev", "test"), default="dev")
-    ap.add_argument("--model", default=None, help="encoder name or path (default: the library's default)")
+    ap.add_argument("--model", default=None,
+                    help="encoder name or path, or 'mpnet' (all-mpnet-base-v2 from its PyPI parts; default: the library's default)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--k", type=int, default=20)
@@ -100,6 +110,8 @@ def main() -> None:
     grid = GRIDS[args.grid]
     if args.only:
         grid = {k: v for k, v in grid.items() if k in args.only.split("|")}
+    if args.model == "mpnet":
+        args.model = str(mpnet_folder())
     pool_t, pool_l, q_t, q_l = pool_and_queries(args.data, args.split)
     path = Path(args.out) / f"{args.split}-{args.grid}.json"
     doc = read_results(path)

@@ -200,13 +200,18 @@ PAPER = {"kl_head": "random", "kl_head_dim": 1024, "kl_temperature": 15.0, "kl_c
 def build_retriever(texts: list[str], labels: list, spec: dict[str, Any], *, model: Any = None, device: str | None = None,
                     batch_size: int = 32, exact: bool = True) -> Any:
     """A retriever for ``spec`` (FeatureConfig fields plus ``block_weights`` / ``fit_weights`` / ``pca_components``)
-    filled in from :data:`BASE_FEATURES` / :data:`BASE_WEIGHTS`; exact search unless ``exact=False``."""
+    filled in from :data:`BASE_FEATURES` / :data:`BASE_WEIGHTS`; exact search unless ``exact=False``. Weights are
+    fixed (``fit_weights=None``) unless the spec names ``fit_weights``; with ``"auto"`` the KL weight comes from the
+    pool unless the spec's ``block_weights`` give it."""
     from icl_fungi import FeatureConfig, FungiEncoder, ICLRetriever, VectorIndex
     from icl_fungi.features import DEFAULT_MODEL
 
     spec = dict(spec)
-    weights = {**BASE_WEIGHTS, **spec.pop("block_weights", {})}
-    extra = {k: spec.pop(k) for k in ("fit_weights", "pca_components") if k in spec}
+    given = spec.pop("block_weights", {})
+    weights = {**BASE_WEIGHTS, **given}
+    extra = {"fit_weights": None, **{k: spec.pop(k) for k in ("fit_weights", "pca_components") if k in spec}}
+    if extra["fit_weights"] == "auto" and "kl" not in given:
+        weights.pop("kl")
     config = FeatureConfig(**{**BASE_FEATURES, **spec})
     weights = {f: w for f, w in weights.items() if f in config.features}
     encoder = FungiEncoder(model or DEFAULT_MODEL, config, batch_size=batch_size, device=device, show_progress_bar=False)

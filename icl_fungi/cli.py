@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .combine import DEFAULT_FIT_WEIGHTS
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES
 from .prompt import ORDERS
 
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default=DEFAULT_MODEL, help=f"sentence-transformers name or path (default: {DEFAULT_MODEL})")
     b.add_argument("--features", default=",".join(DEFAULT_FEATURES),
                    help=f"comma-separated feature blocks from {','.join(FEATURES)} (default: {','.join(DEFAULT_FEATURES)})")
+    b.add_argument("--fit-weights", choices=("auto", "loo", "none"), default=DEFAULT_FIT_WEIGHTS,
+                   help="block weights from the pool: auto (the KL weight from how well the embedding separates the "
+                        "labels; default), loo (leave-one-out search) or none (kl 0.3, simclr 0.3)")
     b.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     b.add_argument("--seed", type=int, default=0, help="seed of heads, projections, views (default: 0)")
@@ -132,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.data, text_column=args.text_column, label_column=args.label_column, split=args.split,
                 model=args.model, features=tuple(f.strip() for f in args.features.split(",") if f.strip()),
                 batch_size=args.batch_size, device=args.device, seed=args.seed, index=index, executor=executor,
+                fit_weights=None if args.fit_weights == "none" else args.fit_weights,
             )
             path = r.save(args.out)
             print(f"saved a retriever over {len(r)} examples to {path}")

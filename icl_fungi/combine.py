@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AUTO_KL_ANCHORS", "DEFAULT_BLOCK_WEIGHTS", "FIT_WEIGHTS", "BlockCombiner"]
+__all__ = ["AUTO_KL_ANCHORS", "DEFAULT_BLOCK_WEIGHTS", "DEFAULT_FIT_WEIGHTS", "FIT_WEIGHTS", "BlockCombiner"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BLOCK_WEIGHTS = {"embedding": 1.0, "kl": 0.3, "simclr": 0.3}
 _GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)  # weights tried by the leave-one-out search
 FIT_WEIGHTS = (None, "loo", "auto")
+DEFAULT_FIT_WEIGHTS = "auto"
 # fit_weights="auto": the KL weight from the plain embedding's leave-one-out P@k on the pool, linear between these
 # (P@k, weight) anchors and constant outside them. The better the embedding already groups the pool's labels, the
 # less label pull it needs: on banking-77 dev pools (eval/results/ablate_quality/dev-weights.md) the best KL weight
@@ -68,6 +69,7 @@ class BlockCombiner:
             if isinstance(w, bool) or not isinstance(w, int | float) or not np.isfinite(w) or w < 0:
                 raise ValueError(f"block weight {name!r} must be a finite number >= 0, got {w!r}")
         self.weights = {f: float(given.get(f, DEFAULT_BLOCK_WEIGHTS.get(f, 1.0))) for f in self.features}
+        self.fixed = frozenset(given)  # weights the caller chose: auto_weights leaves them alone
         if not any(self.weights.values()):
             raise ValueError("block_weights are all zero")
         self.center = bool(center)
@@ -102,9 +104,10 @@ class BlockCombiner:
                      seed: int = 0) -> dict[str, Any]:
         """Set the KL weight by :data:`AUTO_KL_ANCHORS` from the plain embedding's leave-one-out P@k on the pool
         (``k = min(k, median examples per label - 1)``, on a seeded sample of ``n_queries`` texts); returns
-        ``{"weights", "loo_p@k", "k"}``. Without an embedding or a KL block, or with under 3 texts, nothing changes."""
+        ``{"weights", "loo_p@k", "k"}``. Without an embedding or a KL block, with a KL weight the caller gave, or
+        with under 3 texts, nothing changes."""
         n = len(labels)
-        if "kl" not in self.features or "embedding" not in self.features or n < 3:
+        if "kl" not in self.features or "embedding" not in self.features or "kl" in self.fixed or n < 3:
             return {"weights": dict(self.weights), "loo_p@k": None, "k": None}
         lab = np.array([str(x) for x in labels])
         per_label = float(np.median(np.unique(lab, return_counts=True)[1]))

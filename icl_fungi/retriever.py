@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .combine import FIT_WEIGHTS, BlockCombiner
+from .combine import DEFAULT_FIT_WEIGHTS, FIT_WEIGHTS, BlockCombiner
 from .data import Label, check_labels, check_texts, load_pool
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder
 from .index import Index, VectorIndex, load_index
@@ -69,19 +69,21 @@ class ICLRetriever:
         encoder: the :class:`~icl_fungi.features.FungiEncoder` producing feature blocks.
         pca_components: PCA output size (default: the embedding dimension), clamped to the pool size.
         whiten: whiten the PCA output.
-        block_weights: multiplier per feature block before concatenation (default: embedding 1,
-            kl 0.3, simclr 0.3, measured on a dev split).
+        block_weights: multiplier per feature block before concatenation (default: embedding 1, the KL
+            weight chosen by ``fit_weights="auto"``, simclr 0.3; measured on dev splits).
         index: the vector index: a configured :class:`~icl_fungi.index.VectorIndex` (the default, in process) or
             another :class:`~icl_fungi.index.Index` backend such as :class:`~icl_fungi.milvus.MilvusIndex`.
         fit_weights: choose the weights from the labelled pool itself (no held-out labels used):
-            ``"loo"`` searches the gradient blocks' weights for the best leave-one-out P@20; ``"auto"`` sets
-            the KL weight from how well the plain embedding already groups the pool's labels
-            (:data:`~icl_fungi.combine.AUTO_KL_ANCHORS`).
+            ``"auto"`` (default) sets the KL weight, unless ``block_weights`` gives it, from how well the
+            plain embedding already groups the pool's labels (:data:`~icl_fungi.combine.AUTO_KL_ANCHORS`:
+            1 on a few examples per label, 0.3 on a pool the embedding already separates); ``"loo"``
+            searches the gradient blocks' weights for the best leave-one-out P@20; ``None`` keeps the
+            given or default weights (embedding 1, kl 0.3, simclr 0.3).
     """
 
     def __init__(self, encoder: FungiEncoder, *, pca_components: int | None = None, whiten: bool = False,
                  block_weights: dict[str, float] | None = None, index: Index | None = None,
-                 fit_weights: str | None = None) -> None:
+                 fit_weights: str | None = DEFAULT_FIT_WEIGHTS) -> None:
         if not isinstance(encoder, FungiEncoder):
             raise TypeError(f"encoder must be a FungiEncoder, got {type(encoder).__name__}")
         if fit_weights not in FIT_WEIGHTS:
@@ -103,7 +105,7 @@ class ICLRetriever:
     @classmethod
     def from_texts(cls, texts: Sequence[str], labels: Sequence[Label], *, model: Any = DEFAULT_MODEL,
                    features: Sequence[str] = DEFAULT_FEATURES, pca_components: int | None = None, whiten: bool = False,
-                   block_weights: dict[str, float] | None = None, fit_weights: str | None = None,
+                   block_weights: dict[str, float] | None = None, fit_weights: str | None = DEFAULT_FIT_WEIGHTS,
                    index: Index | None = None, executor: Any = None, batch_size: int = 32, device: str | None = None,
                    show_progress_bar: bool | None = None, seed: int = 0, **feature_options: Any) -> ICLRetriever:
         """Build a retriever over ``texts`` and their ``labels``.

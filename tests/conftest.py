@@ -72,7 +72,7 @@ def st_model():
 
 @pytest.fixture(scope="session")
 def fungi_retriever(intent_pool, st_model):
-    """The default retriever (embedding + KL + SimCLR) over the intent pool."""
+    """The default retriever (embedding + KL, automatic KL weight) over the intent pool."""
     from icl_fungi import ICLRetriever
 
     return ICLRetriever.from_texts(*intent_pool, model=st_model, show_progress_bar=False)

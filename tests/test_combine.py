@@ -44,10 +44,19 @@ def test_auto_weights_leave_other_block_sets_alone():
         comb.choose_weights("best", blocks, labels)
 
 
+def test_auto_weights_keep_a_kl_weight_the_caller_gave():
+    blocks, labels = _blocks(100.0)  # auto alone would choose the largest weight
+    comb = BlockCombiner(("embedding", "kl"), weights={"kl": 0.1}).fit(blocks)
+    assert comb.auto_weights(blocks, labels)["loo_p@k"] is None and comb.weights["kl"] == 0.1
+    given_other = BlockCombiner(("embedding", "kl"), weights={"embedding": 2.0}).fit(blocks)
+    given_other.auto_weights(blocks, labels)
+    assert given_other.weights == {"embedding": 2.0, "kl": AUTO_KL_ANCHORS[0][1]}
+
+
 def test_retriever_with_automatic_weights_saves_and_loads_them(intent_pool, st_model, tmp_path):
     texts, labels = intent_pool
-    r = ICLRetriever.from_texts(texts, labels, model=st_model, features=("embedding", "kl"), fit_weights="auto",
-                                show_progress_bar=False)
+    r = ICLRetriever.from_texts(texts, labels, model=st_model, show_progress_bar=False)  # the defaults: embedding + KL, auto
+    assert r.config.features == ("embedding", "kl") and r.fit_weights == "auto"
     (fit,) = r.weight_search_
     assert r.block_weights == fit["weights"] and 0.3 <= r.block_weights["kl"] <= 1.0
     back = ICLRetriever.load(r.save(tmp_path / "auto"), model=st_model)

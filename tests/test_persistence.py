@@ -21,25 +21,35 @@ def _rewrite_manifest(path, edit) -> None:
     (path / "manifest.json").write_text(json.dumps(m))
 
 
-def test_save_load_identical(fungi_retriever, tmp_path, st_model):
-    path = fungi_retriever.save(tmp_path / "r.icl")
+@pytest.fixture(scope="module")
+def simclr_retriever(intent_pool, st_model):
+    """The three blocks (SimCLR is an option since 0.4.0) with fixed weights."""
+    return ICLRetriever.from_texts(*intent_pool, model=st_model, features=("embedding", "kl", "simclr"), fit_weights=None,
+                                   show_progress_bar=False)
+
+
+@pytest.mark.parametrize("which", ["default", "simclr"])
+def test_save_load_identical(which, fungi_retriever, simclr_retriever, tmp_path, st_model):
+    retriever = fungi_retriever if which == "default" else simclr_retriever
+    path = retriever.save(tmp_path / "r.icl")
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["format_version"] == 2 and manifest["n_examples"] == 120
     assert set(manifest["versions"]) >= {"icl_fungi", "torch", "transformers", "hnswlib"}
     assert all(len(h) == 64 for h in manifest["files"].values())
     # one folder per part, each with its own config
     assert {p.name for p in path.iterdir() if p.is_dir()} == {"encoder", "combiner", "pca", "index"}
-    assert {p.name for p in (path / "encoder").iterdir() if p.is_dir()} == {"kl_head", "simclr", "projection_kl",
-                                                                         "projection_simclr"}
+    parts = {"kl_head", "projection_kl"} | ({"simclr", "projection_simclr"} if which == "simclr" else set())
+    assert {p.name for p in (path / "encoder").iterdir() if p.is_dir()} == parts
     enc_cfg = json.loads((path / "encoder" / "config.json").read_text())
-    assert enc_cfg["feature_config"]["features"] == ["embedding", "kl", "simclr"]  # the default
+    assert enc_cfg["feature_config"]["features"] == (["embedding", "kl"] if which == "default" else ["embedding", "kl", "simclr"])
     loaded = ICLRetriever.load(path, model=st_model)
+    assert loaded.block_weights == retriever.block_weights and loaded.fit_weights == retriever.fit_weights
     for q in ("card arrival", "how to top up", "exchange rate"):
-        a = fungi_retriever.retrieve(q, k=10)
+        a = retriever.retrieve(q, k=10)
         b = loaded.retrieve(q, k=10)
         assert [x.index for x in a] == [x.index for x in b]
         np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=1e-6)
-    np.testing.assert_array_equal(loaded.features(["card arrival"]), fungi_retriever.features(["card arrival"]))
+    np.testing.assert_array_equal(loaded.features(["card arrival"]), retriever.features(["card arrival"]))
     # no pickle anywhere: every array loads with allow_pickle=False
     for f in path.rglob("*.npy"):
         np.load(f, allow_pickle=False)
@@ -117,7 +127,8 @@ def test_load_rejects_different_model(fungi_retriever, tmp_path, st_model):
 
 def test_default_weights_centring_and_loo_weights(intent_pool, st_model, tmp_path):
     texts, labels = intent_pool
-    r = ICLRetriever.from_texts(texts, labels, model=st_model, features=("embedding", "kl"), show_progress_bar=False)
+    r = ICLRetriever.from_texts(texts, labels, model=st_model, features=("embedding", "kl"), fit_weights=None,
+                                show_progress_bar=False)
     assert r.block_weights == {"embedding": 1.0, "kl": 0.3}
     assert set(r.combiner.means_) == {"embedding", "kl"}
     loaded = ICLRetriever.load(r.save(tmp_path / "c"), model=st_model)

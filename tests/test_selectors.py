@@ -12,6 +12,7 @@ from .llm_fakes import eval_settings as _settings
 def test_parse_selector_spells_every_option():
     plain = parse_selector("fungi")
     assert (plain.name, plain.base, plain.features, plain.weights, plain.order) == ("fungi", "fungi", {}, {}, "similar_last")
+    assert plain.fit_weights == "auto"  # the library's default
     spec = parse_selector("nb=fungi; kl_head=neighbors; features=embedding+kl; w.kl=0.5; fit_weights=none;"
                           " selection=label_cap; max_per_label=2; allowed_labels=a|b; order=similar_first")
     assert spec.base == "fungi" and spec.features == {"kl_head": "neighbors", "features": ("embedding", "kl")}
@@ -19,7 +20,8 @@ def test_parse_selector_spells_every_option():
     assert spec.selection.strategy == "label_cap" and spec.selection.max_per_label == 2
     assert spec.selection.allowed_labels == ("a", "b")
     # selectors that differ only in selection or order share one retriever
-    assert spec.retriever_key() == parse_selector("x=fungi;kl_head=neighbors;features=embedding+kl;w.kl=0.5").retriever_key()
+    assert spec.retriever_key() == parse_selector("x=fungi;kl_head=neighbors;features=embedding+kl;w.kl=0.5;"
+                                                  "fit_weights=none").retriever_key()
     assert spec.retriever_key() != parse_selector("y=fungi;kl_head=labels;features=embedding+kl;w.kl=0.5").retriever_key()
 
 

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-from ..combine import FIT_WEIGHTS
+from ..combine import DEFAULT_FIT_WEIGHTS, FIT_WEIGHTS
 from ..features import FeatureConfig
 from ..prompt import ORDERS
 from ..selection import Selection
@@ -42,7 +42,7 @@ class SelectorSpec:
     base: str
     features: dict[str, Any] = dataclasses.field(default_factory=dict)
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
-    fit_weights: str | None = None
+    fit_weights: str | None = DEFAULT_FIT_WEIGHTS
     selection: Selection = dataclasses.field(default_factory=Selection)
     order: str = "similar_last"
 
@@ -86,7 +86,7 @@ def parse_selector(text: str) -> SelectorSpec:
     features: dict[str, Any] = {}
     weights: dict[str, float] = {}
     selection: dict[str, Any] = {}
-    fit_weights, order = None, "similar_last"
+    fit_weights, fit_given, order = DEFAULT_FIT_WEIGHTS, False, "similar_last"
     for part in parts:
         key, eq, raw = part.partition("=")
         key = key.strip()
@@ -110,14 +110,14 @@ def parse_selector(text: str) -> SelectorSpec:
         elif key == "fit_weights":
             if value not in FIT_WEIGHTS:
                 raise ValueError(f"selector {name!r}: fit_weights must be one of {FIT_WEIGHTS}, got {raw!r}")
-            fit_weights = value
+            fit_weights, fit_given = value, True
         elif key == "features":
             features["features"] = tuple(f for f in str(raw).split("+") if f)
         elif key in _FEATURE_KEYS:
             features[key] = value
         else:
             raise ValueError(f"selector {name!r}: unknown option {key!r}")
-    if base == "random" and (features or weights or selection or fit_weights):
+    if base == "random" and (features or weights or selection or fit_given):
         raise ValueError(f"selector {name!r}: the random selector takes only 'order'")
     try:
         if base != "random":
