@@ -232,6 +232,11 @@ def test_cli_build_and_query(tmp_path, capsys):
     assert len(res) == 2 and res[0]["label"] == "card_arrival"
     assert main(["-q", "query", str(tmp_path / "missing"), "x"]) == 2
     assert "not a saved retriever" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["fit_weights"] == "auto"  # the default
+    assert main(["-q", "build", str(pool), "--label-column", "intent", "--fit-weights", "none",
+                 "--out", str(tmp_path / "fixed")]) == 0
+    fixed = ICLRetriever.load(tmp_path / "fixed")
+    assert fixed.fit_weights is None and fixed.block_weights == {"embedding": 1.0, "kl": 0.3}
     assert main(["-q", "build", str(pool), "--label-column", "nope", "--out", str(tmp_path / "r2")]) == 2
     mine = tmp_path / "mine"
     mine.mkdir()
