@@ -17,7 +17,7 @@ __all__ = ["DEFAULT_FEATURES", "FEATURES", "FeatureConfig"]
 
 FEATURES = ("embedding", "kl", "simclr")
 # SimCLR is computed on request only: across the variants in eval/README.md ("Quality round 2") it moved dev-split
-# P@20 by at most 0.1 pt over KL alone with MiniLM and lost with Gemma 3 270M, at a third more build time
+# P@20 by at most 0.1 pt over KL alone with MiniLM and lost with Gemma 3 270M, at 12 % more build time
 DEFAULT_FEATURES = ("embedding", "kl")
 VIEW_MODES = ("dropout", "word_deletion")
 PROJECTIONS = ("tensor_sketch", "sketch", "dense")
@@ -37,7 +37,7 @@ class FeatureConfig:
     """Hyper-parameters of the FUNGI features.
 
     Args:
-        features: blocks to compute, from ``("embedding", "kl", "simclr")``.
+        features: blocks to compute, from ``("embedding", "kl", "simclr")`` (default: embedding and kl).
         target_layer: the Linear module whose per-sample gradient is taken: ``"ffn_output"`` (the last
             block's feed-forward output projection: the views and the KL backward then only touch what
             follows it), ``"attention_output"`` (the last block's attention output projection, the
