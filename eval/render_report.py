@@ -7,6 +7,9 @@ train split it was built on.
     python eval/render_report.py eval/results/banking77-gemma3-270m-n1000-labels --no-example-texts \\
         --screenshot eval/results/banking77-gemma3-270m-n1000-labels/report.png
 
+``--no-query-texts`` also replaces the queries' texts by their indices, in the page and in
+REPORT_DIR/report.json (run it on a copy of the run's folder).
+
 Writes REPORT_DIR/report.html (and the screenshot).
 """
 
@@ -44,9 +47,16 @@ def main() -> None:
     ap.add_argument("report_dir", type=Path)
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the data folder the run used (its train split is the pool)")
     ap.add_argument("--no-example-texts", action="store_true", help="show the examples' labels only")
+    ap.add_argument("--no-query-texts", action="store_true",
+                    help="replace each query's text by its test-split index, in the page and in REPORT_DIR/report.json "
+                         "(for a copy of a run published without its data set's texts)")
     ap.add_argument("--screenshot", type=Path, default=None, help="also write a PNG of the page")
     args = ap.parse_args()
     report = json.loads((args.report_dir / "report.json").read_text())
+    if args.no_query_texts:
+        for r in report["records"]:
+            r["query"] = f"test query #{r['query_index']} (text not redistributed)"
+        (args.report_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     texts, labels = load_split(args.data, "train")
     if len(texts) != report["data"]["n_train"]:
         sys.exit(f"{args.data} has {len(texts)} train texts, the run had {report['data']['n_train']}")
