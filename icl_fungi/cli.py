@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default: 120)")
     e.add_argument("--max-retries", type=int, default=6, help="client retries for 429/5xx/timeouts (default: 6)")
     e.add_argument("--cache", default=None, help="response cache file (default: OUT/responses.jsonl)")
+    e.add_argument("--cached-only", action="store_true",
+                   help="report only the queries every selector already has a cached reply for (e.g. an interrupted "
+                        "run's, which answers queries in a seeded random order); starts no server, sends nothing")
     e.add_argument("--out", required=True,
                    help="output folder for report.json, report.md, report.html and plots (new, or holding this same run)")
     return p
@@ -161,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 retriever=args.retriever, selectors=tuple(s.strip() for s in args.selectors.split(",") if s.strip()),
                 k=args.k, limit=args.limit, seed=args.seed, template=args.template, mode=args.mode,
                 base_url=args.base_url, model=args.model, concurrency=args.concurrency, timeout=args.timeout,
-                max_retries=args.max_retries, cache=args.cache, show_progress=not args.quiet,
+                max_retries=args.max_retries, cache=args.cache, show_progress=not args.quiet, cached_only=args.cached_only,
             )
             report = run_icl_eval(settings)
             for name, m in report["selectors"].items():

@@ -129,6 +129,11 @@ def test_kill_and_resume_gives_the_same_report(intent_data, tmp_path):
         n_cached = len(ResponseCache(cache))
         assert 10 <= n_cached < 40
         before = sum(llm.requests.values())
+        # the cached replies so far: queries are answered one by one for every selector, so they pair up
+        partial = run_icl_eval(_settings(intent_data, tmp_path / "partial", llm.base_url, cache=str(cache), cached_only=True))
+        assert sum(llm.requests.values()) == before and partial["requests_sent"] == 0
+        n_pairs = partial["selectors"]["embedding"]["n"]
+        assert n_pairs == partial["selectors"]["random"]["n"] >= n_cached // 2 - 1 and "embedding_vs_random" in partial["paired"]
         resumed = run_icl_eval(_settings(intent_data, out, llm.base_url))
         sent_after = sum(llm.requests.values()) - before
     assert resumed["requests_sent"] == sent_after == 40 - n_cached  # only the missing requests
@@ -138,6 +143,10 @@ def test_kill_and_resume_gives_the_same_report(intent_data, tmp_path):
         for key in ("n", "accuracy", "accuracy_ci95", "macro_f1", "invalid_rate", "per_class_accuracy", "retrieval"):
             assert a[key] == b[key]
     assert len(ResponseCache(cache)) == 40
+    done = {(r["selector"], r["query_index"]): r for r in resumed["records"]}
+    assert all(done[(r["selector"], r["query_index"])]["reply"] == r["reply"] for r in partial["records"])
+    with pytest.raises(ValueError, match="no response cache"):
+        run_icl_eval(_settings(intent_data, tmp_path / "none", None, cached_only=True))
 
 
 def test_bad_settings(intent_data, tmp_path):

@@ -66,6 +66,7 @@ class EvalSettings:
     max_retries: int = 6
     cache: str | None = None
     show_progress: bool = True
+    cached_only: bool = False  # report the queries every selector has a cached reply for; start and send nothing
 
     def validate(self) -> None:
         if not self.selectors:
@@ -130,7 +131,8 @@ def _run_key(settings: EvalSettings, template: str) -> dict:
     """What makes two runs the same run (a rerun may resume in the same folder)."""
     return {"data": settings.data, "k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": template,
             "mode": settings.mode, "selectors": list(settings.selectors), "model": settings.model,
-            "base_url": redact_url(settings.base_url) if settings.base_url else None, "retriever": settings.retriever}
+            "base_url": redact_url(settings.base_url) if settings.base_url else None, "retriever": settings.retriever,
+            "cached_only": settings.cached_only}
 
 
 def _check_out(out: Path, key: dict) -> None:
@@ -149,7 +151,14 @@ def _check_out(out: Path, key: dict) -> None:
 
 def _open_client(settings: EvalSettings, stack: contextlib.ExitStack, out: Path, stop: tuple[str, ...]) -> tuple[LLMClient, bool]:
     """The client (and, without --base-url, the embedded server), checked before anything is built."""
-    cache = ResponseCache(settings.cache or out / "responses.jsonl")
+    cache_path = Path(settings.cache or out / "responses.jsonl")
+    if settings.cached_only and not cache_path.is_file():
+        raise ValueError(f"--cached-only: no response cache at {cache_path} (pass the run's --cache)")
+    cache = ResponseCache(cache_path)
+    if settings.cached_only:  # the same endpoint id and model as the run, so its cache keys match; nothing is sent
+        local = LocalServer()
+        url, model, endpoint = (settings.base_url, settings.model, None) if settings.base_url else (None, local.model, local.endpoint_id)
+        return LLMClient(url, model=model, endpoint_id=endpoint, stop=stop, cache=cache), not settings.base_url
     if settings.base_url:
         client = LLMClient(settings.base_url, model=settings.model, timeout=settings.timeout,
                            max_retries=settings.max_retries, stop=stop, cache=cache)
@@ -203,7 +212,18 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
             for name in specs
         }
         names = list(specs)
-        jobs = [(name, j) for name in names for j in range(n)]
+        if settings.cached_only:
+            keep = [j for j in range(n) if all(client.is_cached(prompts[name][j]) for name in names)]
+            if not keep:
+                raise ValueError("--cached-only: the cache holds no query answered for every selector")
+            logger.info("--cached-only: %d of %d queries have a cached reply for every selector", len(keep), n)
+            q_index, queries, gold = [q_index[j] for j in keep], [queries[j] for j in keep], [gold[j] for j in keep]
+            chosen = {name: [rows[j] for j in keep] for name, rows in chosen.items()}
+            prompts = {name: [p[j] for j in keep] for name, p in prompts.items()}
+            n = len(keep)
+        # query by query in a seeded order: an interrupted run leaves every selector answered on one random subset
+        order = np.random.default_rng([settings.seed, n]).permutation(n).tolist()
+        jobs = [(name, j) for j in order for name in names]
         replies = send_all(client, [prompts[name][j] for name, j in jobs], concurrency=settings.concurrency,
                            show_progress=settings.show_progress, labels=label_set, mode=settings.mode)
         responses: dict[tuple[str, int], Any] = dict(zip(jobs, replies, strict=True))
