@@ -29,8 +29,8 @@ from icl_fungi.evaluation import paired_comparison
 CACHE = ROOT / "eval" / "cache" / "banking77-dev-gemma3-270m-k20-completion.jsonl"
 
 
-def write_dev_folder(data: Path, out: Path) -> list[str]:
-    """``out/train.csv`` (the dev pool) and ``out/test.csv`` (the dev queries); returns the pool labels."""
+def write_dev_folder(data: Path, out: Path) -> None:
+    """``out/train.csv`` (the dev pool) and ``out/test.csv`` (the dev queries)."""
     pool_t, pool_l, dev_t, dev_l = dev_split(*load_split(data, "train"))
     out.mkdir(parents=True, exist_ok=True)
     for name, texts, labels in (("train", pool_t, pool_l), ("test", dev_t, dev_l)):
@@ -38,22 +38,21 @@ def write_dev_folder(data: Path, out: Path) -> list[str]:
             w = csv.writer(f)
             w.writerow(["text", "category"])
             w.writerows(zip(texts, labels, strict=True))
-    return pool_l
 
 
-def summarise(report: dict, pool_labels: list[str]) -> dict[str, dict]:
-    """Per selector: accuracy, paired difference to ``embedding``, gold label of the nearest example, gold share."""
+def summarise(report: dict) -> dict[str, dict]:
+    """Per selector: accuracy, paired difference to ``embedding``, and from the report's retrieval figures the
+    share of queries whose nearest example has the gold label (1-NN) and the gold share of the k (P@k)."""
+    k = report["settings"]["k"]
     by_sel: dict[str, dict[int, dict]] = {}
     for r in report["records"]:
         by_sel.setdefault(r["selector"], {})[r["query_index"]] = r
     rows = {}
     for sel, recs in by_sel.items():
         idx = sorted(recs)
-        row = {"n": len(idx), "accuracy": sum(recs[q]["correct"] for q in idx) / len(idx),
-               "gold_nearest": sum(pool_labels[recs[q]["examples"][0]] == recs[q]["gold"] for q in idx) / len(idx),
-               "gold_share": sum(sum(pool_labels[e] == recs[q]["gold"] for e in recs[q]["examples"]) / len(recs[q]["examples"])
-                                 for q in idx) / len(idx),
-               "spec": report["selector_specs"][sel]}
+        retrieval = report["selectors"][sel]["retrieval"]
+        row = {"n": len(idx), "accuracy": report["selectors"][sel]["accuracy"], "gold_nearest": retrieval["1nn_acc"],
+               "gold_share": retrieval[f"p@{k}"], "spec": report["selector_specs"][sel]}
         if sel != "embedding" and "embedding" in by_sel:
             common = [q for q in idx if q in by_sel["embedding"]]
             row["vs_embedding"] = paired_comparison([recs[q]["correct"] for q in common],
@@ -71,14 +70,14 @@ def main() -> None:
     ap.add_argument("--name", default="dev-icl", help="result file name under eval/results/icl_dev/")
     args = ap.parse_args()
     folder = ROOT / "runs" / "dev-banking77"
-    pool_labels = write_dev_folder(Path(args.data), folder)
+    write_dev_folder(Path(args.data), folder)
     run_dir = ROOT / "runs" / f"icl-{args.name}"
     cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", str(folder), "--selectors", args.selectors,
            "-k", str(args.k), "--limit", args.limit, "--seed", "0", "--cache", str(CACHE), "--out", str(run_dir)]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     report = json.loads((run_dir / "report.json").read_text())
-    rows = summarise(report, pool_labels)
+    rows = summarise(report)
     table = [{"selector": s, "spec": json.dumps(r["spec"]), "queries": r["n"], "accuracy": r["accuracy"],
               "vs embedding (95 % CI)": (f"{100 * r['vs_embedding']['difference']:+.2f} pt ({100 * r['vs_embedding']['ci95'][0]:+.2f} "
                                          f"to {100 * r['vs_embedding']['ci95'][1]:+.2f}), p {r['vs_embedding']['mcnemar_p']:.3f}")
