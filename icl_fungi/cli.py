@@ -9,16 +9,21 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .combine import DEFAULT_FIT_WEIGHTS
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES
+from .index import index_class
+from .options import parse_options
+from .persistence import check_save_target
 from .prompt import ORDERS
 
 
@@ -35,31 +40,28 @@ def _limit(value: str) -> int | None:
     return n
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="icl-fungi", description="Pick in-context examples with FUNGI features.")
-    p.add_argument("--version", action="version", version=f"icl-fungi {__version__}")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
-    quiet = argparse.ArgumentParser(add_help=False)  # -q also after the subcommand
-    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or info logs")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _build_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     b = sub.add_parser("build", parents=[quiet], help="build a retriever from a labelled pool and save it")
     b.add_argument("data", help="CSV/TSV/JSONL/JSON file, or a hub dataset name")
-    b.add_argument("--out", required=True, help="directory to save the retriever in")
+    b.add_argument("--out", required=True, help="directory to save the retriever in (new, empty, or a saved retriever)")
     b.add_argument("--text-column", default="text", help="column holding the example text (default: text)")
     b.add_argument("--label-column", default="label", help="column holding the label (default: label)")
     b.add_argument("--split", default=None, help="split of a hub dataset (default: train)")
     b.add_argument("--model", default=DEFAULT_MODEL, help=f"sentence-transformers name or path (default: {DEFAULT_MODEL})")
     b.add_argument("--features", default=",".join(DEFAULT_FEATURES),
                    help=f"comma-separated feature blocks from {','.join(FEATURES)} (default: {','.join(DEFAULT_FEATURES)})")
+    b.add_argument("--feature-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a FeatureConfig field, e.g. kl_head=neighbors or simclr_view_mode=word_deletion (repeatable)")
     b.add_argument("--fit-weights", choices=("auto", "loo", "none"), default=DEFAULT_FIT_WEIGHTS,
                    help="block weights from the pool: auto (the KL weight from how well the embedding separates the "
                         "labels; default), loo (leave-one-out search) or none (kl 0.3, simclr 0.3)")
     b.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     b.add_argument("--seed", type=int, default=0, help="seed of heads, projections, views (default: 0)")
-    b.add_argument("--index", choices=("hnswlib", "milvus"), default="hnswlib",
-                   help="where the vectors live: in process (hnswlib, default) or in Milvus")
+    b.add_argument("--index", default="hnswlib",
+                   help="index backend: hnswlib (in process, default), milvus, or one registered by an --import module")
+    b.add_argument("--index-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword of the index backend's constructor, e.g. M=16 (repeatable)")
     b.add_argument("--milvus-uri", default=None, help="with --index milvus: a milvus-lite file (*.db) or http://host:19530")
     b.add_argument("--collection", default="icl_fungi", help="with --index milvus: the collection's name (default: icl_fungi)")
     b.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -67,10 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", default=None, help="with --executor ray: 'auto' or ray://host:10001 (default: a local Ray)")
     b.add_argument("--workers", type=int, default=2, help="with --executor ray: encoding actors (default: 2)")
 
+
+def _query_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     q = sub.add_parser("query", parents=[quiet], help="print the examples retrieved for a query, and the prompt")
     q.add_argument("retriever", help="directory of a saved retriever")
     q.add_argument("query", help="the query text")
     q.add_argument("-k", type=int, default=20, help="number of examples (default: 20)")
+    q.add_argument("--selection", default=None,
+                   help="selection strategy and options, e.g. 'label_cap;max_per_label=2' or 'mmr;mmr_lambda=0.3' (default: topk)")
     q.add_argument("--template", default="classification-completion",
                    help="prompt template name or JSON file (default: classification-completion)")
     q.add_argument("--order", choices=ORDERS, default="similar_last",
@@ -78,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--prompt", action="store_true", help="also print the rendered prompt")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+
+def _eval_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     e = sub.add_parser("eval", parents=[quiet], help="measure in-context-learning accuracy against an OpenAI-compatible endpoint")
     e.add_argument("--data", required=True,
                    help="a folder with train.* and test.* files (e.g. ../shared/data/banking77), 'TRAIN,TEST' files, or a hub name")
@@ -108,7 +116,107 @@ def _parser() -> argparse.ArgumentParser:
                         "run's, which answers queries in a seeded random order); starts no server, sends nothing")
     e.add_argument("--out", required=True,
                    help="output folder for report.json, report.md, report.html and plots (new, or holding this same run)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="icl-fungi", description="Pick in-context examples with FUNGI features.")
+    p.add_argument("--version", action="version", version=f"icl-fungi {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a Python module first (one that registers your KL heads, view kinds, selection "
+                        "strategies or index backends); repeatable")
+    quiet = argparse.ArgumentParser(add_help=False)  # -q also after the subcommand
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or info logs")
+    sub = p.add_subparsers(dest="command", required=True)
+    _build_parser(sub, quiet)
+    _query_parser(sub, quiet)
+    _eval_parser(sub, quiet)
     return p
+
+
+def _make_index(args: argparse.Namespace) -> Any:
+    """The index backend ``--index`` names, built with ``--index-option`` (and the Milvus flags); ``None``: hnswlib
+    with the retriever's defaults."""
+    options = parse_options(args.index_option, what="--index-option")
+    if args.index == "milvus":
+        if not args.milvus_uri:
+            raise ValueError("--index milvus needs --milvus-uri (a milvus-lite file *.db, or http://host:19530)")
+        options = {"uri": args.milvus_uri, "collection": args.collection, **options}
+    if args.index == "hnswlib" and not options:
+        return None
+    cls = index_class(args.index)
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise ValueError(f"--index {args.index}: {err}") from None
+
+
+def _build(args: argparse.Namespace) -> None:
+    from .retriever import ICLRetriever
+
+    check_save_target(Path(args.out))  # before the (long) build
+    index = _make_index(args)
+    executor = None
+    if args.executor == "ray":
+        from .distributed import RayExecutor
+
+        executor = RayExecutor(args.ray_address, workers=args.workers)
+    feature_options = parse_options(args.feature_option, what="--feature-option")
+    r = ICLRetriever.from_dataset(
+        args.data, text_column=args.text_column, label_column=args.label_column, split=args.split,
+        model=args.model, features=tuple(f.strip() for f in args.features.split(",") if f.strip()),
+        batch_size=args.batch_size, device=args.device, seed=args.seed, index=index, executor=executor,
+        fit_weights=None if args.fit_weights == "none" else args.fit_weights, **feature_options,
+    )
+    path = r.save(args.out)
+    print(f"saved a retriever over {len(r)} examples to {path}")
+
+
+def _query(args: argparse.Namespace) -> None:
+    from .retriever import ICLRetriever
+    from .selection import Selection
+
+    selection = Selection.from_spec(args.selection) if args.selection else None
+    r = ICLRetriever.load(args.retriever)
+    res = r.retrieve(args.query, k=args.k, selection=selection)
+    prompt = None
+    if args.prompt:
+        prompt = r.build_prompt(args.query, k=args.k, template=args.template, order=args.order, selection=selection)
+    if args.json:
+        print(json.dumps({"examples": [{"index": x.index, "score": x.score, "label": x.label, "text": x.text} for x in res],
+                          "prompt": prompt}, ensure_ascii=False, indent=2))
+        return
+    for x in res:
+        print(f"{x.score:.3f}\t{x.label}\t{x.text}")
+    if prompt is not None:
+        print("\n--- prompt ---")
+        print(prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, indent=2))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluation.harness import EvalSettings, run_icl_eval
+
+    settings = EvalSettings(
+        data=args.data, out=args.out, text_column=args.text_column, label_column=args.label_column,
+        retriever=args.retriever, selectors=tuple(s.strip() for s in args.selectors.split(",") if s.strip()),
+        k=args.k, limit=args.limit, seed=args.seed, template=args.template, mode=args.mode,
+        base_url=args.base_url, model=args.model, concurrency=args.concurrency, timeout=args.timeout,
+        max_retries=args.max_retries, cache=args.cache, show_progress=not args.quiet, cached_only=args.cached_only,
+    )
+    report = run_icl_eval(settings)
+    for name, m in report["selectors"].items():
+        lo, hi = m["accuracy_ci95"]
+        print(f"{name:<10} accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f})  invalid {m['invalid_rate']:.4f}  n={m['n']}")
+    print(f"report: {Path(args.out) / 'report.md'}  (wall time {report['wall_time_s']} s)")
+
+
+def _import_modules(names: Sequence[str]) -> None:
+    """``--import``: the user's modules that register their own parts."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ValueError(f"--import {name}: {err}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,60 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     for noisy in ("httpx", "httpx2", "openai", "httpcore", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from .retriever import ICLRetriever
-
     try:
-        if args.command == "build":
-            out = Path(args.out)
-            if out.exists() and not (out / "manifest.json").is_file():  # checked before the (long) build
-                raise ValueError(f"{out} exists and is not a saved retriever; refusing to overwrite it")
-            index = executor = None
-            if args.index == "milvus":
-                if not args.milvus_uri:
-                    raise ValueError("--index milvus needs --milvus-uri (a milvus-lite file *.db, or http://host:19530)")
-                from .milvus import MilvusIndex
-
-                index = MilvusIndex(args.milvus_uri, args.collection)
-            if args.executor == "ray":
-                from .distributed import RayExecutor
-
-                executor = RayExecutor(args.ray_address, workers=args.workers)
-            r = ICLRetriever.from_dataset(
-                args.data, text_column=args.text_column, label_column=args.label_column, split=args.split,
-                model=args.model, features=tuple(f.strip() for f in args.features.split(",") if f.strip()),
-                batch_size=args.batch_size, device=args.device, seed=args.seed, index=index, executor=executor,
-                fit_weights=None if args.fit_weights == "none" else args.fit_weights,
-            )
-            path = r.save(args.out)
-            print(f"saved a retriever over {len(r)} examples to {path}")
-        elif args.command == "query":
-            r = ICLRetriever.load(args.retriever)
-            res = r.retrieve(args.query, k=args.k)
-            prompt = r.build_prompt(args.query, k=args.k, template=args.template, order=args.order) if args.prompt else None
-            if args.json:
-                print(json.dumps({"examples": [{"index": x.index, "score": x.score, "label": x.label, "text": x.text} for x in res],
-                                  "prompt": prompt}, ensure_ascii=False, indent=2))
-            else:
-                for x in res:
-                    print(f"{x.score:.3f}\t{x.label}\t{x.text}")
-                if prompt is not None:
-                    print("\n--- prompt ---")
-                    print(prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, indent=2))
-        else:
-            from .evaluation.harness import EvalSettings, run_icl_eval
-
-            settings = EvalSettings(
-                data=args.data, out=args.out, text_column=args.text_column, label_column=args.label_column,
-                retriever=args.retriever, selectors=tuple(s.strip() for s in args.selectors.split(",") if s.strip()),
-                k=args.k, limit=args.limit, seed=args.seed, template=args.template, mode=args.mode,
-                base_url=args.base_url, model=args.model, concurrency=args.concurrency, timeout=args.timeout,
-                max_retries=args.max_retries, cache=args.cache, show_progress=not args.quiet, cached_only=args.cached_only,
-            )
-            report = run_icl_eval(settings)
-            for name, m in report["selectors"].items():
-                lo, hi = m["accuracy_ci95"]
-                print(f"{name:<10} accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f})  invalid {m['invalid_rate']:.4f}  n={m['n']}")
-            print(f"report: {Path(args.out) / 'report.md'}  (wall time {report['wall_time_s']} s)")
+        _import_modules(args.imports)
+        {"build": _build, "query": _query, "eval": _eval}[args.command](args)
     except KeyboardInterrupt:
         print("icl-fungi: interrupted (responses received so far are cached)", file=sys.stderr)
         return 130

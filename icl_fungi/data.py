@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_labels", "check_texts", "load_pool"]
+__all__ = ["check_labels", "check_texts", "load_pool", "read_records"]
 
 Label = str | int
 
@@ -68,7 +68,8 @@ def _columns_from_records(records: Sequence[Mapping[str, Any]], text_column: str
     return texts, labels
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV/TSV/JSONL/JSON file as dicts."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8") as fh:
@@ -119,7 +120,7 @@ def load_pool(
     if isinstance(data, str | os.PathLike):
         path = Path(data)
         if path.is_file():
-            texts, labels = _columns_from_records(_read_file(path), text_column, label_column)
+            texts, labels = _columns_from_records(read_records(path), text_column, label_column)
         elif path.exists():
             raise ValueError(f"{path} is a directory; pass a file (e.g. {path / 'train.csv'})")
         elif isinstance(data, str) and not data.endswith((".csv", ".tsv", ".jsonl", ".json", ".ndjson")):

@@ -1,14 +1,13 @@
-"""Building a retriever's features with Ray Data: the driver fits, actors encode.
+"""Encoding a pool's batches with Ray Data: the retriever fits, actors encode.
 
-The driver fits everything that depends on the whole pool once: the KL head and the SimCLR
-negatives (on their seeded samples), then the block means and the PCA on a seeded sample of at
-most ``pca_sample`` rows, whose features Ray computes first. The rest of the pool is encoded by
-``ray.data`` ``map_batches`` on a pool of actors that each load the model once and return finished
-index vectors, which the driver writes to the index batch by batch. Actors that die are restarted
-and their batches retried; a batch that arrives twice is written once.
+``ICLRetriever.fit`` owns every stage: it fits the encoder's pool-wide parts (KL head, SimCLR
+negatives), then the block means, weights and PCA on a seeded sample of at most ``pca_sample`` rows,
+and builds the index. A :class:`RayExecutor` only encodes the batches it is given: ``ray.data``
+``map_batches`` on a pool of actors that each load the model and the fitted encoder once and return
+the batches' feature blocks. Actors that die are restarted and their batches retried.
 
-When the PCA sample covers the pool, the batches are exactly those of the single-process build
-(:meth:`FungiEncoder.fit_encode`), so the features are the same.
+When the sample covers the pool, the batches are exactly those of the single-process build
+(:meth:`~icl_fungi.features.FungiEncoder.plan_batches`), so the features are the same.
 
 Example:
     >>> r = ICLRetriever.from_texts(texts, labels, executor=RayExecutor(workers=4))              # doctest: +SKIP
@@ -17,20 +16,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-from .features.encoder import _sorted_batches
-from .features.heads import head_sample
-
-if TYPE_CHECKING:
-    from .retriever import ICLRetriever
 
 __all__ = ["RayExecutor", "as_executor"]
 
@@ -58,25 +53,19 @@ def _unpack(files: dict[str, bytes], folder: Path) -> None:
 
 
 class _EncodeActor:
-    """A Ray Data actor: loads the model and the driver's fitted parts once, then turns planned batches of
-    texts into feature blocks (first pass) or index vectors (second pass)."""
+    """A Ray Data actor: loads the model and the fitted encoder once, then turns planned batches of texts into
+    feature blocks."""
 
-    def __init__(self, model: str, state: Any, vectors: bool, batch_size: int, fail_once: tuple | None = None) -> None:
+    def __init__(self, model: str, state: Any, batch_size: int, fail_once: tuple | None = None) -> None:
         import ray
 
-        from .combine import BlockCombiner
         from .features import FungiEncoder
-        from .pca import PCA
 
-        if isinstance(state, ray.ObjectRef):  # the driver put the fitted parts in the object store once
+        if isinstance(state, ray.ObjectRef):  # the driver put the fitted encoder in the object store once
             state = ray.get(state)
         with tempfile.TemporaryDirectory() as tmp:
             _unpack(state, Path(tmp))
             self.encoder = FungiEncoder.load(Path(tmp) / "encoder", model=model, batch_size=batch_size, show_progress_bar=False)
-            features = self.encoder.config.features
-            dims = {f: self.encoder.dim if f == "embedding" else self.encoder.projection_dim for f in features}
-            self.combiner = BlockCombiner.load(Path(tmp) / "combiner", features=features, dims=dims) if vectors else None
-            self.pca = PCA.load(Path(tmp) / "pca") if vectors else None
         self.calls, self.fail_once = 0, fail_once
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,32 +74,39 @@ class _EncodeActor:
             Path(self.fail_once[0]).touch()  # fault injection for tests: this actor dies once, mid-build
             os._exit(1)
         rows, parts = [], []
-        for ids, texts, tail in zip(batch["rows"], batch["texts"], batch["tail"], strict=True):
-            texts = [str(t) for t in texts]
-            features = self.encoder.tokenize(texts)
-            if tail:  # the head's sample: trunk pass then gradient pass, as in fit_encode
-                emb, cached, _ = self.encoder.gradients.trunk(features, cache=True)
-                parts.append(self.encoder.gradients.blocks(texts, features, emb, cached))
-            else:
-                parts.append(self.encoder.gradients.encode_batch(texts, features))
+        for ids, texts, via_trunk in zip(batch["rows"], batch["texts"], batch["via_trunk"], strict=True):
+            parts.append(self.encoder.encode_planned([str(t) for t in texts], bool(via_trunk)))
             rows.append(np.asarray(ids, dtype=np.int64))
-        blocks = {f: np.concatenate([p[f] for p in parts]) for f in parts[0]}
-        out: dict[str, np.ndarray] = {"rows": np.concatenate(rows)}
-        if self.pca is not None:
-            v = self.pca.transform(self.combiner.transform(blocks))
-            out["vector"] = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        else:
-            out.update({f"block_{f}": b for f, b in blocks.items()})
-        return out
+        out = {f"block_{f}": np.concatenate([p[f] for p in parts]) for f in parts[0]}
+        return {"rows": np.concatenate(rows), **out}
+
+
+def _reachable(address: str) -> None:
+    """Fail at once, before any encoding, when ``address`` names no Ray cluster that can be reached."""
+    if address == "auto":
+        if os.environ.get("RAY_ADDRESS"):
+            return
+        if not (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").exists():
+            raise RuntimeError("RayExecutor(address='auto') found no running Ray cluster on this machine: start one with "
+                               "`ray start --head`, set RAY_ADDRESS, or use address=None for a local Ray")
+        return
+    host_port = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"a Ray address is 'auto', host:port or ray://host:port, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {err}") from None
 
 
 class RayExecutor:
-    """Ray Data for the feature build (see the module docstring).
+    """Encodes planned batches with Ray Data actors (see the module docstring).
 
     Args:
-        address: a Ray cluster (``"auto"``, ``"ray://host:10001"``); ``None`` starts a local Ray.
+        address: a Ray cluster (``"auto"``, ``"host:6379"``, ``"ray://host:10001"``); ``None`` starts a local Ray.
         workers: encoding actors (each loads the model once).
-        pca_sample: rows the block means and the PCA are fitted on (a seeded sample when the pool is larger).
+        pca_sample: rows the block means, weights and PCA are fitted on (a seeded sample when the pool is larger).
         batches_per_task: encoder batches per Ray task.
     """
 
@@ -119,102 +115,58 @@ class RayExecutor:
         for name, value in (("workers", workers), ("pca_sample", pca_sample), ("batches_per_task", batches_per_task)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ValueError(f"address must be None or a Ray address string, got {address!r}")
         self.address, self.workers, self.pca_sample, self.batches_per_task = address, workers, pca_sample, batches_per_task
         self._fail_once = _fail_once
 
-    def _start(self) -> bool:
-        """Connect to (or start) Ray; True when this call started it (and so stops it)."""
+    @staticmethod
+    def check_encoder(encoder: Any) -> None:
+        """Actors load the model by name: an encoder built from a model object cannot be shipped."""
+        if not isinstance(encoder.model_name, str) or encoder.model_name == "custom":
+            raise ValueError("executor='ray' loads the model on every actor: build the encoder from a model name or path")
+
+    @contextlib.contextmanager
+    def session(self, encoder: Any) -> Iterator[RayExecutor]:
+        """Check the encoder and connect to (or start) Ray before any encoding; a Ray this call started is stopped
+        on exit."""
+        self.check_encoder(encoder)
         try:
             import ray
         except ImportError as err:
             raise ImportError("executor='ray' needs the ray extra: pip install 'icl-fungi[ray]'") from err
-        if ray.is_initialized():
-            return False
-        kwargs: dict[str, Any] = {"address": self.address} if self.address else {"num_cpus": max(self.workers, os.cpu_count() or 1)}
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        return True
-
-    def _run(self, plan: list[tuple[np.ndarray, bool]], texts: Sequence[str], model: str, state: dict[str, bytes],
-             vectors: bool, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Stream the actors' outputs for ``plan`` (encoder batches: rows and whether they are head-sample batches)."""
-        import ray
-
-        items = [{"rows": rows, "texts": [texts[i] for i in rows], "tail": tail} for rows, tail in plan]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * self.workers)))
-        state_ref = ray.put(state)
-        out = ds.map_batches(_EncodeActor, batch_size=self.batches_per_task, batch_format="numpy",
-                             fn_constructor_kwargs={"model": model, "state": state_ref, "vectors": vectors,
-                                                    "batch_size": batch_size, "fail_once": self._fail_once},
-                             compute=ray.data.ActorPoolStrategy(size=self.workers), num_cpus=1)
-        # Ray Data restarts dead actors and retries their tasks by default (max_restarts = max_task_retries = -1)
-        yield from out.iter_batches(batch_size=None, batch_format="numpy")
-
-    def fit(self, retriever: ICLRetriever, texts: list[str], labels: list) -> None:
-        """Fit ``retriever`` on the pool with Ray: parts on the driver, features on the actors, then the index."""
-        enc = retriever.encoder
-        cfg = enc.config
-        if not isinstance(enc.model_name, str) or enc.model_name == "custom":
-            raise ValueError("executor='ray' loads the model on every actor: build the encoder from a model name or path")
-        started = self._start()
+        started = False
+        if not ray.is_initialized():
+            if self.address:
+                _reachable(self.address)
+            kwargs: dict[str, Any] = {"address": self.address} if self.address else {"num_cpus": max(self.workers, os.cpu_count() or 1)}
+            ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+            started = True
         try:
-            n = len(texts)
-            lengths = np.asarray(enc.token_lengths(texts))
-            enc.n_truncated_ = int((lengths > enc.max_seq_length).sum())
-            enc.fit(texts, labels)
-            covered = n <= self.pca_sample
-            sample = np.arange(n) if covered else np.sort(np.random.default_rng(cfg.seed).choice(n, self.pca_sample, replace=False))
-            with tempfile.TemporaryDirectory() as tmp:
-                enc.save(Path(tmp) / "encoder")
-                state = _pack(Path(tmp))
-            plan = self._plan(enc, texts, labels, lengths, sample, covered)
-            blocks = {f: np.zeros((n, enc.dim if f == "embedding" else enc.projection_dim), np.float32) for f in cfg.features}
-            for out in self._run(plan, texts, enc.model_name, state, False, enc.batch_size):
-                for f in cfg.features:
-                    blocks[f][out["rows"]] = out[f"block_{f}"]
-            sample_blocks = {f: b[sample] for f, b in blocks.items()}
-            del blocks
-            retriever.combiner.fit(sample_blocks)
-            if retriever.fit_weights is not None:
-                retriever.weight_search_ = retriever.combiner.choose_weights(retriever.fit_weights, sample_blocks,
-                                                                             [labels[i] for i in sample], seed=cfg.seed)
-            retriever.pca.fit(retriever.combiner.transform(sample_blocks))
-            sample_vectors = retriever.vectors_from_blocks(sample_blocks)
-            rest = np.setdiff1d(np.arange(n), sample)
-            with tempfile.TemporaryDirectory() as tmp:
-                enc.save(Path(tmp) / "encoder")
-                retriever.combiner.save(Path(tmp) / "combiner")
-                retriever.pca.save(Path(tmp) / "pca")
-                state = _pack(Path(tmp))
-            str_labels = [str(lab) for lab in labels]
-
-            def chunks() -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
-                yield sample, sample_vectors, [str_labels[i] for i in sample]
-                if len(rest):
-                    plan_rest = [(b, False) for b in _sorted_batches(rest, lengths, enc.batch_size)]
-                    for out in self._run(plan_rest, texts, enc.model_name, state, True, enc.batch_size):
-                        yield out["rows"], out["vector"], [str_labels[i] for i in out["rows"]]
-
-            retriever._install(texts, labels, lambda: retriever.index.build_from(chunks(), n, sample_vectors.shape[1]))
-            retriever.n_truncated_ = enc.n_truncated_
+            yield self
         finally:
             if started:
-                import ray
-
                 ray.shutdown()
 
-    @staticmethod
-    def _plan(enc: Any, texts: Sequence[str], labels: Sequence | None, lengths: np.ndarray, rows: np.ndarray,
-              covered: bool) -> list[tuple[np.ndarray, bool]]:
-        """Encoder batches for the first pass: when it covers the pool, exactly ``fit_encode``'s batches (the head's
-        sample first, by its trunk-then-gradient path, then the rest), so the features match the single-process build."""
-        if covered and enc.config.fitted_head:
-            labels_ = list(labels) if enc.config.head_needs_labels else None
-            head = np.asarray(head_sample(len(texts), labels_, seed=enc.config.seed))
-            in_head = np.zeros(len(texts), dtype=bool)
-            in_head[head] = True
-            return ([(b, True) for b in _sorted_batches(head, lengths, enc.batch_size)]
-                    + [(b, False) for b in _sorted_batches(np.flatnonzero(~in_head), lengths, enc.batch_size)])
-        return [(b, False) for b in _sorted_batches(rows, lengths, enc.batch_size)]
+    def encode(self, encoder: Any, texts: Sequence[str],
+               batches: list[tuple[np.ndarray, bool]]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Stream ``(rows, blocks)`` for the planned ``batches`` (from ``encoder.plan_batches``), in any order; call
+        inside :meth:`session`. ``encoder`` must be fitted: its state is shipped to the actors once."""
+        import ray
+
+        if not batches:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            encoder.save(Path(tmp) / "encoder")
+            state_ref = ray.put(_pack(Path(tmp)))
+        items = [{"rows": rows, "texts": [texts[i] for i in rows], "via_trunk": via} for rows, via in batches]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * self.workers)))
+        out = ds.map_batches(_EncodeActor, batch_size=self.batches_per_task, batch_format="numpy",
+                             fn_constructor_kwargs={"model": encoder.model_name, "state": state_ref,
+                                                    "batch_size": encoder.batch_size, "fail_once": self._fail_once},
+                             compute=ray.data.ActorPoolStrategy(size=self.workers), num_cpus=1)
+        # Ray Data restarts dead actors and retries their tasks by default (max_restarts = max_task_retries = -1)
+        for res in out.iter_batches(batch_size=None, batch_format="numpy"):
+            yield res["rows"], {k[len("block_"):]: v for k, v in res.items() if k.startswith("block_")}

@@ -294,6 +294,17 @@ class VectorIndex:
         return self
 
 
+def index_class(name: str) -> type:
+    """TEMPORARY until the registry lands."""
+    if name == "hnswlib":
+        return VectorIndex
+    if name == "milvus":
+        from .milvus import MilvusIndex
+
+        return MilvusIndex
+    raise ValueError(f"unknown index backend {name!r}")
+
+
 def load_index(path: str | Path, *, dim: int | None = None) -> Index:
     """Load a saved index with the backend its ``config.json`` names."""
     from .persistence import read_config

@@ -118,12 +118,20 @@ def _files(root: Path) -> dict[str, Path]:
     return out
 
 
+def check_save_target(path: str | os.PathLike) -> None:
+    """Refuse ``path`` as a place to save a retriever unless it is new, an empty folder or a saved retriever."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link; refusing to save through it")
+    if path.exists() and not (path / MANIFEST).is_file() and not (path.is_dir() and not any(path.iterdir())):
+        raise ValueError(f"{path} exists and is not a saved retriever (nor an empty folder); refusing to overwrite it")
+
+
 def save_directory(path: str | os.PathLike, write: Callable[[Path], None], info: dict[str, Any]) -> Path:
     """Call ``write(tmp)`` to fill a temporary folder next to ``path``, add the manifest (``info`` plus
     format, creation time and every file's sha256) and rename it into place."""
     path = Path(path)
-    if path.is_symlink() or (path.exists() and not (path / MANIFEST).is_file()):
-        raise ValueError(f"{path} exists and is not a saved retriever; refusing to overwrite it")
+    check_save_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

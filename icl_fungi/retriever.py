@@ -30,6 +30,7 @@ from .data import Label, check_labels, check_texts, load_pool
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder
 from .index import Index, VectorIndex, load_index
 from .pca import PCA
+from .persistence import check_save_target
 from .prompt import compose_prompt, sorted_labels
 from .selection import Selection, select_from_index
 from .template import Prompt, PromptTemplate
@@ -100,6 +101,7 @@ class ICLRetriever:
         self._write_lock = threading.Lock()
         self._label_cache: tuple[list | None, list] = (None, [])
         self.n_truncated_ = 0
+        self._told_k_capped = False
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -130,10 +132,11 @@ class ICLRetriever:
         return cls.from_texts(texts, labels, **kwargs)
 
     def fit(self, texts: Sequence[str], labels: Sequence[Label], *, executor: Any = None) -> ICLRetriever:
-        """Encode the pool, fit the block combiner and the PCA, and build the index (replaces any pool).
+        """Encode the pool, fit the block combiner, weights and PCA, and build the index (replaces any pool).
 
-        ``executor``: ``None`` (this process) or ``"ray"`` / a :class:`~icl_fungi.distributed.RayExecutor`
-        (features built by Ray Data actors; the KL head, negatives and PCA are fitted here, on the driver).
+        ``executor``: ``None`` (this process) or ``"ray"`` / a :class:`~icl_fungi.distributed.RayExecutor`, which
+        encodes the batches this method plans on Ray Data actors (the fitted parts are fitted here). The index
+        backend and the executor are checked before anything is encoded.
         """
         texts = check_texts(texts)
         if not texts:
@@ -142,22 +145,62 @@ class ICLRetriever:
         n_dup = len(texts) - len(set(texts))
         if n_dup:
             logger.warning("the pool holds %d duplicate text(s); they are kept as separate examples", n_dup)
-        if executor is not None:
-            from .distributed import as_executor
-
-            as_executor(executor).fit(self, texts, labels)
+        check = getattr(self.index, "check", None)
+        if callable(check):
+            check()  # e.g. a Milvus server that cannot be reached fails now, not after the encoding
+        if executor is None:
+            blocks = self.encoder.fit_encode(texts, labels)  # fits the head on the trunk pass it then reuses
+            self._set_truncated(self.encoder.n_truncated_)
+            vectors = self._fit_parts(blocks, labels)
+            self._install(texts, labels, lambda: self.index.build(vectors, labels=[str(lab) for lab in labels]))
             return self
-        blocks = self.encoder.fit_encode(texts, labels)
-        self.n_truncated_ = self.encoder.n_truncated_
-        if self.n_truncated_:
-            logger.warning("%d pool text(s) exceed the model's %d-token limit and were truncated", self.n_truncated_,
-                           self.encoder.max_seq_length)
+        from .distributed import as_executor
+
+        runner = as_executor(executor)
+        with runner.session(self.encoder):
+            self._fit_with(runner, texts, labels)
+        return self
+
+    def _set_truncated(self, n: int) -> None:
+        self.n_truncated_ = n
+        if n:
+            logger.warning("%d pool text(s) exceed the model's %d-token limit and were truncated", n, self.encoder.max_seq_length)
+
+    def _fit_parts(self, blocks: dict[str, np.ndarray], labels: Sequence[Label]) -> np.ndarray:
+        """Fit the combiner, the block weights and the PCA on ``blocks``; returns these rows' PCA output."""
         self.combiner.fit(blocks)
         if self.fit_weights is not None:
             self.weight_search_ = self.combiner.choose_weights(self.fit_weights, blocks, labels, seed=self.encoder.config.seed)
-        vectors = self.pca.fit_transform(self.combiner.transform(blocks))
-        self._install(texts, labels, lambda: self.index.build(vectors, labels=[str(lab) for lab in labels]))
-        return self
+        return self.pca.fit_transform(self.combiner.transform(blocks))
+
+    def _fit_with(self, runner: Any, texts: list[str], labels: list[Label]) -> None:
+        """:meth:`fit` with an executor: the encoder's parts here, the sample's blocks from ``runner``, the combiner,
+        weights and PCA on the sample here, then the rest of the pool's blocks from ``runner`` into the index."""
+        enc, n = self.encoder, len(texts)
+        lengths = np.asarray(enc.token_lengths(texts))
+        self._set_truncated(int((lengths > enc.max_seq_length).sum()))
+        enc.fit(texts, labels)
+        size = getattr(runner, "pca_sample", n)
+        sample = np.arange(n) if n <= size else np.sort(np.random.default_rng(enc.config.seed).choice(n, size, replace=False))
+        position = np.full(n, -1, dtype=np.int64)
+        position[sample] = np.arange(len(sample))
+        blocks = {f: np.zeros((len(sample), enc.block_dim(f)), np.float32) for f in enc.config.features}
+        for rows, got in runner.encode(enc, texts, enc.plan_batches(texts, labels, sample, lengths=lengths)):
+            for f in blocks:
+                blocks[f][position[rows]] = got[f]
+        vectors = self._fit_parts(blocks, [labels[i] for i in sample])
+        str_labels = [str(lab) for lab in labels]
+        rest = np.flatnonzero(position < 0)
+        if not len(rest):
+            self._install(texts, labels, lambda: self.index.build(vectors, labels=str_labels))
+            return
+
+        def chunks() -> Any:
+            yield sample, vectors, [str_labels[i] for i in sample]
+            for rows, got in runner.encode(enc, texts, enc.plan_batches(texts, labels, rest, lengths=lengths)):
+                yield rows, self.vectors_from_blocks(got), [str_labels[i] for i in rows]
+
+        self._install(texts, labels, lambda: self.index.build_from(chunks(), n, vectors.shape[1]))
 
     def _install(self, texts: list[str], labels: list[Label], build_index: Any) -> None:
         """Publish a new pool and build its index (``build_index()``) as one step for concurrent readers."""
@@ -223,6 +266,9 @@ class ICLRetriever:
         k = _check_k(k)
         sel = Selection.coerce(selection)
         queries = check_texts(queries, what="query")
+        if k > len(self) and len(self) and not self._told_k_capped:
+            self._told_k_capped = True  # said once per retriever
+            logger.warning("k=%d is larger than the pool (%d examples): every example is returned", k, len(self))
         if not queries:
             return []
         vectors = self.features(queries)
@@ -292,8 +338,7 @@ class ICLRetriever:
         """
         self._check_built()
         path = Path(path)
-        if path.exists() and not (path / "manifest.json").is_file():
-            raise ValueError(f"{path} exists and is not a saved retriever; refusing to overwrite it")
+        check_save_target(path)
         with self._write_lock:
             return _save(self, path)
 
@@ -341,7 +386,7 @@ def _load(cls: type[ICLRetriever], path: Path, *, model: Any, **encoder_options:
         raise ValueError(f"{path}: the manifest's fit_weights must be one of {FIT_WEIGHTS}, got {fit_weights!r}")
     source = model if model is not None else manifest_model(manifest.get("model"), path)
     encoder = FungiEncoder.load(path / "encoder", model=source, **encoder_options)
-    dims = {f: encoder.dim if f == "embedding" else encoder.projection_dim for f in encoder.config.features}
+    dims = {f: encoder.block_dim(f) for f in encoder.config.features}
     retriever = cls(encoder, fit_weights=fit_weights)
     retriever.combiner = BlockCombiner.load(path / "combiner", features=encoder.config.features, dims=dims)
     retriever.pca = PCA.load(path / "pca", n_features=sum(dims.values()))

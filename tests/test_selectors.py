@@ -4,6 +4,7 @@ import pytest
 
 from icl_fungi.evaluation.harness import EvalSettings, load_splits, run_icl_eval
 from icl_fungi.evaluation.selectors import parse_selector
+from icl_fungi.selection import LabelCap
 
 from .llm_fakes import FakeLLM
 from .llm_fakes import eval_settings as _settings
@@ -17,7 +18,7 @@ def test_parse_selector_spells_every_option():
                           " selection=label_cap; max_per_label=2; allowed_labels=a|b; order=similar_first")
     assert spec.base == "fungi" and spec.features == {"kl_head": "neighbors", "features": ("embedding", "kl")}
     assert spec.weights == {"kl": 0.5} and spec.fit_weights is None and spec.order == "similar_first"
-    assert spec.selection.strategy == "label_cap" and spec.selection.max_per_label == 2
+    assert spec.selection.strategy == LabelCap(max_per_label=2)
     assert spec.selection.allowed_labels == ("a", "b")
     # selectors that differ only in selection or order share one retriever
     assert spec.retriever_key() == parse_selector("x=fungi;kl_head=neighbors;features=embedding+kl;w.kl=0.5;"
@@ -66,7 +67,7 @@ def test_eval_runs_selector_specs(intent_data, tmp_path):
     assert sel["near"]["accuracy"] > sel["far"]["accuracy"]
     configs = report["selector_configs"]
     assert configs["near"] == configs["far"] and configs["near"]["feature_config"]["features"] == ["embedding"]
-    assert report["selector_specs"]["cap"]["selection"]["max_per_label"] == 1
+    assert report["selector_specs"]["cap"]["selection"]["strategy"] == {"name": "label_cap", "max_per_label": 1}
     _, train_labels, *_ = load_splits(str(intent_data))
     for r in rows["cap"]:  # one example per label
         chosen = [train_labels[i] for i in r["examples"]]

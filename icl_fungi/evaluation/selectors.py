@@ -30,7 +30,6 @@ __all__ = ["BASES", "SelectorSpec", "parse_selector"]
 
 BASES = ("fungi", "embedding", "random")
 _NAME = re.compile(r"[A-Za-z0-9_.+-]+")
-_SELECTION_KEYS = {f.name for f in dataclasses.fields(Selection)} - {"strategy"}
 _FEATURE_KEYS = {f.name for f in dataclasses.fields(FeatureConfig)}
 
 
@@ -54,7 +53,7 @@ class SelectorSpec:
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for the report)."""
         return {"base": self.base, "features": self.features, "weights": self.weights, "fit_weights": self.fit_weights,
-                "selection": dataclasses.asdict(self.selection), "order": self.order}
+                "selection": self.selection.describe(), "order": self.order}
 
 
 def _value(text: str) -> Any:
@@ -101,8 +100,6 @@ def parse_selector(text: str) -> SelectorSpec:
             selection["strategy"] = value
         elif key == "allowed_labels":
             selection[key] = tuple(x for x in raw.strip().split("|") if x)
-        elif key in _SELECTION_KEYS:
-            selection[key] = value
         elif key == "order":
             if value not in ORDERS:
                 raise ValueError(f"selector {name!r}: order must be one of {ORDERS}, got {raw!r}")
@@ -115,8 +112,8 @@ def parse_selector(text: str) -> SelectorSpec:
             features["features"] = tuple(f for f in str(raw).split("+") if f)
         elif key in _FEATURE_KEYS:
             features[key] = value
-        else:
-            raise ValueError(f"selector {name!r}: unknown option {key!r}")
+        else:  # a Selection option (fetch_k, exclude_query, dedup_threshold) or the strategy's; Selection checks it
+            selection[key] = value
     if base == "random" and (features or weights or selection or fit_given):
         raise ValueError(f"selector {name!r}: the random selector takes only 'order'")
     try:

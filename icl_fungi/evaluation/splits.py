@@ -26,9 +26,9 @@ def _split_file(folder: Path, split: str) -> Path:
 
 def _columns(source: Any) -> list[str]:
     if isinstance(source, Path):
-        from ..data import _read_file
+        from ..data import read_records
 
-        rows = _read_file(source)
+        rows = read_records(source)
         return list(rows[0]) if rows else []
     return list(source.column_names)
 

@@ -12,7 +12,7 @@ from .encoder import FungiEncoder
 from .heads import KLHead, LabelMeanHead, NeighborsHead, PrototypeHead, RandomHead, register_kl_head, registered_kl_heads
 from .models import DEFAULT_MODEL, MeanPooledModel, TargetLayer, resolve_model
 from .simclr import SimCLRLoss
-from .views import DropoutViews, WordDeletionViews
+from .views import DropoutViews, Views, WordDeletionViews, register_view_kind, registered_view_kinds
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -29,8 +29,11 @@ __all__ = [
     "RandomHead",
     "SimCLRLoss",
     "TargetLayer",
+    "Views",
     "WordDeletionViews",
     "register_kl_head",
+    "register_view_kind",
     "registered_kl_heads",
+    "registered_view_kinds",
     "resolve_model",
 ]

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from .heads import kl_head_class, registered_kl_heads
+from .views import view_kind_class
 
 __all__ = ["DEFAULT_FEATURES", "FEATURES", "FeatureConfig"]
 
@@ -19,7 +20,6 @@ FEATURES = ("embedding", "kl", "simclr")
 # SimCLR is computed on request only: across the variants in eval/README.md ("Quality round 2") it moved dev-split
 # P@20 by at most 0.1 pt over KL alone with MiniLM and lost with Gemma 3 270M, at 12 % more build time
 DEFAULT_FEATURES = ("embedding", "kl")
-VIEW_MODES = ("dropout", "word_deletion")
 PROJECTIONS = ("tensor_sketch", "sketch", "dense")
 
 
@@ -40,8 +40,8 @@ class FeatureConfig:
         features: blocks to compute, from ``("embedding", "kl", "simclr")`` (default: embedding and kl).
         target_layer: the Linear module whose per-sample gradient is taken: ``"ffn_output"`` (the last
             block's feed-forward output projection: the views and the KL backward then only touch what
-            follows it), ``"attention_output"`` (the last block's attention output projection, the
-            0.2.0 default; ``None`` means the same), or a module name or unique suffix.
+            follows it), ``"attention_output"`` (the last block's attention output projection;
+            ``None`` means the same), or a module name or unique suffix.
         kl_head: a registered KL head (see :mod:`icl_fungi.features.heads`): ``"labels"`` (one row per
             pool label), ``"neighbors"`` (soft k-NN over a pool sample), ``"prototypes"`` (k-means),
             ``"random"`` (the paper's), or your own class registered with ``register_kl_head``.
@@ -50,7 +50,8 @@ class FeatureConfig:
         kl_center: head on pool-centred embeddings; ``None``: the head's default.
         center_blocks: subtract each block's pool mean before L2-normalising it.
         simclr_views: views per text (>= 2).
-        simclr_view_mode: ``"dropout"`` or ``"word_deletion"``.
+        simclr_view_mode: a registered view kind (see :mod:`icl_fungi.features.views`): ``"dropout"``,
+            ``"word_deletion"``, or your own class registered with ``register_view_kind``.
         simclr_dropout: dropout rate of the views; ``None``: the model's own rates.
         simclr_view_blocks: dropout in the last ``n`` blocks only (``None``: the whole model).
         word_deletion_p: word-deletion probability of ``"word_deletion"`` views.
@@ -109,8 +110,7 @@ class FeatureConfig:
                 raise TypeError(f"{name} must be a bool or None, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.center_blocks, bool):
             raise TypeError(f"center_blocks must be a bool, got {type(self.center_blocks).__name__}")
-        if self.simclr_view_mode not in VIEW_MODES:
-            raise ValueError(f"simclr_view_mode must be 'dropout' or 'word_deletion', got {self.simclr_view_mode!r}")
+        view_kind_class(self.simclr_view_mode)  # a registered view kind, or a ValueError naming them
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.simclr_views < 2:

@@ -31,7 +31,7 @@ from .gradients import GradientPass
 from .heads import KLHead, PrototypeHead, head_sample, is_categorical, kl_head_class
 from .models import DEFAULT_MODEL, TargetLayer, load_model, model_fingerprint
 from .simclr import SimCLRLoss
-from .views import DropoutViews, WordDeletionViews, dropout_modules
+from .views import Views, view_kind_class
 
 __all__ = ["FungiEncoder"]
 
@@ -91,7 +91,8 @@ class FungiEncoder:
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
         self._lock = threading.RLock()
-        self.model, self.model_name = load_model(model, device=device, allow_pickle_weights=allow_pickle_weights)
+        self.model, self.model_name = load_model(model, device=device, allow_pickle_weights=allow_pickle_weights,
+                                                 show_progress_bar=self._show_progress())
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -104,17 +105,7 @@ class FungiEncoder:
         self.gradients = GradientPass(self)
         self.head: KLHead | None = self._new_head(cfg.kl_head) if "kl" in cfg.features else None
         self.simclr = SimCLRLoss(temperature=cfg.simclr_temperature, n_negatives=cfg.simclr_negatives, seed=cfg.seed)
-        if cfg.simclr_view_mode == "dropout":
-            # views differ from the target layer on: Dropout modules that run before it are replayed clean
-            replayed = self.gradients.replayed_modules()
-            modules = [m for m in dropout_modules(self.model, self.target.blocks, self.gradients.split_block(), cfg.simclr_dropout)
-                       if not any(m is sub for r in replayed for sub in r.modules())]
-            self.views: Any = DropoutViews(modules, p=cfg.simclr_dropout, seed=cfg.seed)
-            if "simclr" in cfg.features and not modules:
-                raise ValueError("the model has no torch.nn.Dropout modules where the SimCLR views are made (simclr_view_blocks="
-                                 f"{cfg.simclr_view_blocks}); use simclr_view_mode='word_deletion' or more simclr_view_blocks")
-        else:
-            self.views = WordDeletionViews(p=cfg.word_deletion_p, seed=cfg.seed)
+        self.views: Views = view_kind_class(cfg.simclr_view_mode).create(self)
         self.projection_dim = cfg.projection_dim or self.dim
         self.projections = {
             f: GradientProjection(self.projection_dim, kind=cfg.projection, random_state=cfg.seed + 1 + i).fit(
@@ -253,14 +244,20 @@ class FungiEncoder:
                 self._encode_into(batch_texts, np.arange(n), lengths, out, bar)
         return {f: a[0] for f, a in out.items()} if single else out
 
-    def _progress(self, total: int) -> tqdm:
+    def _show_progress(self) -> bool:
+        """``show_progress_bar``, or (``None``) whether the log level shows INFO."""
         show = self.show_progress_bar
-        if show is None:
-            show = logger.getEffectiveLevel() <= logging.INFO
-        return tqdm(total=total, desc=self.progress_desc, disable=not show or total == 0, unit="text")
+        return logger.getEffectiveLevel() <= logging.INFO if show is None else bool(show)
+
+    def _progress(self, total: int) -> tqdm:
+        return tqdm(total=total, desc=self.progress_desc, disable=not self._show_progress() or total == 0, unit="text")
 
     def _empty_blocks(self, n: int) -> dict[str, np.ndarray]:
-        return {f: np.zeros((n, self.dim if f == "embedding" else self.projection_dim), np.float32) for f in self.config.features}
+        return {f: np.zeros((n, self.block_dim(f)), np.float32) for f in self.config.features}
+
+    def block_dim(self, block: str) -> int:
+        """The size of feature block ``block``: the embedding's, or the gradient projection's."""
+        return self.dim if block == "embedding" else self.projection_dim
 
     def _encode_into(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, out: dict[str, np.ndarray], bar: tqdm) -> None:
         for idx in _sorted_batches(rows, lengths, self.batch_size):
@@ -279,6 +276,37 @@ class FungiEncoder:
             emb, cached, _ = self.gradients.trunk(features, cache=keep and held < self.cache_bytes)
             held += cached.nbytes() if cached is not None else 0
             yield idx, (features if keep else None), emb, cached
+
+    # ------------------------------------------------ batches for executors
+    def plan_batches(self, texts: Sequence[str], labels: Sequence | None, rows: np.ndarray | None = None, *,
+                     lengths: np.ndarray | None = None) -> list[tuple[np.ndarray, bool]]:
+        """Length-sorted batches of ``rows`` (default: the whole pool) as ``(rows, via_trunk)`` pairs for an executor.
+
+        Over the whole pool with a fitted head they are exactly :meth:`fit_encode`'s batches (the head's sample
+        first, ``via_trunk`` True: trunk pass then gradient pass, as there), so :meth:`encode_planned` over them
+        gives the same features. ``lengths``: the texts' token counts, when already known.
+        """
+        lengths = np.asarray(self.token_lengths(texts) if lengths is None else lengths)
+        n = len(texts)
+        if rows is None or len(rows) == n:
+            if self.config.fitted_head:
+                labels_ = list(labels) if self.config.head_needs_labels and labels is not None else None
+                head = np.asarray(head_sample(n, labels_, seed=self.config.seed))
+                in_head = np.zeros(n, dtype=bool)
+                in_head[head] = True
+                return ([(b, True) for b in _sorted_batches(head, lengths, self.batch_size)]
+                        + [(b, False) for b in _sorted_batches(np.flatnonzero(~in_head), lengths, self.batch_size)])
+            rows = np.arange(n)
+        return [(b, False) for b in _sorted_batches(np.asarray(rows), lengths, self.batch_size)]
+
+    def encode_planned(self, texts: list[str], via_trunk: bool) -> dict[str, np.ndarray]:
+        """The blocks of one planned batch of ``texts`` (see :meth:`plan_batches`); the encoder must be fitted."""
+        with self._lock:
+            features = self.tokenize(texts)
+            if via_trunk:
+                emb, cached, _ = self.gradients.trunk(features, cache=True)
+                return self.gradients.blocks(texts, features, emb, cached)
+            return self.gradients.encode_batch(texts, features)
 
     # --------------------------------------------------------- persistence
     def describe(self) -> dict[str, Any]:

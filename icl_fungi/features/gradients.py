@@ -11,18 +11,33 @@ gradient is formed and projected once.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .capture import BlockCache, Capture, PreTargetRecorder, StubModules, TrunkCache, hooked, repeat_rows, tile, token_mask
+from .views import view_kind_class
 
-if TYPE_CHECKING:
-    from .encoder import FungiEncoder
+__all__ = ["EncoderParts", "GradientPass"]
 
-__all__ = ["GradientPass"]
+
+class EncoderParts(Protocol):
+    """What a :class:`GradientPass` reads of its encoder (a :class:`~icl_fungi.features.FungiEncoder`)."""
+
+    config: Any
+    model: torch.nn.Module
+    target: Any
+    device: torch.device
+    head: Any
+    simclr: Any
+    views: Any
+    projections: dict[str, Any]
+
+    def forward(self, features: dict[str, Any]) -> torch.Tensor: ...
+
+    def tokenize(self, texts: list[str]) -> dict[str, Any]: ...
 
 
 def _detached(value: Any) -> Any:
@@ -36,7 +51,7 @@ def _detached(value: Any) -> Any:
 class GradientPass:
     """The per-batch computation of a :class:`~icl_fungi.features.FungiEncoder` (reads its parts)."""
 
-    def __init__(self, encoder: FungiEncoder) -> None:
+    def __init__(self, encoder: EncoderParts) -> None:
         self.enc = encoder
         self._stubs: list[torch.nn.Module] | None = None  # replayed in the gradient pass; None: not known yet
         self._tile: dict[torch.nn.Module, bool] = {}  # replayed values read outside the replayed modules (repeated per view)
@@ -44,7 +59,7 @@ class GradientPass:
     def split_block(self) -> int:
         """Index of the first block with dropout in the SimCLR views (0: the whole model)."""
         cfg, target = self.enc.config, self.enc.target
-        if cfg.simclr_view_blocks is None or target.blocks is None or cfg.simclr_view_mode != "dropout":
+        if cfg.simclr_view_blocks is None or target.blocks is None or not view_kind_class(cfg.simclr_view_mode).in_blocks:
             return 0
         return max(0, len(target.blocks) - cfg.simclr_view_blocks)
 
@@ -54,7 +69,7 @@ class GradientPass:
         if target.blocks is None or target.block_index < 0:
             return 0
         start = target.block_index
-        if "simclr" in cfg.features and cfg.simclr_view_mode == "dropout":
+        if "simclr" in cfg.features and view_kind_class(cfg.simclr_view_mode).in_blocks:
             start = min(start, self.split_block())
         return start
 
@@ -125,37 +140,18 @@ class GradientPass:
         want_kl, want_sc = "kl" in cfg.features, "simclr" in cfg.features
         same_tokens = want_sc and enc.views.same_tokens
         tail_kl = want_kl and clean is None  # the KL rows are recomputed in the tail
-        seeds: list[int | None] = [None] * B if tail_kl else []
-        if same_tokens:
-            seeds += enc.views.seeds(texts, range(V))
-        R = len(seeds) // B
         mask = features["attention_mask"]
-        captures: list[Capture] = []
+        other: dict[str, Any] = {}
         with torch.enable_grad():
             loss = torch.zeros((), device=enc.device)
+            captures: list[Capture] = []
             if clean is not None:
                 loss = loss + enc.head.loss(clean[0])
                 captures.append(clean[1])
-            if R:
-                cap = Capture()
-                start = self.tail_start()
-                with contextlib.ExitStack() as stack:
-                    stack.enter_context(hooked(enc.target.module, cap))
-                    if same_tokens:
-                        stack.enter_context(enc.views.apply(seeds))
-                    if cached is not None:  # replay what the trunk pass computed before the views differ
-                        replay = {m: tile(v, R) if self._tile.get(m, True) else v for m, v in cached.outputs.items()}
-                        if start > 0:
-                            value = cached.block_input
-                            value = tile(value, R) if self._tile.get(enc.target.blocks[start - 1], True) else value
-                            replay.update({b: value for b in list(enc.target.blocks)[:start]})
-                        stack.enter_context(StubModules(replay))
-                    z = F.normalize(enc.forward(repeat_rows(features, R)), dim=-1)
-                if tail_kl:
-                    loss = loss + enc.head.loss(z[:B])
-                if same_tokens:
-                    loss = loss + enc.simclr.loss(z[B * tail_kl :].reshape(V, B, -1)).sum()
-                captures.append(cap)
+            tail = self._tail_loss(texts, features, cached, tail_kl, same_tokens)
+            if tail is not None:
+                loss = loss + tail[0]
+                captures.append(tail[1])
             if want_sc and not same_tokens:  # the views are other token sequences
                 vcap = Capture()
                 other = enc.tokenize(enc.views.texts(texts, range(V)))
@@ -175,6 +171,39 @@ class GradientPass:
         if want_sc and not same_tokens:
             result["simclr"] = self.simclr_block(grads[-1], captures[-1].inputs, other["attention_mask"], V)
         return result
+
+    def _tail_loss(self, texts: list[str], features: dict[str, Any], cached: Any, tail_kl: bool,
+                   same_tokens: bool) -> tuple[torch.Tensor, Capture] | None:
+        """The gradient forward over the rows [clean (when ``tail_kl``); same-token views] with what ran before
+        the views differ replayed from ``cached``: ``(loss, capture at the target)``, or ``None`` without rows."""
+        enc = self.enc
+        B, V = len(texts), enc.config.simclr_views
+        seeds: list[int | None] = [None] * B if tail_kl else []
+        if same_tokens:
+            seeds += enc.views.seeds(texts, range(V))
+        R = len(seeds) // B
+        if not R:
+            return None
+        cap = Capture()
+        start = self.tail_start()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(hooked(enc.target.module, cap))
+            if same_tokens:
+                stack.enter_context(enc.views.apply(seeds))
+            if cached is not None:  # replay what the trunk pass computed before the views differ
+                replay = {m: tile(v, R) if self._tile.get(m, True) else v for m, v in cached.outputs.items()}
+                if start > 0:
+                    value = cached.block_input
+                    value = tile(value, R) if self._tile.get(enc.target.blocks[start - 1], True) else value
+                    replay.update({b: value for b in list(enc.target.blocks)[:start]})
+                stack.enter_context(StubModules(replay))
+            z = F.normalize(enc.forward(repeat_rows(features, R)), dim=-1)
+        loss = torch.zeros((), device=enc.device)
+        if tail_kl:
+            loss = loss + enc.head.loss(z[:B])
+        if same_tokens:
+            loss = loss + enc.simclr.loss(z[B * tail_kl :].reshape(V, B, -1)).sum()
+        return loss, cap
 
     def encode_batch(self, texts: list[str], features: dict[str, Any]) -> dict[str, np.ndarray]:
         """All blocks of one batch from scratch: the trunk pass (recording the KL graph) and the gradient pass;

@@ -8,11 +8,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +115,29 @@ def _check_hub_model(name: str, *, allow_pickle_weights: bool) -> None:
     check_model_folder(folder, allow_pickle_weights=True)  # weights are not fetched yet: use_safetensors enforces them
 
 
-def load_model(model: Any, *, device: str | None = None, allow_pickle_weights: bool = False) -> tuple[Any, str]:
+@contextlib.contextmanager
+def _progress_bars(show: bool) -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights") off while loading, unless ``show``."""
+    from transformers.utils import logging as hf_logging
+
+    silence = not show and hf_logging.is_progress_bar_enabled()
+    if silence:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if silence:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(model: Any, *, device: str | None = None, allow_pickle_weights: bool = False,
+               show_progress_bar: bool = True) -> tuple[Any, str]:
     """``(module, name)`` for a model name, path, ``SentenceTransformer`` or :class:`MeanPooledModel`.
 
     Names and paths load through sentence-transformers with ``trust_remote_code=False`` and, unless
     ``allow_pickle_weights``, safetensors weights only; a local folder is checked first
-    (:func:`check_model_folder`). Loaded objects are used as given.
+    (:func:`check_model_folder`). Loaded objects are used as given. ``show_progress_bar=False`` keeps
+    transformers' loading bars quiet.
     """
     if isinstance(model, str | Path):
         from sentence_transformers import SentenceTransformer
@@ -131,7 +150,8 @@ def load_model(model: Any, *, device: str | None = None, allow_pickle_weights: b
             _check_hub_model(path, allow_pickle_weights=allow_pickle_weights)
         kwargs: dict[str, Any] = {} if allow_pickle_weights else {"model_kwargs": {"use_safetensors": True}}
         try:
-            module = SentenceTransformer(path, device=device, trust_remote_code=False, **kwargs)
+            with _progress_bars(show_progress_bar):
+                module = SentenceTransformer(path, device=device, trust_remote_code=False, **kwargs)
         except OSError as err:
             raise ValueError(f"could not load the sentence-transformers model {name!r}: {err}") from err
         return module, name

@@ -1,28 +1,99 @@
-"""SimCLR views of a text: deterministic dropout masks, or word deletion.
+"""SimCLR views of a text: deterministic dropout masks, or word deletion, or a kind of your own.
 
 Every view is seeded by the text itself (and the view's tag and the config seed), so a text has
-the same views whatever batch it is encoded in. A view kind is one class with ``kind`` and
-``same_tokens``: views over the same token rows (``same_tokens = True``) provide ``seeds`` and an
-``apply`` context that perturbs the forward pass; views that are other token sequences provide
-``texts``.
+the same views whatever batch it is encoded in. A view kind is one :class:`Views` subclass,
+registered by its ``kind`` name with :func:`register_view_kind` and chosen with
+``FeatureConfig(simclr_view_mode=kind)`` (saved and loaded by name). Views over the same token rows
+(``same_tokens = True``) provide ``seeds`` and an ``apply`` context that perturbs the forward pass;
+views that are other token sequences provide ``texts``.
 
 Example:
     >>> WordDeletionViews(p=0.3, seed=0).texts(["my card never arrived at home"], view_ids=(0, 1))
     ['card never arrived at', 'card arrived at home']
+    >>> class ReversedViews(Views):                    # a view kind of your own: other token sequences
+    ...     kind = "reversed"
+    ...     same_tokens = False
+    ...     def texts(self, texts, view_ids):
+    ...         return [" ".join(t.split()[::-1]) if v else t for v in view_ids for t in texts]
+    >>> _ = register_view_kind(ReversedViews)
+    >>> view_kind_class("reversed").create(None).texts(["a b"], (0, 1))
+    ['a b', 'b a']
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-__all__ = ["DropoutViews", "WordDeletionViews", "counter_uniform", "delete_words", "dropout_modules", "text_seed"]
+__all__ = ["DropoutViews", "Views", "WordDeletionViews", "counter_uniform", "delete_words", "dropout_modules",
+           "register_view_kind", "registered_view_kinds", "text_seed", "view_kind_class"]
 
 _MASK63 = (1 << 63) - 1
+
+
+class Views:
+    """A kind of SimCLR view. Subclass it: set ``kind`` (its registered name) and ``same_tokens``; implement
+    :meth:`create` when the views need the encoder's model or config (``encoder`` has ``model``, ``target``,
+    ``config`` and ``gradients``), and either ``seeds`` + ``apply`` (same token rows: ``apply(seeds)`` is a context
+    in which the forward pass perturbs each row by its seed, ``None`` leaving a row clean) or ``texts`` (new token
+    sequences, view-major). ``in_blocks`` says the views perturb the model from block
+    ``FeatureConfig.simclr_view_blocks`` on, so the gradient pass recomputes from there."""
+
+    kind: ClassVar[str] = ""
+    same_tokens: ClassVar[bool] = False
+    in_blocks: ClassVar[bool] = False
+
+    @classmethod
+    def create(cls, encoder: Any) -> Views:
+        """The views of ``encoder`` (default: the class built with no arguments)."""
+        return cls()
+
+    def seeds(self, texts: Sequence[str], view_ids: Sequence[Any]) -> list[int]:
+        """One seed per row, view-major (``same_tokens`` views)."""
+        raise NotImplementedError(f"{type(self).__name__} makes views as texts, not seeds")
+
+    def apply(self, seeds: Sequence[int | None]) -> Any:
+        """A context perturbing each row of the forward pass by its seed (``same_tokens`` views)."""
+        raise NotImplementedError(f"{type(self).__name__} makes views as texts, not seeded passes")
+
+    def texts(self, texts: Sequence[str], view_ids: Sequence[Any]) -> list[str]:
+        """The views' texts, view-major (views that are other token sequences)."""
+        raise NotImplementedError(f"{type(self).__name__} makes views over the same tokens, not texts")
+
+
+_VIEW_KINDS: dict[str, type[Views]] = {}
+
+
+def register_view_kind(cls: type[Views]) -> type[Views]:
+    """Register a :class:`Views` subclass under its ``kind`` (usable as a decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Views)):
+        raise TypeError(f"register_view_kind needs a Views subclass, got {cls!r}")
+    if not isinstance(cls.kind, str) or not cls.kind or not cls.kind.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"{cls.__name__}.kind must be a non-empty word (letters, digits, '-', '_'), got {cls.kind!r}")
+    if not isinstance(cls.same_tokens, bool):
+        raise TypeError(f"{cls.__name__}.same_tokens must be a bool")
+    known = _VIEW_KINDS.get(cls.kind)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"a view kind named {cls.kind!r} is already registered ({known.__qualname__})")
+    _VIEW_KINDS[cls.kind] = cls
+    return cls
+
+
+def registered_view_kinds() -> tuple[str, ...]:
+    """Names of the registered view kinds."""
+    return tuple(_VIEW_KINDS)
+
+
+def view_kind_class(kind: object) -> type[Views]:
+    """The :class:`Views` class registered under ``kind``."""
+    if not isinstance(kind, str) or kind not in _VIEW_KINDS:
+        raise ValueError(f"simclr_view_mode must be a registered view kind {registered_view_kinds()}, got {kind!r} "
+                         "(register your own with icl_fungi.features.register_view_kind before building or loading)")
+    return _VIEW_KINDS[kind]
 
 
 def text_seed(seed: int, tag: str, text: str) -> int:
@@ -50,7 +121,8 @@ def dropout_modules(model: torch.nn.Module, blocks: torch.nn.ModuleList | None, 
     return [m for m in mods if isinstance(m, torch.nn.Dropout) and (m.p > 0 or p)]
 
 
-class DropoutViews:
+@register_view_kind
+class DropoutViews(Views):
     """Views as deterministic per-row dropout on (eval-mode) ``nn.Dropout`` modules.
 
     Each row's mask is a counter-based hash of the row's seed, the module's position and the element
@@ -61,9 +133,22 @@ class DropoutViews:
 
     kind = "dropout"
     same_tokens = True
+    in_blocks = True
 
     def __init__(self, modules: list[torch.nn.Dropout], *, p: float | None = None, seed: int = 0) -> None:
         self.modules, self.p, self.seed = modules, p, seed
+
+    @classmethod
+    def create(cls, encoder: Any) -> DropoutViews:
+        """The Dropout modules from ``simclr_view_blocks`` on, less those the gradient pass replays clean."""
+        cfg, grad = encoder.config, encoder.gradients
+        replayed = grad.replayed_modules()
+        modules = [m for m in dropout_modules(encoder.model, encoder.target.blocks, grad.split_block(), cfg.simclr_dropout)
+                   if not any(m is sub for r in replayed for sub in r.modules())]
+        if "simclr" in cfg.features and not modules:
+            raise ValueError("the model has no torch.nn.Dropout modules where the SimCLR views are made (simclr_view_blocks="
+                             f"{cfg.simclr_view_blocks}); use simclr_view_mode='word_deletion' or more simclr_view_blocks")
+        return cls(modules, p=cfg.simclr_dropout, seed=cfg.seed)
 
     def seeds(self, texts: Sequence[str], view_ids: Sequence[Any]) -> list[int]:
         """One seed per row, view-major (all texts of view 0, then view 1, ...)."""
@@ -151,7 +236,8 @@ class _MaskHooks:
         self.handles = []
 
 
-class WordDeletionViews:
+@register_view_kind
+class WordDeletionViews(Views):
     """Views as new token sequences: each word deleted with probability ``p``, seeded per text and view."""
 
     kind = "word_deletion"
@@ -159,6 +245,11 @@ class WordDeletionViews:
 
     def __init__(self, *, p: float = 0.1, seed: int = 0) -> None:
         self.p, self.seed = p, seed
+
+    @classmethod
+    def create(cls, encoder: Any) -> WordDeletionViews:
+        """Views with the config's ``word_deletion_p`` and seed."""
+        return cls(p=encoder.config.word_deletion_p, seed=encoder.config.seed)
 
     def texts(self, texts: Sequence[str], view_ids: Sequence[Any]) -> list[str]:
         """The views' texts, view-major."""
