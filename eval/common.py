@@ -113,7 +113,7 @@ def run_meta(**extra: Any) -> dict[str, Any]:
     """Metadata for a result file: date, commit, versions, machine, command and how to rerun it."""
     import torch
 
-    from icl_fungi.persistence import library_versions
+    from icl_fungi.manifest import library_versions
 
     git = git_commit()
     command = command_line()

@@ -14,7 +14,7 @@ __version__ = "0.4.0"
 
 from .data import load_pool
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder, KLHead, register_kl_head
-from .index import VectorIndex
+from .index import Index, VectorIndex, register_index
 from .retriever import ICLRetriever, RetrievedExample
 from .selection import Selection
 from .template import PromptTemplate
@@ -25,11 +25,13 @@ __all__ = [
     "FeatureConfig",
     "FungiEncoder",
     "ICLRetriever",
+    "Index",
     "KLHead",
     "PromptTemplate",
     "RetrievedExample",
     "Selection",
     "VectorIndex",
     "load_pool",
+    "register_index",
     "register_kl_head",
 ]

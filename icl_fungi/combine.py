@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .parts import SavedPart
 
 __all__ = ["AUTO_KL_ANCHORS", "DEFAULT_BLOCK_WEIGHTS", "DEFAULT_FIT_WEIGHTS", "FIT_WEIGHTS", "BlockCombiner"]
 
@@ -50,7 +51,7 @@ def _loo_precision(v: np.ndarray, lab: np.ndarray, queries: np.ndarray, k: int) 
     return hits / (len(queries) * k)
 
 
-class BlockCombiner:
+class BlockCombiner(SavedPart):
     """Weighted concatenation of feature blocks, optionally centred on the pool's block means.
 
     Args:
@@ -156,29 +157,28 @@ class BlockCombiner:
         return trials
 
     # ------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
-        """Write weights and block means into the folder ``path``."""
-        from .persistence import write_part
+    def config(self) -> dict[str, Any]:
+        """Blocks, weights and centring (JSON-ready)."""
+        return {"features": list(self.features), "weights": self.weights, "center": self.center}
 
-        write_part(path, {"features": list(self.features), "weights": self.weights, "center": self.center},
-                   {f"mean_{f}": m for f, m in self.means_.items()})
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The pool mean of each block (when centring), as ``mean_<block>``."""
+        return {f"mean_{f}": m for f, m in self.means_.items()}
 
     @classmethod
-    def load(cls, path: str | Path, *, features: Sequence[str], dims: dict[str, int]) -> BlockCombiner:
-        """Load a combiner saved by :meth:`save`; it must combine ``features`` with block sizes ``dims``."""
-        from .persistence import read_part
-
-        config, arrays = read_part(path)
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray], *, features: Sequence[str],
+                   dims: dict[str, int]) -> BlockCombiner:
+        """A combiner from its config and arrays; it must combine ``features`` with block sizes ``dims``."""
         if config.get("features") != list(features) or not isinstance(config.get("weights"), dict) \
                 or set(config["weights"]) != set(features) or not isinstance(config.get("center"), bool):
-            raise ValueError(f"{path}: block combiner config does not match the features {list(features)}")
+            raise ValueError(f"block combiner config does not match the features {list(features)}")
         comb = cls(features, weights=config["weights"], center=config["center"])
         if comb.center:
             for f in features:
                 m = arrays.get(f"mean_{f}")
                 if m is None or m.shape != (dims[f],) or m.dtype.kind != "f" or not np.isfinite(m).all():
-                    raise ValueError(f"{path}: block mean of {f!r} is missing or not a finite ({dims[f]},) array")
+                    raise ValueError(f"block mean of {f!r} is missing or not a finite ({dims[f]},) array")
                 comb.means_[f] = m
         elif arrays:
-            raise ValueError(f"{path}: an uncentred combiner holds block means")
+            raise ValueError("an uncentred combiner holds block means")
         return comb

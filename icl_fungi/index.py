@@ -1,6 +1,7 @@
-"""Vector indexes: the :class:`Index` protocol the retriever searches through, and :class:`VectorIndex`,
-the in-process backend (hnswlib HNSW, exact search for small pools). ``MilvusIndex``
-(:mod:`icl_fungi.milvus`) is the backend for pools past one machine.
+"""Vector indexes: the :class:`Index` protocol the retriever searches through, :class:`VectorIndex`, the
+in-process backend (hnswlib HNSW, exact search for small pools), and the registry of backends by name that
+:func:`load_index` reads saved indexes with. ``MilvusIndex`` (:mod:`icl_fungi.milvus`) is the backend for
+pools past one machine; a backend of your own is one class and one :func:`register_index` call.
 
 Ids are pool positions ``0..n-1``; scores are cosine similarities; every vector carries its
 example's label (as a string), so a query can be restricted to some labels inside the engine.
@@ -11,27 +12,35 @@ Example:
     >>> ids, scores = idx.query(np.eye(3, dtype=np.float32)[:1], k=2)
     >>> ids[0].tolist(), idx.query(np.eye(3, dtype=np.float32)[:1], k=2, labels={"b"})[0][0].tolist()
     ([0, 1], [1, 2])
+    >>> registered_indexes()[:2]
+    ('hnswlib', 'milvus')
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Index", "VectorIndex", "load_index"]
+from .parts import SavedPart, read_config
+from .vectors import Chunk, check_vectors, normalise, pad_results
+
+__all__ = ["Index", "VectorIndex", "index_class", "load_index", "register_index", "registered_indexes"]
 
 _HNSW_FILE = "hnsw.bin"
-Chunk = tuple[np.ndarray, np.ndarray, Sequence[str]]  # (ids, vectors, labels)
+_SETTINGS = ("M", "ef_construction", "ef_search", "exact_threshold", "random_state")
+T = TypeVar("T", bound=type)
 
 
 @runtime_checkable
 class Index(Protocol):
-    """What the retriever needs of a vector index. A new backend is one class with these members
-    (and a ``load(path, dim=...)`` classmethod registered in :func:`load_index`)."""
+    """What the retriever needs of a vector index. A new backend is one class with these members, registered
+    with :func:`register_index` under its ``backend`` name; its :meth:`save` writes a part folder whose
+    ``config.json`` holds that name (``{"backend": ...}``), which is how :func:`load_index` finds the class."""
 
     backend: ClassVar[str]
 
@@ -57,27 +66,14 @@ class Index(Protocol):
         """The stored unit vectors of ``ids``."""
 
     def save(self, path: str | Path) -> None:
-        """Write what restores the index into the folder ``path``."""
+        """Write what restores the index into the folder ``path`` (``config.json`` naming the backend)."""
+
+    @classmethod
+    def load(cls, path: str | Path, *, dim: int | None = None) -> Index:
+        """The index saved at ``path``, its vectors of size ``dim`` when given."""
 
     def describe(self) -> dict[str, Any]:
         """Backend, settings and size (JSON-ready)."""
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
-    """``vectors`` as a finite float32 (n, dim) array, or a ``ValueError`` naming the problem."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[0] == 0 or (dim is not None and vectors.shape[1] != dim):
-        want = f"(n, {dim})" if dim is not None else "a non-empty (n, dim)"
-        raise ValueError(f"expected {want} array, got shape {vectors.shape}")
-    if not np.isfinite(vectors).all():
-        raise ValueError("vectors contain NaN or infinity")
-    return vectors
 
 
 def _label_array(labels: Sequence[Any] | None, n: int) -> np.ndarray:
@@ -88,15 +84,7 @@ def _label_array(labels: Sequence[Any] | None, n: int) -> np.ndarray:
     return np.asarray([str(lab) for lab in labels], dtype=str)
 
 
-def _pad(rows: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.full((len(rows), k), -1, dtype=np.int64)
-    scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
-    for r, (i, s) in enumerate(rows):
-        ids[r, : len(i)], scores[r, : len(s)] = i[:k], s[:k]
-    return ids, scores
-
-
-class VectorIndex:
+class VectorIndex(SavedPart):
     """In-process cosine index; ids are row positions.
 
     Pools with at most ``exact_threshold`` vectors are searched exactly; larger ones use an HNSW graph
@@ -143,7 +131,7 @@ class VectorIndex:
         vectors = check_vectors(vectors)
         label_arr = _label_array(labels, len(vectors))
         with self._lock:
-            self.vectors_, self.labels_ = _normalise(vectors), label_arr
+            self.vectors_, self.labels_ = normalise(vectors), label_arr
             self._hnsw = None
             if len(vectors) > self.exact_threshold:
                 self._hnsw = self._new_hnsw(vectors.shape[1], len(vectors))
@@ -174,7 +162,7 @@ class VectorIndex:
         with self._lock:
             start = len(self)
             ids = np.arange(start, start + len(vectors))
-            normed = _normalise(vectors)
+            normed = normalise(vectors)
             all_vectors = np.concatenate([self.vectors_, normed])
             if self._hnsw is None and len(all_vectors) > self.exact_threshold:
                 hnsw = self._new_hnsw(self.dim, len(all_vectors))
@@ -202,19 +190,19 @@ class VectorIndex:
                 return self.exact_query(queries, k, allowed=allowed)
             self._hnsw.set_ef(max(self.ef_search, 2 * k))
             if allowed is None:
-                ids, distances = self._hnsw.knn_query(_normalise(queries), k=k, num_threads=1)
+                ids, distances = self._hnsw.knn_query(normalise(queries), k=k, num_threads=1)
                 return ids.astype(np.int64), (1.0 - distances).astype(np.float32)
             kk = min(k, int(allowed.sum()))
             if kk == 0:
-                return _pad([(np.empty(0, np.int64), np.empty(0, np.float32))] * len(queries), k)
-            ids, distances = self._hnsw.knn_query(_normalise(queries), k=kk, num_threads=1, filter=lambda i: bool(allowed[i]))
-        return _pad([(i.astype(np.int64), (1.0 - d).astype(np.float32)) for i, d in zip(ids, distances, strict=True)], k)
+                return pad_results([(np.empty(0, np.int64), np.empty(0, np.float32))] * len(queries), k)
+            ids, distances = self._hnsw.knn_query(normalise(queries), k=kk, num_threads=1, filter=lambda i: bool(allowed[i]))
+        return pad_results([(i.astype(np.int64), (1.0 - d).astype(np.float32)) for i, d in zip(ids, distances, strict=True)], k)
 
     def exact_query(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force search (the reference for recall measurements); ``allowed`` masks vectors out."""
         vectors = self.vectors_
         k = min(int(k), len(vectors))
-        sims = _normalise(queries) @ vectors.T
+        sims = normalise(queries) @ vectors.T
         if allowed is not None:
             sims[:, ~allowed] = -np.inf
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
@@ -231,67 +219,130 @@ class VectorIndex:
 
     # ------------------------------------------------------------- persistence
     def config(self) -> dict[str, Any]:
-        """Settings (JSON-ready)."""
-        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
-                "exact_threshold": self.exact_threshold, "random_state": self.random_state}
+        """Backend, settings and whether an HNSW graph is in use (JSON-ready; what ``config.json`` holds)."""
+        return {"backend": self.backend, "M": self.M, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+                "exact_threshold": self.exact_threshold, "random_state": self.random_state, "hnsw": self._hnsw is not None}
 
     def describe(self) -> dict[str, Any]:
         """Backend, settings and size."""
-        return {"backend": self.backend, **self.config(), "n": len(self), "dim": self.dim, "hnsw": self.uses_hnsw}
+        return {**self.config(), "n": len(self), "dim": self.dim}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The normalised vectors and their labels."""
+        if self.vectors_ is None:
+            raise RuntimeError("the index is empty")
+        return {"vectors": self.vectors_, "labels": self.labels_.astype(str)}
+
+    def save_extra(self, path: Path) -> None:
+        """The HNSW graph (when used) as ``hnsw.bin``."""
+        if self._hnsw is not None:
+            self._hnsw.save_index(str(path / _HNSW_FILE))
 
     def save(self, path: str | Path) -> None:
         """Write settings, the normalised vectors, their labels and (when used) the HNSW graph into the folder ``path``."""
-        from .persistence import write_part
-
-        with self._lock:
-            if self.vectors_ is None:
-                raise RuntimeError("the index is empty")
-            write_part(path, {"backend": self.backend, **self.config(), "hnsw": self._hnsw is not None},
-                       {"vectors": self.vectors_, "labels": self.labels_.astype(str)})
-            if self._hnsw is not None:
-                self._hnsw.save_index(str(Path(path) / _HNSW_FILE))
+        with self._lock:  # vectors, labels and graph from one moment
+            super().save(path)
 
     @classmethod
-    def load(cls, path: str | Path, *, dim: int | None = None) -> VectorIndex:
-        """Load an index saved by :meth:`save` (vectors of size ``dim``, when given)."""
-        from .persistence import read_part
-
-        config, arrays = read_part(path)
-        settings = {k: config.get(k) for k in ("M", "ef_construction", "ef_search", "exact_threshold", "random_state")}
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray], *, dim: int | None = None) -> VectorIndex:
+        """An exact-search index from its config and arrays (vectors of size ``dim``, when given); :meth:`load`
+        then attaches the saved HNSW graph."""
+        settings = {k: config.get(k) for k in _SETTINGS}
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in settings.values()) \
                 or not isinstance(config.get("hnsw"), bool):
-            raise ValueError(f"{path}: index config is invalid ({config})")
+            raise ValueError(f"index config is invalid ({config})")
         vectors, labels = arrays.get("vectors"), arrays.get("labels")
         if vectors is None or vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.dtype != np.float32 \
                 or (dim is not None and vectors.shape[1] != dim) or not np.isfinite(vectors).all():
-            raise ValueError(f"{path}: vectors.npy is missing or not a finite float32 (n, {dim or 'dim'}) array")
+            raise ValueError(f"vectors.npy is missing or not a finite float32 (n, {dim or 'dim'}) array")
         if labels is None or labels.shape != (len(vectors),) or labels.dtype.kind != "U":
-            raise ValueError(f"{path}: labels.npy is missing or does not hold one string per vector")
-        index = cls(**settings)
-        hnsw_file = Path(path) / _HNSW_FILE
-        if config["hnsw"] != hnsw_file.is_file():
-            raise ValueError(f"{path}: the index config and the presence of {_HNSW_FILE} disagree")
-        index.restore(vectors, hnsw_file if config["hnsw"] else None)
+            raise ValueError("labels.npy is missing or does not hold one string per vector")
+        index = cls(**settings).restore(vectors, None)
         index.labels_ = labels
         return index
 
+    def load_extra(self, path: Path, config: dict[str, Any]) -> None:
+        """Attach ``hnsw.bin`` when the config says the graph was in use (and refuse it otherwise)."""
+        hnsw_file = path / _HNSW_FILE
+        if config["hnsw"] != hnsw_file.is_file():
+            raise ValueError(f"{path}: the index config and the presence of {_HNSW_FILE} disagree")
+        if config["hnsw"]:
+            with self._lock:
+                self._hnsw = self._read_graph(hnsw_file)
+
     def restore(self, vectors: np.ndarray, hnsw_path: str | Path | None) -> VectorIndex:
-        """Restore from saved (already normalised) vectors and an optional HNSW file."""
+        """Restore from saved (already normalised) vectors and an optional HNSW file (labels reset to "")."""
         vectors = np.asarray(vectors, dtype=np.float32)
         with self._lock:
             self.vectors_ = vectors
             self.labels_ = np.full(len(vectors), "", dtype=str)
-            self._hnsw = None
-            if hnsw_path is not None:
-                import hnswlib
-
-                index = hnswlib.Index(space="cosine", dim=vectors.shape[1])
-                index.load_index(str(hnsw_path), max_elements=len(vectors))
-                if index.get_current_count() != len(vectors):
-                    raise ValueError(f"HNSW file holds {index.get_current_count()} vectors but the pool has {len(vectors)}")
-                index.set_ef(self.ef_search)
-                self._hnsw = index
+            self._hnsw = None if hnsw_path is None else self._read_graph(hnsw_path)
         return self
+
+    def _read_graph(self, hnsw_path: str | Path) -> Any:
+        """The hnswlib graph in ``hnsw_path``, which must hold exactly the stored vectors."""
+        import hnswlib
+
+        n = len(self.vectors_)
+        index = hnswlib.Index(space="cosine", dim=self.vectors_.shape[1])
+        index.load_index(str(hnsw_path), max_elements=n)
+        if index.get_current_count() != n:
+            raise ValueError(f"HNSW file holds {index.get_current_count()} vectors but the pool has {n}")
+        index.set_ef(self.ef_search)
+        return index
+
+
+# ------------------------------------------------------------------ backends by name
+# a built-in backend whose module needs an extra is named by "module:Class" and imported on first use
+_BACKENDS: dict[str, type | str] = {VectorIndex.backend: VectorIndex, "milvus": "icl_fungi.milvus:MilvusIndex"}
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def register_index(cls: T) -> T:
+    """Register an index backend class under its ``backend`` name, so saved indexes of it load by that name
+    (usable as a decorator). The class needs a ``load(path, dim=...)`` classmethod; a name taken by another
+    class is refused.
+
+    Example:
+        >>> class Exact(VectorIndex):
+        ...     backend = "exact-doc"
+        >>> register_index(Exact) is Exact, "exact-doc" in registered_indexes()
+        (True, True)
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_index needs a class, got {cls!r}")
+    name = getattr(cls, "backend", None)
+    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"{cls.__name__}.backend must be a non-empty word (letters, digits, '-', '_'), got {name!r}")
+    if not callable(getattr(cls, "load", None)) or not callable(getattr(cls, "save", None)):
+        raise TypeError(f"{cls.__name__} needs save(path) and a load(path, dim=...) classmethod to be an index backend")
+    known = _BACKENDS.get(name)
+    known_name = known if isinstance(known, str) else None if known is None else _qualified(known)
+    if known_name is not None and known_name != _qualified(cls):
+        raise ValueError(f"an index backend named {name!r} is already registered ({known_name})")
+    _BACKENDS[name] = cls
+    return cls
+
+
+def registered_indexes() -> tuple[str, ...]:
+    """Names of the registered index backends."""
+    return tuple(_BACKENDS)
+
+
+def index_class(name: object) -> type[Index]:
+    """The index class registered under ``name`` (a built-in one imported on first use)."""
+    if not isinstance(name, str) or name not in _BACKENDS:
+        raise ValueError(f"unknown index backend {name!r}; registered: {registered_indexes()} "
+                         "(register your own with icl_fungi.register_index before building or loading)")
+    entry = _BACKENDS[name]
+    if isinstance(entry, str):
+        module, _, qualname = entry.partition(":")
+        entry = getattr(importlib.import_module(module), qualname)
+        _BACKENDS[name] = entry
+    return entry
 
 
 def index_class(name: str) -> type:
@@ -306,14 +357,10 @@ def index_class(name: str) -> type:
 
 
 def load_index(path: str | Path, *, dim: int | None = None) -> Index:
-    """Load a saved index with the backend its ``config.json`` names."""
-    from .persistence import read_config
-
+    """Load a saved index with the registered backend its ``config.json`` names (``hnswlib`` when it names none)."""
     backend = read_config(path).get("backend", VectorIndex.backend)
-    if backend == VectorIndex.backend:
-        return VectorIndex.load(path, dim=dim)
-    if backend == "milvus":
-        from .milvus import MilvusIndex
-
-        return MilvusIndex.load(path, dim=dim)
-    raise ValueError(f"{path}: unknown index backend {backend!r} (known: hnswlib, milvus)")
+    try:
+        cls = index_class(backend)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return cls.load(path, dim=dim)

@@ -25,7 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .index import Chunk, _normalise, _pad, check_vectors
+from .parts import SavedPart
+from .vectors import Chunk, check_vectors, normalise, pad_results
 
 __all__ = ["MilvusIndex"]
 
@@ -34,7 +35,7 @@ _MAX_LABEL = 1024  # VARCHAR length of the label field
 _REMOTE = ("http://", "https://", "tcp://", "grpc://", "unix:")
 
 
-class MilvusIndex:
+class MilvusIndex(SavedPart):
     """A pool's vectors in a Milvus collection (see the module docstring).
 
     Args:
@@ -128,7 +129,7 @@ class MilvusIndex:
         labels = [str(lab) for lab in labels]
         if any(len(lab) > _MAX_LABEL for lab in labels):
             raise ValueError(f"labels longer than {_MAX_LABEL} characters cannot be stored in Milvus")
-        unit = _normalise(vectors)
+        unit = normalise(vectors)
         for s in range(0, len(ids), self.insert_batch):
             rows = [{"id": int(i), "vector": v.tolist(), "label": lab}
                     for i, v, lab in zip(ids[s : s + self.insert_batch], unit[s : s + self.insert_batch],
@@ -186,11 +187,11 @@ class MilvusIndex:
             raise ValueError(f"expected queries of shape (n, {self._dim}), got {queries.shape}")
         k = min(int(k), self._count)
         expr = "" if labels is None else f"label in {json.dumps([str(x) for x in labels], ensure_ascii=False)}"
-        hits = self.client.search(self.collection, data=_normalise(queries).tolist(), limit=k, filter=expr,
+        hits = self.client.search(self.collection, data=normalise(queries).tolist(), limit=k, filter=expr,
                                   search_params={"metric_type": "COSINE", "params": {"ef": max(self.ef_search, 2 * k)}})
         rows = [(np.array([h["id"] for h in row], dtype=np.int64), np.array([h["distance"] for h in row], dtype=np.float32))
                 for row in hits]
-        return _pad(rows, k)
+        return pad_results(rows, k)
 
     def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The stored unit vectors of ``ids``."""
@@ -202,49 +203,60 @@ class MilvusIndex:
         return np.asarray([got[i] for i in ids], dtype=np.float32)
 
     # ---------------------------------------------------------- persistence
-    def config(self) -> dict[str, Any]:
-        """Settings (JSON-ready; the token is never included)."""
+    def _settings(self) -> dict[str, Any]:
         return {"uri": self.uri, "collection": self.collection, "M": self.M, "ef_construction": self.ef_construction,
                 "ef_search": self.ef_search, "insert_batch": self.insert_batch}
 
+    def config(self) -> dict[str, Any]:
+        """Backend, settings, dimension and row count (JSON-ready; the token is never included)."""
+        return {"backend": self.backend, **self._settings(), "dim": self._dim, "count": self._count}
+
     def describe(self) -> dict[str, Any]:
         """Backend, settings and size."""
-        return {"backend": self.backend, **self.config(), "n": self._count, "dim": self._dim}
+        return {"backend": self.backend, **self._settings(), "n": self._count, "dim": self._dim}
 
     def save(self, path: str | Path) -> None:
         """Write the URI, the collection's name and its size into the folder ``path`` (no vectors: they stay in Milvus)."""
-        from .persistence import write_part
-
         self.client.flush(self.collection)
-        write_part(path, {"backend": self.backend, **self.config(), "dim": self._dim, "count": self._count}, {})
+        super().save(path)
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray], *, dim: int | None = None,
+                   token: str | None = None) -> MilvusIndex:
+        """The index a saved config names (not yet connected; :meth:`load` checks the collection)."""
+        try:
+            index = cls(config["uri"], config["collection"], token=token, M=config["M"], ef_construction=config["ef_construction"],
+                        ef_search=config["ef_search"], insert_batch=config["insert_batch"])
+            saved_dim, count = int(config["dim"]), int(config["count"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"Milvus index config is invalid: {err!r}") from None
+        if arrays:
+            raise ValueError(f"a Milvus index keeps its vectors in Milvus, but the saved one holds arrays {sorted(arrays)}")
+        if dim is not None and saved_dim != dim:
+            raise ValueError(f"the saved Milvus index has {saved_dim}-dimensional vectors, expected {dim}")
+        index._count, index._dim = count, saved_dim
+        return index
+
+    def load_extra(self, path: Path, config: dict[str, Any]) -> None:
+        """Reconnect to the collection; refuses a missing collection, another dimension or another number of rows
+        than was saved."""
+        c = self.client
+        if not c.has_collection(self.collection):
+            raise ValueError(f"collection {self.collection!r} is missing at {self.uri}: the retriever saved at {path} "
+                             "needs it (rebuild the retriever, or point it at the right Milvus)")
+        fields = {f["name"]: f for f in c.describe_collection(self.collection)["fields"]}
+        have = int(fields.get("vector", {}).get("params", {}).get("dim", -1))
+        if have != self._dim:
+            raise ValueError(f"collection {self.collection!r} at {self.uri} holds {have}-dimensional vectors; "
+                             f"the retriever saved at {path} has {self._dim}-dimensional ones")
+        c.load_collection(self.collection)
+        rows = int(c.get_collection_stats(self.collection).get("row_count", -1))
+        if rows != self._count:
+            raise ValueError(f"collection {self.collection!r} at {self.uri} holds {rows} rows; the retriever saved at "
+                             f"{path} has {self._count} examples")
 
     @classmethod
     def load(cls, path: str | Path, *, dim: int | None = None, token: str | None = None) -> MilvusIndex:
-        """Reconnect to the collection a saved retriever names; refuses a missing collection, another
-        dimension or another number of rows than was saved."""
-        from .persistence import read_config
-
-        cfg = read_config(path)
-        try:
-            index = cls(cfg["uri"], cfg["collection"], token=token, M=cfg["M"], ef_construction=cfg["ef_construction"],
-                        ef_search=cfg["ef_search"], insert_batch=cfg["insert_batch"])
-            saved_dim, count = int(cfg["dim"]), int(cfg["count"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{path}: Milvus index config is invalid: {err!r}") from None
-        c = index.client
-        if not c.has_collection(index.collection):
-            raise ValueError(f"collection {index.collection!r} is missing at {index.uri}: the retriever saved at {path} "
-                             "needs it (rebuild the retriever, or point it at the right Milvus)")
-        fields = {f["name"]: f for f in c.describe_collection(index.collection)["fields"]}
-        have = int(fields.get("vector", {}).get("params", {}).get("dim", -1))
-        want = dim if dim is not None else saved_dim
-        if have != want or saved_dim != want:
-            raise ValueError(f"collection {index.collection!r} at {index.uri} holds {have}-dimensional vectors; "
-                             f"the retriever saved at {path} has {want}-dimensional ones")
-        c.load_collection(index.collection)
-        rows = int(c.get_collection_stats(index.collection).get("row_count", -1))
-        if rows != count:
-            raise ValueError(f"collection {index.collection!r} at {index.uri} holds {rows} rows; the retriever saved at "
-                             f"{path} has {count} examples")
-        index._count, index._dim = count, want
-        return index
+        """Reconnect to the collection a saved retriever names (``token``: credentials, default ``MILVUS_TOKEN``);
+        refuses a missing collection, another dimension or another number of rows than was saved."""
+        return super().load(path, dim=dim, token=token)

@@ -9,17 +9,19 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .parts import SavedPart
 
 __all__ = ["PCA"]
 
 _PCA_ROWS = 8192  # rows converted to float64 at once
 
 
-class PCA:
-    """Principal component analysis, exact (deterministic signs).
+class PCA(SavedPart):
+    """Principal component analysis, exact (deterministic signs); saves itself as a :class:`~icl_fungi.parts.SavedPart`.
 
     Tall inputs (more than twice as many samples as features) use the eigendecomposition
     of the scatter matrix, others the SVD; both in float64.
@@ -98,34 +100,33 @@ class PCA:
         """``fit(X).transform(X)``."""
         return self.fit(X).transform(X)
 
-    def save(self, path: str | Path) -> None:
-        """Write the fitted PCA into the folder ``path``."""
-        from .persistence import write_part
+    # ------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """Settings (JSON-ready)."""
+        return {"n_components": self.n_components, "whiten": self.whiten}
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted mean, components and explained variances."""
         if not hasattr(self, "components_"):
             raise RuntimeError("PCA is not fitted; call fit(X) first")
-        write_part(path, {"n_components": self.n_components, "whiten": self.whiten},
-                   {"mean": self.mean_, "components": self.components_, "explained_variance": self.explained_variance_})
+        return {"mean": self.mean_, "components": self.components_, "explained_variance": self.explained_variance_}
 
     @classmethod
-    def load(cls, path: str | Path, *, n_features: int | None = None) -> PCA:
-        """Load a PCA saved by :meth:`save`, checking its arrays (and its input size, when given)."""
-        from .persistence import read_part
-
-        config, arrays = read_part(path)
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray], *, n_features: int | None = None) -> PCA:
+        """A fitted PCA from its config and arrays, checking them (and its input size, when given)."""
         n_components, whiten = config.get("n_components"), config.get("whiten")
         if not isinstance(whiten, bool) or not (n_components is None or (isinstance(n_components, int) and n_components > 0)):
-            raise ValueError(f"{path}: PCA config is invalid ({config})")
+            raise ValueError(f"PCA config is invalid ({config})")
         mean, comps, var = (arrays.get(k) for k in ("mean", "components", "explained_variance"))
         if mean is None or comps is None or var is None or comps.ndim != 2 or mean.shape != (comps.shape[1],) \
                 or var.shape != (comps.shape[0],) or comps.dtype.kind != "f":
-            raise ValueError(f"{path}: PCA arrays are missing or of inconsistent shapes")
+            raise ValueError("PCA arrays are missing or of inconsistent shapes")
         if not (np.isfinite(mean).all() and np.isfinite(comps).all() and np.isfinite(var).all()) or (var < 0).any():
-            raise ValueError(f"{path}: PCA arrays hold NaN, infinity or negative variances")
+            raise ValueError("PCA arrays hold NaN, infinity or negative variances")
         if n_features is not None and comps.shape[1] != n_features:
-            raise ValueError(f"{path}: PCA expects {comps.shape[1]} input features, the encoder gives {n_features}")
+            raise ValueError(f"PCA expects {comps.shape[1]} input features, the encoder gives {n_features}")
         if n_components is not None and comps.shape[0] > n_components:
-            raise ValueError(f"{path}: PCA holds {comps.shape[0]} components, more than n_components={n_components}")
+            raise ValueError(f"PCA holds {comps.shape[0]} components, more than n_components={n_components}")
         pca = cls(n_components, whiten=whiten)
         pca.mean_ = mean.astype(np.float64)
         pca.components_ = comps.astype(np.float64)

@@ -13,10 +13,12 @@ Example:
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from .parts import SavedPart
 
 __all__ = ["GradientProjection"]
 
@@ -24,7 +26,20 @@ _KINDS = ("tensor_sketch", "sketch", "dense")
 _CHUNK_ELEMENTS = 1 << 24  # elements of per-sample gradients formed at once (64 MB)
 
 
-class GradientProjection:
+def _sketch(arrays: dict[str, np.ndarray], prefix: str, size: int, n_components: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The saved ``<prefix>buckets`` and ``<prefix>signs`` of a CountSketch over ``size`` inputs, checked:
+    ``size`` buckets in ``0..n_components-1`` and ``size`` signs of +-1."""
+    buckets, signs = arrays.get(f"{prefix}buckets"), arrays.get(f"{prefix}signs")
+    what = f"tensor sketch ({prefix[:-1]}s)" if prefix else "projection"
+    if buckets is None or signs is None or buckets.shape != (size,) or signs.shape != (size,):
+        raise ValueError(f"saved {what} does not match the target layer's shape")
+    if buckets.dtype.kind not in "iu" or signs.dtype.kind != "i" or buckets.min() < 0 or buckets.max() >= n_components \
+            or not np.isin(signs, (-1, 1)).all():
+        raise ValueError(f"saved {what} holds out-of-range buckets or signs")
+    return torch.from_numpy(buckets.astype(np.int64)), torch.from_numpy(signs.astype(np.int8))
+
+
+class GradientProjection(SavedPart):
     """Seeded random projection of per-sample linear-layer gradients.
 
     The gradient of a linear layer ``y = W x + b`` for one sample is
@@ -109,55 +124,44 @@ class GradientProjection:
         block = torch.randint(0, 2, (hi - lo, self.n_components), generator=gen, dtype=torch.int8)
         return (block.to(torch.float32) * 2 - 1) / math.sqrt(self.n_components)
 
-    def save(self, path: str | Path) -> None:
-        """Write the fitted projection into the folder ``path`` (the dense kind is regenerated from its seed)."""
-        from .persistence import write_part
-
+    # -------------------------------------------------------------- persistence
+    def config(self) -> dict[str, Any]:
+        """Settings and the gradient shape fitted for (JSON-ready)."""
         self._check_fitted()
-        arrays = {}
+        return {"n_components": self.n_components, "kind": self.kind, "max_bytes": self.max_bytes,
+                "random_state": self.random_state, "shape": list(self.shape_)}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The sketches' buckets and signs (none for the dense kind: it is regenerated from its seed)."""
+        self._check_fitted()
         if self.kind == "sketch":
-            arrays = {"buckets": self.buckets_.numpy().astype(np.int32), "signs": self.signs_.numpy()}
-        elif self.kind == "tensor_sketch":
-            arrays = {"row_buckets": self.row_buckets_.numpy().astype(np.int32), "row_signs": self.row_signs_.numpy(),
-                      "col_buckets": self.col_buckets_.numpy().astype(np.int32), "col_signs": self.col_signs_.numpy()}
-        config = {"n_components": self.n_components, "kind": self.kind, "max_bytes": self.max_bytes,
-                  "random_state": self.random_state, "shape": list(self.shape_)}
-        write_part(path, config, arrays)
+            return {"buckets": self.buckets_.numpy().astype(np.int32), "signs": self.signs_.numpy()}
+        if self.kind == "tensor_sketch":
+            return {"row_buckets": self.row_buckets_.numpy().astype(np.int32), "row_signs": self.row_signs_.numpy(),
+                    "col_buckets": self.col_buckets_.numpy().astype(np.int32), "col_signs": self.col_signs_.numpy()}
+        return {}
 
     @classmethod
-    def load(cls, path: str | Path, *, n_features: tuple[int, int]) -> GradientProjection:
-        """Load a projection saved by :meth:`save` for gradients of shape ``n_features``."""
-        from .persistence import read_part
-
-        config, arrays = read_part(path)
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray], *,
+                   n_features: tuple[int, int]) -> GradientProjection:
+        """A fitted projection from its config and arrays, for gradients of shape ``n_features``."""
         try:
             proj = cls(config["n_components"], kind=config["kind"], max_bytes=config["max_bytes"],
                        random_state=config["random_state"])
             shape = tuple(config["shape"])
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{path}: projection config is invalid: {err!r}") from None
+            raise ValueError(f"projection config is invalid: {err!r}") from None
         if shape != tuple(n_features):
-            raise ValueError(f"{path}: saved projection is for gradients of shape {shape}, the target layer's is {tuple(n_features)}")
+            raise ValueError(f"saved projection is for gradients of shape {shape}, the target layer's is {tuple(n_features)}")
         proj.fit(n_features=n_features)
         if proj.kind == "sketch":
             total = n_features[0] * n_features[1]
-            buckets, signs = arrays.get("buckets"), arrays.get("signs")
-            if buckets is None or signs is None or buckets.shape != (total,) or signs.shape != (total,):
-                raise ValueError(f"{path}: saved projection does not match the target layer's shape")
-            if buckets.dtype.kind not in "iu" or signs.dtype.kind != "i" or buckets.min() < 0 or buckets.max() >= proj.n_components \
-                    or not np.isin(signs, (-1, 1)).all():
-                raise ValueError(f"{path}: saved projection holds out-of-range buckets or signs")
-            proj.buckets_ = torch.from_numpy(buckets.astype(np.int64))
-            proj.signs_ = torch.from_numpy(signs.astype(np.int8))
+            proj.buckets_, proj.signs_ = _sketch(arrays, "", total, proj.n_components)
         elif proj.kind == "tensor_sketch":
             for part, size in (("row", n_features[0]), ("col", n_features[1])):
-                buckets, signs = arrays.get(f"{part}_buckets"), arrays.get(f"{part}_signs")
-                if buckets is None or signs is None or buckets.shape != (size,) or signs.shape != (size,) \
-                        or buckets.dtype.kind not in "iu" or signs.dtype.kind != "i" or buckets.min() < 0 \
-                        or buckets.max() >= proj.n_components or not np.isin(signs, (-1, 1)).all():
-                    raise ValueError(f"{path}: saved tensor sketch ({part}s) does not match the target layer or is out of range")
-                setattr(proj, f"{part}_buckets_", torch.from_numpy(buckets.astype(np.int64)))
-                setattr(proj, f"{part}_signs_", torch.from_numpy(signs.astype(np.int8)))
+                buckets, signs = _sketch(arrays, f"{part}_", size, proj.n_components)
+                setattr(proj, f"{part}_buckets_", buckets)
+                setattr(proj, f"{part}_signs_", signs)
         return proj
 
     # ---------------------------------------------------------------- transform

@@ -357,7 +357,7 @@ class ICLRetriever:
 
 def _save(r: ICLRetriever, path: Path) -> Any:
     """Write the parts (encoder, combiner, PCA, index, pool) and the manifest; the caller holds the write lock."""
-    from .persistence import library_versions, save_directory, write_pool
+    from .manifest import library_versions, save_directory, write_pool
 
     texts, labels = r._texts, r._labels
 
@@ -375,7 +375,7 @@ def _save(r: ICLRetriever, path: Path) -> Any:
 
 def _load(cls: type[ICLRetriever], path: Path, *, model: Any, **encoder_options: Any) -> ICLRetriever:
     """Compose a saved retriever from its verified directory: encoder, combiner, PCA, index, pool."""
-    from .persistence import manifest_model, open_directory, read_pool
+    from .manifest import manifest_model, open_directory, read_pool
 
     manifest = open_directory(path)  # every file checked before anything is read
     n = manifest.get("n_examples")

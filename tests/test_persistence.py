@@ -13,11 +13,11 @@ from icl_fungi import ICLRetriever, VectorIndex
 
 def _rewrite_manifest(path, edit) -> None:
     """Edit manifest.json and fix its checksum (to reach the checks behind it)."""
-    from icl_fungi.persistence import _checksum
+    from icl_fungi.manifest import manifest_checksum
 
     m = json.loads((path / "manifest.json").read_text())
     edit(m)
-    m["checksum"] = _checksum(m)
+    m["checksum"] = manifest_checksum(m)
     (path / "manifest.json").write_text(json.dumps(m))
 
 

@@ -83,7 +83,8 @@ def test_milvus_add_during_queries(tmp_path, intent_pool, intent_queries, st_mod
 def test_milvus_refuses_missing_collection_other_dimension_and_count(milvus_retriever, tmp_path, st_model):
     import json
 
-    from icl_fungi.persistence import _checksum, _sha256
+    from icl_fungi.manifest import file_sha256 as _sha256
+    from icl_fungi.manifest import manifest_checksum as _checksum
 
     path = milvus_retriever.save(tmp_path / "r")
 

@@ -14,7 +14,8 @@ import pytest
 
 from icl_fungi import ICLRetriever
 from icl_fungi.features.models import check_model_folder
-from icl_fungi.persistence import _checksum, _sha256
+from icl_fungi.manifest import file_sha256 as _sha256
+from icl_fungi.manifest import manifest_checksum as _checksum
 
 MARKER = "PWNED"
 

