@@ -22,8 +22,8 @@ from . import __version__
 from .combine import DEFAULT_FIT_WEIGHTS
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES
 from .index import index_class
+from .manifest import check_save_target
 from .options import parse_options
-from .persistence import check_save_target
 from .prompt import ORDERS
 
 
@@ -118,7 +118,7 @@ def _eval_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
                    help="output folder for report.json, report.md, report.html and plots (new, or holding this same run)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="icl-fungi", description="Pick in-context examples with FUNGI features.")
     p.add_argument("--version", action="version", version=f"icl-fungi {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
@@ -221,7 +221,7 @@ def _import_modules(names: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``icl-fungi`` console script."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     for noisy in ("httpx", "httpx2", "openai", "httpcore", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

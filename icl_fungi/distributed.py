@@ -86,7 +86,7 @@ def _reachable(address: str) -> None:
     if address == "auto":
         if os.environ.get("RAY_ADDRESS"):
             return
-        if not (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").exists():
+        if not (Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster").exists():  # written by `ray start`
             raise RuntimeError("RayExecutor(address='auto') found no running Ray cluster on this machine: start one with "
                                "`ray start --head`, set RAY_ADDRESS, or use address=None for a local Ray")
         return

@@ -40,7 +40,9 @@ T = TypeVar("T", bound=type)
 class Index(Protocol):
     """What the retriever needs of a vector index. A new backend is one class with these members, registered
     with :func:`register_index` under its ``backend`` name; its :meth:`save` writes a part folder whose
-    ``config.json`` holds that name (``{"backend": ...}``), which is how :func:`load_index` finds the class."""
+    ``config.json`` holds that name (``{"backend": ...}``), which is how :func:`load_index` finds the class.
+    An optional ``check()`` method is called before a pool is encoded (e.g. to fail fast on a server that
+    cannot be reached)."""
 
     backend: ClassVar[str]
 
@@ -343,17 +345,6 @@ def index_class(name: object) -> type[Index]:
         entry = getattr(importlib.import_module(module), qualname)
         _BACKENDS[name] = entry
     return entry
-
-
-def index_class(name: str) -> type:
-    """TEMPORARY until the registry lands."""
-    if name == "hnswlib":
-        return VectorIndex
-    if name == "milvus":
-        from .milvus import MilvusIndex
-
-        return MilvusIndex
-    raise ValueError(f"unknown index backend {name!r}")
 
 
 def load_index(path: str | Path, *, dim: int | None = None) -> Index:

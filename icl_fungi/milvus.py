@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -89,6 +90,18 @@ class MilvusIndex(SavedPart):
                 except Exception as err:  # noqa: BLE001 - pymilvus raises its own types for every connection problem
                     raise ValueError(f"cannot connect to Milvus at {self.uri}: {err}") from None
             return self._client_
+
+    def check(self) -> None:
+        """Connect now: the retriever calls this before encoding a pool, so a server that cannot be reached fails at once
+        (a TCP probe of a server URI first, 5 s at most, then the client's own connection)."""
+        if self.uri.startswith(_REMOTE[:4]):
+            host_port = self.uri.split("://", 1)[1].split("/", 1)[0]
+            host, _, port = host_port.rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]") or "localhost", int(port or 19530)), timeout=5).close()
+            except (OSError, ValueError) as err:
+                raise ValueError(f"cannot connect to Milvus at {self.uri}: {err}") from None
+        _ = self.client
 
     def close(self) -> None:
         """Close the connection (it reopens on next use)."""

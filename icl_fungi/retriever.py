@@ -28,9 +28,9 @@ import numpy as np
 from .combine import DEFAULT_FIT_WEIGHTS, FIT_WEIGHTS, BlockCombiner
 from .data import Label, check_labels, check_texts, load_pool
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder
-from .index import Index, VectorIndex, load_index
+from .index import Index, VectorIndex, index_class, load_index, registered_indexes
+from .manifest import check_save_target
 from .pca import PCA
-from .persistence import check_save_target
 from .prompt import compose_prompt, sorted_labels
 from .selection import Selection, select_from_index
 from .template import Prompt, PromptTemplate
@@ -339,6 +339,10 @@ class ICLRetriever:
         self._check_built()
         path = Path(path)
         check_save_target(path)
+        backend = getattr(self.index, "backend", None)
+        if backend not in registered_indexes() or index_class(backend) is not type(self.index):
+            raise ValueError(f"the index backend {backend!r} ({type(self.index).__name__}) is not registered, so a saved retriever "
+                             "could not be loaded: call icl_fungi.register_index on its class first")
         with self._write_lock:
             return _save(self, path)
 
