@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BASE_FEATURES, DEFAULT_DATA, RESULTS, dev_split, load_split, run_meta
+from common import BASE_FEATURES, DEFAULT_DATA, RESULTS, dev_split, load_split, run_meta, write_results
 
 from icl_fungi.evaluation import retrieval_metrics, stratified_split
 from icl_fungi.features import FeatureConfig, FungiEncoder, MeanPooledModel
@@ -81,7 +81,8 @@ def combine(blocks: dict[str, np.ndarray], weights: dict[str, float], means: dic
     return np.concatenate(parts, axis=1)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--split", choices=("dev", "test"), default="test")
@@ -91,7 +92,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--configs", default="", help="comma-separated heads to encode (default: all); others keep earlier rows")
     ap.add_argument("--out", default=str(RESULTS / "ablate_gemma"))
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def pool_and_queries(args: argparse.Namespace) -> tuple[list, list, list, list]:
+    """The pool (a seeded stratified sample of train, or of the dev pool) and a seeded sample of the queries."""
     texts, labels = load_split(args.data, "train")
     if args.split == "dev":
         texts, labels, q_texts, q_labels = dev_split(texts, labels, seed=args.seed)
@@ -104,17 +109,17 @@ def main() -> None:
     if args.queries and args.queries < len(q_texts):
         qi = np.sort(rng.choice(len(q_texts), size=args.queries, replace=False))
         q_texts, q_labels = [q_texts[i] for i in qi], [q_labels[i] for i in qi]
-    print(f"pool {len(texts)}, queries {len(q_texts)}", file=sys.stderr, flush=True)
+    return texts, labels, q_texts, q_labels
 
-    t0 = time.perf_counter()
-    model = load_gemma()
-    load_s = time.perf_counter() - t0  # (loaded even when every block is cached: simpler, ~1 min)
-    def cfg(**fields: object) -> FeatureConfig:  # spelled out against the frozen baseline (common.BASE_FEATURES)
-        return FeatureConfig(**{**BASE_FEATURES, "seed": args.seed, **fields})
+
+def encoder_configs(seed: int) -> dict[str, FeatureConfig]:
+    """The encoders by tag, spelled out against the frozen baseline (common.BASE_FEATURES)."""
+    def cfg(**fields: object) -> FeatureConfig:
+        return FeatureConfig(**{**BASE_FEATURES, "seed": seed, **fields})
 
     wd = {"simclr_view_mode": "word_deletion"}  # Gemma 3 has no Dropout modules
     proto = {"kl_head": "prototypes", "kl_center": False, "kl_temperature": 0.07}
-    configs = {
+    return {
         "proto": cfg(features=("embedding", "kl", "simclr"), **proto, **wd),
         "random": cfg(features=("kl",), kl_head="random", kl_head_dim=1024, kl_temperature=15.0, kl_center=False),
         "pc": cfg(features=("embedding", "kl"), **{**proto, "kl_center": True}),
@@ -123,39 +128,44 @@ def main() -> None:
         "labels_nc": cfg(features=("kl",), kl_head="labels", kl_center=False, kl_temperature=0.07),
         "neighbors": cfg(features=("embedding", "kl", "simclr"), kl_head="neighbors", kl_center=True, kl_temperature=0.05, **wd),
     }
-    keys = {"random": "kl_random", "pc": "kl_pc", "pc_t02": "kl_pc_t02", "labels": "kl_labels", "labels_nc": "kl_labels_nc",
-            "neighbors": "kl_neighbors"}
-    if args.configs:
-        configs = {tag: configs[tag] for tag in args.configs.split(",")}
+
+
+KL_KEYS = {"random": "kl_random", "pc": "kl_pc", "pc_t02": "kl_pc_t02", "labels": "kl_labels", "labels_nc": "kl_labels_nc",
+           "neighbors": "kl_neighbors"}  # the name each encoder's KL block gets in COMBOS
+
+
+def encode_blocks(configs: dict[str, FeatureConfig], data: tuple[list, list, list, list], cache_stem: Path,
+                  batch_size: int, timings: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Pool and query blocks of every encoder, named as in COMBOS; encoded blocks are kept in ``<cache_stem>-<tag>.npz``
+    (git-ignored), so a rerun resumes. Gemma is loaded even when every block is cached: simpler, ~1 min."""
+    texts, labels, q_texts, _ = data
+    t0 = time.perf_counter()
+    model = load_gemma()
+    timings["model_load_s"] = round(time.perf_counter() - t0, 1)
     pool_b: dict[str, np.ndarray] = {}
     query_b: dict[str, np.ndarray] = {}
-    timings = {"model_load_s": round(load_s, 1)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.split}-{len(texts)}-{len(q_texts)}"
     for tag, cfg in configs.items():
-        cache = out / f"blocks-{stem}-{tag}.npz"  # resumable: encoded blocks are kept (git-ignored)
+        cache = cache_stem.with_name(f"{cache_stem.name}-{tag}.npz")
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as z:
                 pb = {k[5:]: z[k] for k in z.files if k.startswith("pool_")}
                 qb = {k[6:]: z[k] for k in z.files if k.startswith("query_")}
         else:
-            enc = FungiEncoder(model, cfg, batch_size=args.batch_size, show_progress_bar=True)
+            enc = FungiEncoder(model, cfg, batch_size=batch_size, show_progress_bar=True)
             t0 = time.perf_counter()
             pb = enc.fit_encode(texts, labels)
             qb = enc.encode(q_texts)
             timings[f"encode_{tag}_s"] = round(time.perf_counter() - t0, 1)
             np.savez(cache, **{f"pool_{k}": v for k, v in pb.items()}, **{f"query_{k}": v for k, v in qb.items()})
         for name in cfg.features:
-            key = keys.get(tag, name) if name == "kl" else name
+            key = KL_KEYS.get(tag, name) if name == "kl" else name
             pool_b[key], query_b[key] = pb[name], qb[name]
         print(tag, timings, file=sys.stderr, flush=True)
+    return pool_b, query_b
 
-    k = 20
-    # combinations whose blocks were not encoded in this run keep their earlier results
-    earlier = out / f"{stem}.json"
-    prior = json.loads(earlier.read_text()) if earlier.is_file() else {}
-    rows = prior.get("results", {})
+
+def score_combos(pool_b: dict, query_b: dict, labels: list, q_labels: list, rows: dict, k: int = 20) -> dict:
+    """``rows`` with the retrieval metrics of every combination whose blocks are encoded (the others keep theirs)."""
     for combo, weights in COMBOS.items():
         if not set(weights) <= set(pool_b):
             continue
@@ -171,7 +181,25 @@ def main() -> None:
         rows[combo] = retrieval_metrics([[labels[i] for i in row] for row in top],
                                         [sims[j, row].tolist() for j, row in enumerate(top)], q_labels, k)
         print(f"{combo:55s} P@20 {rows[combo]['p@20']:.4f}  1-NN {rows[combo]['1nn_acc']:.4f}", file=sys.stderr, flush=True)
+    return rows
 
+
+def main() -> None:
+    args = parse_args()
+    data = pool_and_queries(args)
+    texts, labels, q_texts, q_labels = data
+    print(f"pool {len(texts)}, queries {len(q_texts)}", file=sys.stderr, flush=True)
+    configs = encoder_configs(args.seed)
+    if args.configs:
+        configs = {tag: configs[tag] for tag in args.configs.split(",")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.split}-{len(texts)}-{len(q_texts)}"
+    timings: dict[str, float] = {}
+    pool_b, query_b = encode_blocks(configs, data, out / f"blocks-{stem}", args.batch_size, timings)
+    earlier = out / f"{stem}.json"
+    prior = json.loads(earlier.read_text()) if earlier.is_file() else {}
+    rows = score_combos(pool_b, query_b, labels, q_labels, prior.get("results", {}))
     report = {
         "meta": run_meta(),
         "split": args.split, "pool": len(texts), "queries": len(q_texts), "seed": args.seed,
@@ -180,17 +208,14 @@ def main() -> None:
         "timings": timings,  # this run's encodings only
         "results": rows,
     }
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     base = rows["embedding (raw)"]["p@20"]
-    lines = [f"# Gemma 3 270M encoder: FUNGI vs embeddings ({report['meta']['date']})", "",
-             f"`{report['meta']['command']}` (commit {report['meta']['commit'][:12]}); {args.split} split, "
-             f"pool {len(texts)} (seeded stratified sample), "
-             f"{len(q_texts)} seeded queries, exact search, PCA to 640 on the pool. SimCLR: 2 word-deletion views.", "",
-             "| features | P@20 | vs embedding | gold in top-20 | 1-NN acc | weighted 20-NN vote |", "|---|---|---|---|---|---|"]
+    lines = ["| features | P@20 | vs embedding | gold in top-20 | 1-NN acc | weighted 20-NN vote |", "|---|---|---|---|---|---|"]
     for combo, m in sorted(rows.items(), key=lambda kv: list(COMBOS).index(kv[0]) if kv[0] in COMBOS else 99):
         lines.append(f"| {combo} | {m['p@20']:.4f} | {m['p@20'] - base:+.4f} | {m['gold_in_top20']:.4f} | {m['1nn_acc']:.4f} | "
                      f"{m['knn20_vote_acc']:.4f} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    notes = (f"{args.split} split, pool {len(texts)} (seeded stratified sample), {len(q_texts)} seeded queries, exact search, "
+             "PCA to 640 on the pool. SimCLR: 2 word-deletion views.")
+    write_results(out / f"{stem}.json", report, title="Gemma 3 270M encoder: FUNGI vs embeddings", table="\n".join(lines), notes=notes)
     print("\n".join(lines))
 
 

@@ -46,7 +46,7 @@ GRIDS: dict[str, dict[str, dict]] = {
         "default: labels head T0.07 centred, w kl 0.3 / simclr 0.3": {},
         "labels head T0.07 centred, kl only, w 0.3": {**KL_ONLY, "block_weights": {"kl": 0.3}},
     },
-    # the soft k-NN head chosen on the dev split (dev-vote, dev-neighbors) but not made the default
+    # the soft k-NN head chosen on the dev split (dev-vote; archive: dev-neighbors) but not made the default
     "final3": {
         "embedding": EMBEDDING,
         "neighbors head T0.05, kl only, w 0.5": {**KL_ONLY, **NEIGHBORS, "block_weights": {"kl": 0.5}},
@@ -92,10 +92,11 @@ GRIDS: dict[str, dict[str, dict]] = {
 }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--grid`` must name a grid of :data:`GRIDS` and ``--only`` configurations of that grid."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
-    ap.add_argument("--grid", required=True, help=f"one of {sorted(GRIDS)}")
+    ap.add_argument("--grid", required=True, choices=sorted(GRIDS))
     ap.add_argument("--only", default=None, help="run only these configuration names ('|'-separated)")
     ap.add_argument("--split", choices=("dev", "test"), default="dev")
     ap.add_argument("--model", default=None,
@@ -104,9 +105,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--out", default=str(RESULTS / "ablate_quality"))
-    args = ap.parse_args()
-    if args.grid not in GRIDS:
-        sys.exit(f"unknown grid {args.grid!r}; choose from {sorted(GRIDS)}")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.only.split("|")) - set(GRIDS[args.grid])) if args.only else []
+    if unknown:
+        ap.error(f"--only names no configuration of grid {args.grid!r}: {unknown}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     grid = GRIDS[args.grid]
     if args.only:
         grid = {k: v for k, v in grid.items() if k in args.only.split("|")}

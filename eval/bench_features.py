@@ -91,7 +91,8 @@ def _run(src: Path, pool_json: Path, spec: dict, latency_queries: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--pool-size", type=int, default=10003, help="seeded sample of banking-77 train (10003: all)")
@@ -100,7 +101,11 @@ def main() -> None:
     ap.add_argument("--reference", default="7c2eceb", help="older commit timed side by side ('' to skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     texts, labels = load_split(args.data, "train")
     q_texts, q_labels = load_split(args.data, "test")
     rng = np.random.default_rng(args.seed)

@@ -1,11 +1,12 @@
 """FUNGI features on a CUDA GPU: texts/s of the three feature sets at two batch sizes, and CUDA vs CPU agreement.
 
-Meant for a lent GPU machine (the ``device`` tool): the model folder and a JSON of labelled texts are
-passed as paths, since such a machine reaches nothing outside it. The encoder is fitted on the CPU
+Meant for a lent GPU machine (the ``device`` tool), which reaches nothing outside it: the model is a folder
+(default: the packaged all-MiniLM-L6-v2) and the texts come from ``--texts`` (a JSON of labelled texts) or the
+banking-77 train split under ``--data``. The encoder is fitted on the CPU
 (KL head, negatives), saved, and loaded on the GPU, so both devices use the same fitted state; the
 features of ``--check`` texts must agree within ``--tol`` (max |difference| of unit blocks).
 
-    python eval/bench_gpu.py --model FOLDER --texts texts.json [--batch-sizes 128,512] [--out results.json]
+    python eval/bench_gpu.py [--model FOLDER] [--texts texts.json | --data BANKING77] [--batch-sizes 128,512] [--out results.json]
 
 ``texts.json``: ``{"texts": [...], "labels": [...]}``.
 """
@@ -24,13 +25,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from icl_fungi import FeatureConfig, FungiEncoder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, FEATURES_0_3, RESULTS, load_split, markdown_table, run_meta, write_results
 
-# the 0.3.0 defaults, spelled out (as common.FEATURES_0_3; this script runs without the rest of eval/)
-BASE = {"target_layer": "ffn_output", "kl_head": "labels", "kl_head_dim": 256, "kl_temperature": 0.07, "kl_center": True,
-        "center_blocks": True, "simclr_views": 2, "simclr_view_mode": "dropout", "simclr_dropout": None, "simclr_view_blocks": 1,
-        "word_deletion_p": 0.1, "simclr_temperature": 0.07, "simclr_negatives": 256, "projection": "tensor_sketch",
-        "projection_dim": None, "seed": 0}
+from icl_fungi import DEFAULT_MODEL, FeatureConfig, FungiEncoder
+from icl_fungi.features import resolve_model
+
+BASE = {k: v for k, v in FEATURES_0_3.items() if k != "features"}  # the 0.3.0 defaults, spelled out; the sets vary `features`
 SETS = {"embedding": ("embedding",), "embedding+kl": ("embedding", "kl"), "embedding+kl+simclr": ("embedding", "kl", "simclr")}
 
 
@@ -40,24 +41,26 @@ def load(folder: str, device: str):
     return SentenceTransformer(folder, device=device).float()
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--texts", required=True)
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="sentence-transformers folder (default: the packaged default model)")
+    ap.add_argument("--texts", default=None, help='JSON {"texts": [...], "labels": [...]} (default: banking-77 train from --data)')
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--batch-sizes", default="128,512")
     ap.add_argument("--check", type=int, default=512, help="texts compared between CUDA and CPU")
     ap.add_argument("--tol", type=float, default=1e-3)
-    ap.add_argument("--out", default="bench_gpu.json")
+    ap.add_argument("--out", default=str(RESULTS / "bench_gpu.json"))
     ap.add_argument("--limit", type=int, default=0, help="use the first N texts (0: all)")
     ap.add_argument("--device", default="cuda", help="the accelerator (cpu: a smoke test of this script)")
-    args = ap.parse_args()
-    data = json.loads(Path(args.texts).read_text())
-    texts, labels = data["texts"], data["labels"]
-    if args.limit:
-        texts, labels = texts[: args.limit], labels[: args.limit]
-    cpu_model, gpu_model = load(args.model, "cpu"), load(args.model, args.device)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    result = {"gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device,
+    return ap.parse_args(argv)
+
+
+def measure(texts: list[str], labels: list, model: str, device: str, batch_sizes: list[int], check: int) -> dict:
+    """Texts/s of every feature set at each batch size on ``device``, and CUDA vs CPU agreement on ``check`` texts."""
+    cpu_model, gpu_model = load(model, "cpu"), load(model, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    result = {"gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else device,
               "torch": torch.__version__, "python": platform.python_version(),
               "n_texts": len(texts), "feature_config": BASE, "sets": {}, "agreement": {}}
     for name, feats in SETS.items():
@@ -66,10 +69,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             cpu.save(Path(tmp) / "encoder")
             gpu = FungiEncoder.load(Path(tmp) / "encoder", model=gpu_model, show_progress_bar=False)
-        a, b = cpu.encode(texts[: args.check]), gpu.encode(texts[: args.check])
+        a, b = cpu.encode(texts[:check]), gpu.encode(texts[:check])
         result["agreement"][name] = {f: float(np.abs(a[f] - b[f]).max()) for f in feats}
         rows = {}
-        for bs in (int(x) for x in args.batch_sizes.split(",")):
+        for bs in batch_sizes:
             enc = FungiEncoder(gpu_model, cfg, batch_size=bs, show_progress_bar=False)
             step = max(1, len(texts) // (bs * 2))
             enc.fit_encode(texts[::step][: bs * 2], labels[::step][: bs * 2])  # warm-up: kernels, allocator
@@ -83,16 +86,33 @@ def main() -> None:
             sync()
             query = time.perf_counter() - t0
             rows[str(bs)] = {"fit_encode_texts_per_s": round(len(texts) / build, 1), "encode_texts_per_s": round(len(texts) / query, 1)}
-            if args.device.startswith("cuda"):
+            if device.startswith("cuda"):
                 rows[str(bs)]["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
                 torch.cuda.reset_peak_memory_stats()
         result["sets"][name] = rows
         print(name, json.dumps(rows), json.dumps(result["agreement"][name]), flush=True)
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    if args.texts:
+        data = json.loads(Path(args.texts).read_text())
+        texts, labels = data["texts"], data["labels"]
+    else:
+        texts, labels = load_split(args.data, "train")
+    if args.limit:
+        texts, labels = texts[: args.limit], labels[: args.limit]
+    result = measure(texts, labels, resolve_model(args.model), args.device, [int(x) for x in args.batch_sizes.split(",")], args.check)
     worst = max(v for d in result["agreement"].values() for v in d.values())
     result["max_abs_diff"], result["pass"] = worst, worst <= args.tol
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    table = markdown_table([{"features": name, "batch": bs, **row} for name, rows in result["sets"].items() for bs, row in rows.items()],
+                           ["features", "batch", "fit_encode_texts_per_s", "encode_texts_per_s", "peak_gpu_mb"], digits=1)
+    notes = (f"CUDA vs CPU on the same fitted state ({args.check} texts, max |difference| of unit blocks): "
+             f"{json.dumps(result['agreement'])}; largest {worst:.1e} (tolerance {args.tol:g}: {'PASS' if result['pass'] else 'FAIL'}).")
+    write_results(Path(args.out), {"meta": run_meta(model=args.model), **result},
+                  title=f"FUNGI features on {result['gpu']} ({len(texts):,} texts)", table=table, notes=notes)
     print(f"CUDA vs CPU max |diff| {worst:.2e} ({'PASS' if result['pass'] else 'FAIL'} at {args.tol:g})")
-
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BASE_WEIGHTS, DEFAULT_DATA, FEATURES_0_3, RESULTS, load_split, run_meta
+from common import BASE_WEIGHTS, DEFAULT_DATA, FEATURES_0_3, RESULTS, load_split, run_meta, write_results
 
 
 def make_pool(texts: list[str], labels: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -138,7 +138,8 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--sizes", default="1000,10000,100000")
@@ -146,7 +147,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
@@ -168,7 +173,6 @@ def main() -> None:
         print(json.dumps(row), file=sys.stderr, flush=True)
     results.sort(key=lambda m: m["pool"])
     report = {"meta": run_meta(seed=args.seed, feature_config=FEATURES_0_3, block_weights=BASE_WEIGHTS), "results": results}
-    (out / "bench_scale.json").write_text(json.dumps(report, indent=2))
     lines = ["| pool | build s | texts/s | index | saved MB | peak RSS MB | retrieve p50/p95 ms | build_prompt p50/p95 ms "
              "| batch of 32 p50/p95 ms | HNSW recall@20 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for m in results:
@@ -176,12 +180,11 @@ def main() -> None:
                      f"{m['retrieve_ms_p50']} / {m['retrieve_ms_p95']} | {m['build_prompt_ms_p50']} / {m['build_prompt_ms_p95']} | "
                      f"{m['batch32_ms_p50']} / {m['batch32_ms_p95']} | {m['hnsw_recall@20']:.4f} |")
     table = "\n".join(lines)
-    (out / "bench_scale.md").write_text(
-        f"# bench_scale ({report['meta']['date']}, {os.cpu_count()} CPUs)\n\n`{report['meta']['command']}` (rows: see each "
-        "row's `command` and `date` in bench_scale.json); default features "
-        f"(embedding + KL + SimCLR); {args.queries} seeded banking-77 test queries; recall@20 of the HNSW graph "
-        "against exact search on the same vectors at the default ef (for the 1k pool, which the retriever searches "
-        "exactly, a separate HNSW graph is built to measure it).\n\n" + table + "\n")
+    notes = ("Rows: see each row's `command` and `date` in bench_scale.json. Features: embedding + KL + SimCLR (the 0.3.0 "
+             f"defaults, spelled out); {args.queries} seeded banking-77 test queries; recall@20 of the HNSW graph against exact "
+             "search on the same vectors at the default ef (for the 1k pool, which the retriever searches exactly, a separate "
+             "HNSW graph is built to measure it).")
+    write_results(out / "bench_scale.json", report, title=f"bench_scale ({os.cpu_count()} CPUs)", table=table, notes=notes)
     plot(results, out / "bench_scale.png")
     print(table)
 

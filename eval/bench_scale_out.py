@@ -112,7 +112,8 @@ def index_run(args: argparse.Namespace, backend: str, work: Path) -> dict:
             if backend == "milvus" else None}  # milvus-lite keeps a folder named like the file URI
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--size", type=int, default=100_000)
@@ -123,7 +124,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "bench_scale_out.json"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.one:
         kind, _, arg = args.one.partition(":")
         work = Path(args.work)

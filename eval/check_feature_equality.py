@@ -54,7 +54,8 @@ def run_tree(src: Path, pool_json: Path, out: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", default="cf6f40c", help="git commit of the reference code (default: the last pre-redesign commit)")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
@@ -62,7 +63,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200, help="test queries for the rankings")
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--out", default=str(RESULTS / "feature_equality.json"))
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     import json
 
     texts, labels = load_split(args.data, "train")

@@ -2,9 +2,10 @@
 (git commit, versions, full configuration, the command that reruns a result), tables and
 resumable result files.
 
-Every result file a script writes holds ``meta`` from :func:`run_meta`: the git commit the
-figures came from (with a flag when the tree had uncommitted changes), the library versions,
-the machine, the exact command and a ``rerun`` line that reproduces the file from a fresh clone.
+Every result file a script writes starts with a ``provenance`` block (:func:`provenance`): the git
+commit the figures came from, whether the tree was clean, the exact command and a ``rerun`` line
+that reproduces the file from a fresh clone; ``meta`` (:func:`run_meta`) adds the date, the library
+versions and the machine.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -58,12 +60,18 @@ def pool_and_queries(data: str | Path, split: str, seed: int = 0) -> tuple[list,
     raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
 
 
-def git_commit() -> dict[str, Any]:
-    """``{"commit": sha, "dirty": bool}`` of the checkout the script runs in."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False).stdout.strip()
+def git_state() -> dict[str, Any]:
+    """``{"commit": sha, "clean": bool}`` of the checkout the script runs in (``None`` for both outside a git checkout).
 
-    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    ``clean`` ignores untracked files: a result file being written is not a change to the code that made it.
+    """
+    def git(*args: str) -> str | None:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "clean": None if status is None else status == ""}
 
 
 def command_line() -> str:
@@ -74,6 +82,66 @@ def command_line() -> str:
     except ValueError:
         script_arg = str(script)
     return " ".join(["python", shlex.quote(script_arg), *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+# ------------------------------------------------------------------ provenance
+# Every JSON under eval/results/ carries this block (tests/test_results.py checks them all):
+#   commit   the 40-hex commit whose code produced the figures
+#   clean    True when the tree had no uncommitted changes to tracked files, False when it had,
+#            None only when that was not recorded (then ``note`` says so)
+#   command  what was run, from the repository root
+#   rerun    a shell command that reproduces the file from a fresh clone
+#   note     optional: anything a reader needs to trust or rerun the file
+PROVENANCE_FIELDS = ("commit", "clean", "command", "rerun")
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def provenance(command: str | None = None, *, note: str | None = None) -> dict[str, Any]:
+    """The provenance block of a result made now by ``command`` (default: this script's command line).
+
+    >>> sorted(provenance("python eval/demo.py"))[:4]
+    ['clean', 'command', 'commit', 'rerun']
+    """
+    state = git_state()
+    command = command or command_line()
+    block = {**state, "command": command,
+             "rerun": f"git checkout {(state['commit'] or 'COMMIT')[:12]} && make venv && .venv/bin/{command}"}
+    if note:
+        block["note"] = note
+    return block
+
+
+def provenance_problems(block: Any) -> list[str]:
+    """What is wrong with a provenance block (empty when it is valid).
+
+    >>> provenance_problems({"commit": "0" * 40, "clean": True, "command": "python eval/demo.py", "rerun": "make demo"})
+    []
+    >>> provenance_problems({"clean": True, "command": "x", "rerun": "y"})
+    ['commit: missing']
+    """
+    if not isinstance(block, dict):
+        return [f"provenance must be an object, got {type(block).__name__}"]
+    problems = [f"{field}: missing" for field in PROVENANCE_FIELDS if field not in block]
+    if "commit" in block and not (isinstance(block["commit"], str) and _SHA.fullmatch(block["commit"])):
+        problems.append(f"commit: expected 40 lowercase hex digits, got {block['commit']!r}")
+    if "clean" in block and block["clean"] is not None and not isinstance(block["clean"], bool):
+        problems.append(f"clean: expected true, false or null, got {block['clean']!r}")
+    if block.get("clean", False) is None and not (isinstance(block.get("note"), str) and block["note"].strip()):
+        problems.append("clean: null (not recorded) needs a note saying so")
+    for field in ("command", "rerun"):
+        if field in block and not (isinstance(block[field], str) and block[field].strip()):
+            problems.append(f"{field}: expected a non-empty command string, got {block[field]!r}")
+    if "note" in block and not isinstance(block["note"], str):
+        problems.append(f"note: expected a string, got {type(block['note']).__name__}")
+    return problems
+
+
+def provenance_markdown(block: dict[str, Any], date: str | None = None) -> list[str]:
+    """The provenance block as Markdown list items, for the ``.md`` twin of a result."""
+    tree = {True: "clean tree", False: "with uncommitted changes", None: "tree state not recorded"}[block.get("clean")]
+    lines = [f"- commit: {block['commit']} ({tree}){', ' + date if date else ''}", f"- command: `{block['command']}`",
+             f"- rerun from a fresh clone: `{block['rerun']}`"]
+    return lines + ([f"- note: {block['note']}"] if block.get("note") else [])
 
 
 MODELS = ROOT / "eval" / ".models"  # encoders assembled from PyPI packages (ignored by git)
@@ -110,18 +178,13 @@ def mpnet_folder() -> Path:
 
 
 def run_meta(**extra: Any) -> dict[str, Any]:
-    """Metadata for a result file: date, commit, versions, machine, command and how to rerun it."""
+    """Metadata for a result file besides its provenance: date, library versions, machine, and ``extra``."""
     import torch
 
     from icl_fungi.manifest import library_versions
 
-    git = git_commit()
-    command = command_line()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **git,
-        "command": command,
-        "rerun": f"git checkout {git['commit'][:12]} && make venv && .venv/bin/{command}",
         "versions": {**library_versions(), "python": platform.python_version()},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
         **extra,
@@ -159,13 +222,20 @@ def read_results(path: Path) -> dict[str, Any]:
 
 
 def write_results(path: Path, payload: dict[str, Any], *, title: str, table: str, notes: str = "") -> None:
-    """``path`` (JSON, with ``meta``) and its Markdown twin (``.md``): title, command, table, notes."""
+    """``path`` (JSON) and its Markdown twin (``.md``: title, provenance, table, notes).
+
+    The JSON always starts with a ``provenance`` block: the payload's own, or :func:`provenance` of this run.
+    Raises ValueError (and writes nothing) when that block is invalid, e.g. outside a git checkout.
+    """
+    block = payload.get("provenance") or provenance()
+    problems = provenance_problems(block)
+    if problems:
+        raise ValueError(f"{path}: not written, its provenance is invalid: {'; '.join(problems)}")
+    payload = {"provenance": block, **{k: v for k, v in payload.items() if k != "provenance"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
-    meta = payload.get("meta", {})
-    md = [f"# {title}", "", f"- command: `{meta.get('command', '')}`", f"- rerun from a fresh clone: `{meta.get('rerun', '')}`",
-          f"- commit: {meta.get('commit', '')}{' (with uncommitted changes)' if meta.get('dirty') else ''}, {meta.get('date', '')}",
-          "", table, ""]
+    date = payload.get("meta", {}).get("date")
+    md = [f"# {title}", "", *provenance_markdown(block, date), "", table, ""]
     if notes:
         md += [notes, ""]
     path.with_suffix(".md").write_text("\n".join(md))

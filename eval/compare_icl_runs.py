@@ -25,12 +25,17 @@ def _correct(path: Path, selector: str) -> dict[int, bool]:
     return out
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("first", type=Path)
     ap.add_argument("second", type=Path)
     ap.add_argument("--selector", default="fungi")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     a, b = _correct(args.first, args.selector), _correct(args.second, args.selector)
     common = sorted(set(a) & set(b))
     if not common:

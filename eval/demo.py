@@ -11,13 +11,18 @@ from pathlib import Path
 from icl_fungi import ICLRetriever
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
     ap.add_argument("--save", default="banking77.icl", help="where the retriever is saved")
     ap.add_argument("--query", default="I still haven't received my card")
     ap.add_argument("--k", type=int, default=5)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     save = Path(args.save)
     if (save / "manifest.json").is_file():
         r = ICLRetriever.load(save)

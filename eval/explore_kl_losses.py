@@ -103,12 +103,17 @@ for _t in (0.03, 0.07):
 VARIANTS["3 sub-means per label T0.07"] = {**LABELS, "kl_head": SubMeansHead.name}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--weights", default="0.3,0.5", help="KL block weights to evaluate for every variant")
     ap.add_argument("--out", default=str(RESULTS / "ablate_quality" / "dev-losses.json"))
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     pool_t, pool_l, q_t, q_l = pool_and_queries(args.data, "dev")
     path = Path(args.out)
     rows = read_results(path).get("rows", {})

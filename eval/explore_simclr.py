@@ -128,12 +128,17 @@ def encoder_for(variant: str, cfg: FeatureConfig) -> FungiEncoder:
     return enc
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--queries", type=int, default=0, help="dev queries (0: all)")
     ap.add_argument("--out", default=str(RESULTS / "ablate_quality" / "dev-simclr-losses.json"))
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     pool_t, pool_l, q_t, q_l = pool_and_queries(args.data, "dev")
     q_t, q_l = (q_t[: args.queries], q_l[: args.queries]) if args.queries else (q_t, q_l)
     path = Path(args.out)

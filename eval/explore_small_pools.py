@@ -46,12 +46,17 @@ def small_pool(texts: list[str], labels: list, n: int, rng: np.random.Generator)
     return [texts[i] for i in rows], [labels[i] for i in rows]
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--per-label", default="5,20")
     ap.add_argument("--out", default=str(RESULTS / "ablate_quality" / "dev-small-pools.json"))
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     pool_t, pool_l, q_t, q_l = pool_and_queries(args.data, "dev")
     rows: dict[str, dict] = {}
     rng = np.random.default_rng(0)

@@ -1,8 +1,8 @@
 """Block mixes against the k-NN vote: can a gradient mix raise P@20 without lowering the vote?
 
 With the label-mean KL head every weight that raised P@20 on the dev split also lowered the
-similarity-weighted 20-NN vote a little (``dev-heads.md``): the label head pulls a text's
-neighbours towards the label whose mean it sits closest to, so a text that sits closer to a
+similarity-weighted 20-NN vote a little (``eval/archive/results/ablate_quality/dev-heads.md``):
+the label head pulls a text's neighbours towards the label whose mean it sits closest to, so a text that sits closer to a
 wrong mean gets a neighbourhood of that wrong label. This script encodes the dev split
 once per head (label means, k-means prototypes, the paper's random head, plus SimCLR) and
 then sweeps mixes of the blocks without re-encoding: block weights, a second, label-free KL
@@ -67,12 +67,17 @@ def combine(blocks: dict[str, np.ndarray], means: dict[str, np.ndarray], weights
     return np.concatenate(parts, axis=1)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--out", default=str(RESULTS / "ablate_quality" / "dev-vote.json"))
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     pool_t, pool_l, q_t, q_l = pool_and_queries(args.data, "dev")
 
     pool_b: dict[str, np.ndarray] = {}

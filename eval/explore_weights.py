@@ -87,7 +87,8 @@ def evaluate(pool: dict, queries: dict, pool_labels: list, q_labels: list, weigh
     return retrieval_metrics([[pool_labels[i] for i in row] for row in top], np.take_along_axis(sims, top, 1).tolist(), q_labels, k)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--encoders", default="minilm")
@@ -95,7 +96,11 @@ def main() -> None:
     ap.add_argument("--simclr", default="0,0.3", help="SimCLR weights swept with every KL weight")
     ap.add_argument("--queries", type=int, default=0, help="seeded dev query sample (0: all)")
     ap.add_argument("--out", default=str(RESULTS / "ablate_quality" / "dev-weights.json"))
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     pool_t, pool_l, q_t, q_l = pool_and_queries(args.data, "dev")
     if args.queries:
         rows = np.sort(np.random.default_rng(0).choice(len(q_t), args.queries, replace=False))

@@ -46,12 +46,17 @@ def buckets(records: list[dict], pool_labels: list, min_gold: int) -> list[dict]
     return rows
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("report", type=Path)
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the data folder the run used (its train split is the pool)")
     ap.add_argument("--min-gold", type=int, default=16, help="gold examples (of k) that make a prompt 'mostly gold'")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     report = json.loads(args.report.read_text())
     _, labels = load_split(args.data, "train")
     print(markdown_table(buckets(report["records"], labels, args.min_gold), ["selector", "bucket", "queries", "right"], digits=3))

@@ -61,14 +61,19 @@ def summarise(report: dict) -> dict[str, dict]:
     return rows
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--selectors", required=True, help="icl-fungi eval selector specs; include 'embedding' for the paired column")
     ap.add_argument("--limit", default="300", help="dev queries (seeded sample), or 'all'")
     ap.add_argument("-k", type=int, default=20)
     ap.add_argument("--name", default="dev-icl", help="result file name under eval/results/icl_dev/")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     folder = ROOT / "runs" / "dev-banking77"
     write_dev_folder(Path(args.data), folder)
     run_dir = ROOT / "runs" / f"icl-{args.name}"

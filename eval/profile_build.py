@@ -82,7 +82,8 @@ def _table(rows: list[dict], per: float = 1.0, unit: str = "s") -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--n", type=int, default=10003)
@@ -90,7 +91,11 @@ def main() -> None:
     ap.add_argument("--reference", default="7c2eceb", help="older commit profiled too ('' to skip)")
     ap.add_argument("--out", default=str(ROOT / "eval" / "results" / "profile_build.json"))
     ap.add_argument("--spec", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.spec:
         print(json.dumps(profile_one(args)))
         return

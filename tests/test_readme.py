@@ -1,24 +1,45 @@
 from __future__ import annotations
 
+import logging
 import re
+import warnings
+from pathlib import Path
 
 import pytest
 
+import icl_fungi
+
 from .conftest import ROOT
 
+LIBRARY = str(Path(icl_fungi.__file__).parent)
 
-def test_readme_examples_run(capsys):
-    """The README's API and LangChain examples run as pasted (the quick start needs banking-77: slow tier)."""
+
+def test_readme_examples_run(capsys, caplog):
+    """The README's API and LangChain examples run as pasted, and the library warns about nothing in them
+    (the quick start needs banking-77: slow tier)."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert len(blocks) == 3 and "banking77/train.csv" in blocks[0]
     ns: dict = {}
-    for block in blocks[1:]:
-        exec(compile(block, "README.md", "exec"), ns)
+    caplog.set_level(logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for block in blocks[1:]:
+            exec(compile(block, "README.md", "exec"), ns)
     out = capsys.readouterr().out
     assert out.count("Query: where is my card?\nIntent:") == 2
     assert isinstance(ns["messages"], list) and ns["messages"][0]["role"] == "system"
     assert len({x.label for x in ns["picked"]}) == 3
     assert ns["docs"][0].metadata["label"] == "card_arrival"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("icl_fungi")] == []
+    assert [str(w.message) for w in caught if w.filename.startswith(LIBRARY)] == []
+
+
+def test_readme_names_what_make_venv_installs():
+    """The contributor set-up states the extras the Makefile installs, and the README stays short."""
+    extras = re.search(r'pip install -e "(\.\[[^]]*\])"', (ROOT / "Makefile").read_text())
+    text = (ROOT / "README.md").read_text()
+    assert extras and f'pip install -e "{extras.group(1)}"' in text
+    assert len(text.split()) < 1500
 
 
 @pytest.mark.slow
