@@ -157,3 +157,40 @@ def test_the_milvus_backend_is_imported_only_when_named():
             "cls = ix.index_class('milvus'); print(before, cls.__module__, cls.backend)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "icl_fungi.milvus", "milvus"]
+
+
+def test_users_backend_through_the_command_line(tmp_path, capsys, monkeypatch):
+    """`icl-fungi --import MODULE build --index NAME --index-option key=value`, then `query` loads it back."""
+    import sys
+    import types
+
+    from icl_fungi.cli import main
+
+    from .conftest import DATA
+
+    plugin = types.ModuleType("icl_fungi_test_index_plugin")
+    plugin.BruteForceIndex = BruteForceIndex
+    monkeypatch.setitem(sys.modules, plugin.__name__, plugin)
+    out = tmp_path / "cli.icl"
+    assert main(["-q", "--import", plugin.__name__, "build", str(DATA / "intents-train.csv"), "--label-column", "intent",
+                 "--index", "test-brute-force", "--index-option", "note=from-cli", "--out", str(out)]) == 0
+    assert read_config(out / "index") == {"backend": "test-brute-force", "note": "from-cli"}
+    capsys.readouterr()
+    assert main(["-q", "query", str(out), "my card has not arrived", "-k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["examples"]) == 3
+    assert main(["-q", "build", str(DATA / "intents-train.csv"), "--label-column", "intent", "--index", "annoy",
+                 "--out", str(tmp_path / "x.icl")]) == 2
+    assert "unknown index backend 'annoy'" in capsys.readouterr().err
+    assert main(["-q", "build", str(DATA / "intents-train.csv"), "--label-column", "intent", "--index", "test-brute-force",
+                 "--index-option", "nope=1", "--out", str(tmp_path / "y.icl")]) == 2
+    assert "--index test-brute-force" in capsys.readouterr().err and not (tmp_path / "y.icl").exists()
+
+
+def test_an_unregistered_backend_is_refused_at_save_not_at_load(intent_pool, st_model, tmp_path):
+    class Unlisted(BruteForceIndex):
+        backend = "test-unlisted"
+
+    r = ICLRetriever.from_texts(*intent_pool, model=st_model, features=("embedding",), show_progress_bar=False, index=Unlisted())
+    with pytest.raises(ValueError, match="'test-unlisted' .*is not registered"):
+        r.save(tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -40,7 +40,7 @@ modules = {}
 def parser_of(program):
     if program == "icl-fungi":
         from icl_fungi import cli
-        build = getattr(cli, "build_parser", None) or cli._parser  # the CLI's parser builder is not public yet
+        build = cli.build_parser
         return lambda args: build().parse_args(args)
     if program not in modules:
         spec = importlib.util.spec_from_file_location("eval_" + Path(program).stem, root / program)

@@ -197,3 +197,24 @@ def test_extras_are_imported_only_when_used():
     code = ("import sys, icl_fungi, icl_fungi.cli; from icl_fungi import ICLRetriever; "
             "print(any(m.split('.')[0] in ('ray', 'pymilvus', 'milvus_lite') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_unreachable_milvus_or_ray_fails_before_any_encoding(intent_pool, st_model, monkeypatch, tmp_path):
+    """A Milvus server or Ray cluster that cannot be reached is reported before the pool is encoded (the encoder's
+    KL head is still unfitted afterwards), not after the build."""
+    from icl_fungi import FeatureConfig, FungiEncoder
+
+    encoder = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
+    with pytest.raises(ValueError, match="cannot connect to Milvus at http://127.0.0.1:9"):
+        ICLRetriever(encoder, index=MilvusIndex("http://127.0.0.1:9", "nowhere")).fit(*intent_pool)
+    assert encoder.needs_fit
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no `ray start` has written a cluster address there
+    named = FungiEncoder("sentence-transformers/all-MiniLM-L6-v2", FeatureConfig(), show_progress_bar=False)
+    with pytest.raises(RuntimeError, match="found no running Ray cluster"):
+        ICLRetriever(named).fit(*intent_pool, executor=RayExecutor("auto"))
+    with pytest.raises(RuntimeError, match="cannot reach the Ray cluster at 'ray://127.0.0.1:9'"):
+        ICLRetriever(named).fit(*intent_pool, executor=RayExecutor("ray://127.0.0.1:9"))
+    assert named.needs_fit
+    with pytest.raises(ValueError, match="loads the model on every actor"):
+        ICLRetriever(encoder).fit(*intent_pool, executor=RayExecutor())
