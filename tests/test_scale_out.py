@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from icl_fungi.distributed import RayExecutor  # noqa: E402
 from icl_fungi.milvus import MilvusIndex  # noqa: E402
 
 from .conftest import QUERIES  # noqa: E402
+from .helpers import rewrite_manifest, run_alongside  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,25 +55,16 @@ def test_milvus_add_during_queries(tmp_path, intent_pool, intent_queries, st_mod
     r = ICLRetriever.from_texts(texts, labels, model=st_model, features=("embedding",), show_progress_bar=False,
                                 index=MilvusIndex(str(tmp_path / "a.db"), "grow"))
     extra = list(zip(*intent_queries, strict=True))
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
     def reader() -> None:
-        try:
-            while not stop.is_set():
-                got = r.retrieve(QUERIES[1], k=10)
-                assert len(got) == 10 and all(r.texts[x.index] == x.text for x in got)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
+        got = r.retrieve(QUERIES[1], k=10)
+        assert len(got) == 10 and all(r.texts[x.index] == x.text for x in got)
 
-    threads = [threading.Thread(target=reader) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for s in range(0, len(extra), 6):
-        r.add_examples([t for t, _ in extra[s : s + 6]], [lab for _, lab in extra[s : s + 6]])
-    stop.set()
-    for t in threads:
-        t.join()
+    def writer() -> None:
+        for s in range(0, len(extra), 6):
+            r.add_examples([t for t, _ in extra[s : s + 6]], [lab for _, lab in extra[s : s + 6]])
+
+    _, errors = run_alongside(reader, writer)
     assert not errors, errors[:2]
     assert len(r) == 156 and r.index.describe()["n"] == 156
     top = r.retrieve(extra[7][0], k=1)[0]
@@ -83,18 +74,12 @@ def test_milvus_add_during_queries(tmp_path, intent_pool, intent_queries, st_mod
 def test_milvus_refuses_missing_collection_other_dimension_and_count(milvus_retriever, tmp_path, st_model):
     import json
 
-    from icl_fungi.persistence import _checksum, _sha256
-
     path = milvus_retriever.save(tmp_path / "r")
 
     def edit_index(**changes) -> None:
         cfg_file = path / "index" / "config.json"
-        cfg = {**json.loads(cfg_file.read_text()), **changes}
-        cfg_file.write_text(json.dumps(cfg))
-        m = json.loads((path / "manifest.json").read_text())
-        m["files"]["index/config.json"] = _sha256(cfg_file)
-        m["checksum"] = _checksum(m)
-        (path / "manifest.json").write_text(json.dumps(m))
+        cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **changes}))
+        rewrite_manifest(path, rehash=True)
 
     edit_index(collection="nowhere")
     with pytest.raises(ValueError, match="collection 'nowhere' is missing"):

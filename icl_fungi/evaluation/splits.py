@@ -6,6 +6,8 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,28 @@ def _split_file(folder: Path, split: str) -> Path:
     raise ValueError(f"{folder} has no {split} file ({', '.join(f'{split}.{e}' for e in _SPLIT_FILES)})")
 
 
-def _columns(source: Any) -> list[str]:
-    if isinstance(source, Path):
-        from ..data import _read_file
+def _file_columns(path: Path) -> list[str]:
+    """The column names of a split file: the CSV/TSV header, or the keys of the first JSON record."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl", ".ndjson", ".json"):
+        raise ValueError(f"unsupported file type {suffix!r} for {path} (use .csv, .tsv, .jsonl or .json)")
+    with path.open(newline="", encoding="utf-8") as fh:
+        if suffix in (".csv", ".tsv"):
+            return next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","), [])
+        try:
+            if suffix == ".json":
+                rows = json.load(fh)
+                record = rows[0] if isinstance(rows, list) and rows else {}
+            else:
+                first = next((line for line in fh if line.strip()), "{}")
+                record = json.loads(first)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
+    return list(record) if isinstance(record, dict) else []
 
-        rows = _read_file(source)
-        return list(rows[0]) if rows else []
-    return list(source.column_names)
+
+def _columns(source: Any) -> list[str]:
+    return _file_columns(source) if isinstance(source, Path) else list(source.column_names)
 
 
 def load_splits(data: str, text_column: str = "text", label_column: str | None = None) -> tuple[list, list, list, list, str]:
