@@ -93,7 +93,7 @@ def test_add_examples_while_32_threads_query(intent_pool, intent_queries, st_mod
     counts = _run_threads(32, reader)
     thread.join()
     assert not errors, errors
-    assert all(c >= 1 for c in counts)
+    assert sum(counts) > len(counts)  # readers went on querying while examples were being added, not once after
     assert len(r) == len(texts) + len(extra)
     # every added example is in the index and is its own nearest neighbour
     for text, label in extra[::5]:
