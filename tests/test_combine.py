@@ -6,6 +6,8 @@ import pytest
 from icl_fungi import ICLRetriever
 from icl_fungi.combine import AUTO_KL_ANCHORS, BlockCombiner
 
+from .helpers import unit_rows
+
 
 def _blocks(spread: float, n_labels: int = 8, per_label: int = 25, seed: int = 0) -> tuple[dict, list]:
     """Embeddings clustered by label (tighter clusters for smaller ``spread``) and a random KL block."""
@@ -58,7 +60,18 @@ def test_retriever_with_automatic_weights_saves_and_loads_them(intent_pool, st_m
     r = ICLRetriever.from_texts(texts, labels, model=st_model, show_progress_bar=False)  # the defaults: embedding + KL, auto
     assert r.config.features == ("embedding", "kl") and r.fit_weights == "auto"
     (fit,) = r.weight_search_
-    assert r.block_weights == fit["weights"] and 0.3 <= r.block_weights["kl"] <= 1.0
+    # the weight follows from the pool's own embedding, recomputed here: leave-one-out P@9 (ten texts per intent)
+    # of the unit embeddings centred on the pool mean
+    emb = unit_rows(st_model.encode(texts, normalize_embeddings=True))
+    emb = unit_rows(emb - emb.mean(0))
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    lab = np.array(labels)
+    p_at_9 = float((lab[np.argsort(-sims, axis=1)[:, :9]] == lab[:, None]).mean())
+    assert fit["k"] == 9 and fit["loo_p@k"] == pytest.approx(p_at_9, abs=0.005)
+    (p_lo, w_hi), (p_hi, w_lo) = AUTO_KL_ANCHORS
+    assert r.block_weights == fit["weights"]
+    assert r.block_weights["kl"] == pytest.approx(float(np.interp(p_at_9, [p_lo, p_hi], [w_hi, w_lo])), abs=0.005)
     back = ICLRetriever.load(r.save(tmp_path / "auto"), model=st_model)
     assert back.block_weights == r.block_weights and back.fit_weights == "auto"
     assert [x.index for x in back.retrieve("card arrival", 5)] == [x.index for x in r.retrieve("card arrival", 5)]

@@ -40,6 +40,12 @@ def _weight_grad_reference(enc: FungiEncoder, loss_fn) -> np.ndarray:
     return torch.cat([gw, gb[:, None]], dim=1).numpy()
 
 
+def _reference_feature(enc: FungiEncoder, block: str, loss_fn) -> np.ndarray:
+    """The unit feature of ``block`` built from the autograd gradient of ``loss_fn`` through the block's projection."""
+    ref = enc.projections[block].transform_matrices(_weight_grad_reference(enc, loss_fn)[None])[0]
+    return ref / np.linalg.norm(ref)
+
+
 def _head_entropy(z: torch.Tensor, head: torch.Tensor, tau: float) -> torch.Tensor:
     """Minus the entropy of ``softmax(z @ head.T / tau)`` (the loss of the label-mean, prototype and random heads)."""
     logp = F.log_softmax(z @ head.T / tau, dim=-1)
@@ -91,10 +97,7 @@ def test_kl_feature_equals_autograd_reference(encoder):
         z = F.normalize(z - encoder.head.center_, dim=-1)
         return _head_entropy(z, encoder.head.rows_, cfg.kl_tau)
 
-    G = _weight_grad_reference(encoder, loss)
-    ref = encoder.projections["kl"].transform_matrices(G[None])[0]
-    ref /= np.linalg.norm(ref)
-    np.testing.assert_allclose(encoder.encode([text])["kl"][0], ref, atol=1e-4)
+    np.testing.assert_allclose(encoder.encode([text])["kl"][0], _reference_feature(encoder, "kl", loss), atol=1e-4)
 
 
 @pytest.mark.parametrize("view_blocks", [None, 1])
@@ -109,10 +112,7 @@ def test_simclr_feature_equals_autograd_reference(st_model, intent_pool, view_bl
         views = enc.gradients.view_embeddings([text], None, tuple(range(V)))
         return enc.simclr.loss(F.normalize(views, dim=-1).reshape(V, 1, -1)).sum()
 
-    G = _weight_grad_reference(enc, loss)
-    ref = enc.projections["simclr"].transform_matrices(G[None])[0]
-    ref /= np.linalg.norm(ref)
-    np.testing.assert_allclose(enc.encode([text])["simclr"][0], ref, atol=1e-4)
+    np.testing.assert_allclose(enc.encode([text])["simclr"][0], _reference_feature(enc, "simclr", loss), atol=1e-4)
 
 
 def test_word_deletion_simclr_feature_equals_autograd_reference(st_model, intent_pool):
@@ -129,9 +129,7 @@ def test_word_deletion_simclr_feature_equals_autograd_reference(st_model, intent
         z = enc.forward(enc.tokenize(views))
         return enc.simclr.loss(F.normalize(z, dim=-1).reshape(V, 1, -1)).sum()
 
-    G = _weight_grad_reference(enc, loss)
-    ref = enc.projections["simclr"].transform_matrices(G[None])[0]
-    np.testing.assert_allclose(enc.encode([text])["simclr"][0], ref / np.linalg.norm(ref), atol=1e-4)
+    np.testing.assert_allclose(enc.encode([text])["simclr"][0], _reference_feature(enc, "simclr", loss), atol=1e-4)
 
 
 def test_dropout_views_differ_and_are_deterministic(encoder):
@@ -327,9 +325,8 @@ def test_kl_center_prototypes_match_autograd_reference(st_model, intent_pool):
         z = F.normalize(F.normalize(enc.forward(enc.tokenize([text])), dim=-1) - enc.head.center_, dim=-1)
         return _head_entropy(z, enc.head.rows_, enc.config.kl_tau)
 
-    ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
     got = enc.encode([text])["kl"][0]
-    np.testing.assert_allclose(got, ref / np.linalg.norm(ref), atol=1e-4)
+    np.testing.assert_allclose(got, _reference_feature(enc, "kl", loss), atol=1e-4)
     assert not np.allclose(got, plain.encode([text])["kl"][0], atol=1e-2)
 
 
@@ -366,8 +363,7 @@ def test_labels_head_is_unit_label_means_and_matches_autograd(st_model, intent_p
         z = F.normalize(F.normalize(enc.forward(enc.tokenize([text])), dim=-1) - mean, dim=-1)
         return _head_entropy(z, enc.head.rows_, cfg.kl_tau)
 
-    ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
-    np.testing.assert_allclose(enc.encode([text])["kl"][0], ref / np.linalg.norm(ref), atol=1e-4)
+    np.testing.assert_allclose(enc.encode([text])["kl"][0], _reference_feature(enc, "kl", loss), atol=1e-4)
     # fit() + encode() gives the same head and features as the shared pass
     other = FungiEncoder(st_model, cfg, show_progress_bar=False).fit(texts, labels)
     torch.testing.assert_close(other.head.rows_, enc.head.rows_, atol=1e-5, rtol=0)
@@ -397,8 +393,7 @@ def test_neighbors_head_is_the_pool_sample_and_leaves_the_text_out(st_model, int
             z = F.normalize(F.normalize(enc.forward(enc.tokenize([text])), dim=-1) - mean, dim=-1)
             return _neighbor_entropy(z, enc.head.rows_, enc.head.row_labels_, cfg.kl_tau, skip)
 
-        ref = enc.projections["kl"].transform_matrices(_weight_grad_reference(enc, loss)[None])[0]
-        return ref / np.linalg.norm(ref)
+        return _reference_feature(enc, "kl", loss)
 
     np.testing.assert_allclose(enc.encode([TEXTS[3]])["kl"][0], reference(TEXTS[3]), atol=1e-4)
     i = 5

@@ -1,10 +1,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,6 +10,7 @@ from icl_fungi.evaluation import macro_f1, mcnemar_p, paired_comparison, parse_l
 from icl_fungi.evaluation.harness import load_splits, run_icl_eval
 from icl_fungi.evaluation.llm import ResponseCache, redact_url
 
+from .helpers import eval_command, start_until_cached
 from .llm_fakes import FakeLLM
 from .llm_fakes import eval_settings as _settings
 from .llm_fakes import report_records as _records
@@ -107,25 +105,20 @@ def test_api_key_never_written(intent_data, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-test-key-123")
     with FakeLLM() as llm:
         run_icl_eval(_settings(intent_data, tmp_path / "k", llm.base_url, selectors=("random",), limit=3))
-    for f in (tmp_path / "k").iterdir():
-        if f.suffix in (".json", ".md", ".jsonl"):
-            assert "sk-secret" not in f.read_text()
+    written = {f.name: f.read_text() for f in (tmp_path / "k").iterdir() if f.suffix in (".json", ".md", ".jsonl", ".html")}
+    assert set(written) == {"report.json", "report.md", "report.html", "responses.jsonl"}
+    for name, text in written.items():
+        assert "sk-secret" not in text, name
 
 
 def test_kill_and_resume_gives_the_same_report(intent_data, tmp_path):
     with FakeLLM(delay=0.15) as llm:
         full = run_icl_eval(_settings(intent_data, tmp_path / "full", llm.base_url))
         out = tmp_path / "killed"
-        cmd = [sys.executable, "-m", "icl_fungi.cli", "-q", "eval", "--data", str(intent_data), "--selectors", "embedding,random",
-               "-k", "5", "--limit", "20", "--base-url", llm.base_url, "--model", "fake", "--out", str(out)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         cache = out / "responses.jsonl"
-        deadline = time.time() + 240
-        while time.time() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 10):
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
+        proc = start_until_cached(eval_command(intent_data, out, llm.base_url, "--limit", "20"), cache, 10)
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.communicate()
         n_cached = len(ResponseCache(cache))
         assert 10 <= n_cached < 40
         before = sum(llm.requests.values())
@@ -158,13 +151,16 @@ def test_bad_settings(intent_data, tmp_path):
         run_icl_eval(_settings(intent_data, tmp_path, "http://127.0.0.1:9/v1", template="banking77-chat"))
 
 
-def test_cli_eval_errors_are_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("data", ["missing", "intents"])
+def test_cli_eval_errors_are_one_line_and_leave_no_folder(intent_data, tmp_path, capsys, data):
     from icl_fungi.cli import main
 
-    assert main(["-q", "eval", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"),
+    source = tmp_path / "nothing" if data == "missing" else intent_data  # no data; data but no endpoint
+    assert main(["-q", "eval", "--data", str(source), "--out", str(tmp_path / "o" / "run"),
                  "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("icl-fungi: error:") and "\n" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_unreachable_endpoint_fails_before_anything_is_built(intent_data, tmp_path):
@@ -172,7 +168,7 @@ def test_unreachable_endpoint_fails_before_anything_is_built(intent_data, tmp_pa
     with pytest.raises(ValueError, match=r"cannot reach http://127\.0\.0\.1:9/v1"):
         run_icl_eval(_settings(intent_data, tmp_path / "u", "http://127.0.0.1:9/v1", selectors=("fungi", "embedding")))
     assert time.perf_counter() - t0 < 15  # a check of /models, no retriever built
-    assert not (tmp_path / "u" / "report.json").exists()
+    assert not (tmp_path / "u").exists()  # nothing to write: no folder
 
 
 def test_request_failing_after_retries_is_a_clean_error(intent_data, tmp_path):
@@ -183,3 +179,4 @@ def test_request_failing_after_retries_is_a_clean_error(intent_data, tmp_path):
         client = LLMClient("http://127.0.0.1:9/v1", model="fake", max_retries=0, timeout=2, cache=ResponseCache(tmp_path / "c.jsonl"))
         with pytest.raises(RuntimeError, match="rerun to resume"):
             run_icl_eval(settings, client=client)
+    assert not (tmp_path / "f").exists()  # no reply, no report: no folder

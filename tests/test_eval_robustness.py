@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
+from icl_fungi import ICLRetriever
 from icl_fungi.evaluation.harness import run_icl_eval
 from icl_fungi.evaluation.llm import ResponseCache
 
 from .conftest import DATA
+from .helpers import eval_command, start_until_cached
 from .llm_fakes import FakeLLM
 from .llm_fakes import eval_settings as _settings
 
@@ -48,17 +47,8 @@ def test_reports_and_plots_at_0_and_100_percent_and_n_1(intent_data, tmp_path, c
 def test_first_ctrl_c_stops_within_seconds_with_replies_cached(intent_data, tmp_path):
     with FakeLLM(delay=1.0) as llm:
         out = tmp_path / "int"
-        cmd = [sys.executable, "-m", "icl_fungi.cli", "eval", "-q", "--data", str(intent_data), "--selectors", "embedding,random",
-               "-k", "5", "--limit", "30", "--concurrency", "2", "--base-url", llm.base_url, "--model", "fake", "--out", str(out)]
-        # as from a terminal: a shell's background job (e.g. `make test &`) starts with SIGINT ignored, which its
-        # children inherit
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         cache = out / "responses.jsonl"
-        deadline = time.time() + 240
-        while time.time() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 4):
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
+        proc = start_until_cached(eval_command(intent_data, out, llm.base_url, "--limit", "30", "--concurrency", "2"), cache, 4)
         proc.send_signal(signal.SIGINT)
         t0 = time.time()
         _, err = proc.communicate(timeout=30)
@@ -110,3 +100,31 @@ def test_chat_mode_with_a_model_that_answers_no_label_warns(intent_data, tmp_pat
         run_icl_eval(_settings(intent_data, tmp_path / "c", llm.base_url, mode="chat", limit=12))
     assert re.search(r"\d+ of the first 20 replies are not one of the labels", caplog.text)
     assert "--mode completion" in caplog.text
+
+
+def test_the_run_size_is_announced_before_any_retriever_is_built(intent_data, tmp_path, caplog, monkeypatch):
+    """A build takes minutes on a large pool: the number of prompts comes first. A run that fails before any
+    reply leaves no --out folder behind (a folder the user had stays)."""
+    with FakeLLM() as llm:
+        run_icl_eval(_settings(intent_data, tmp_path / "first", llm.base_url, selectors=("random",)))
+        logs_at_build: list[str] = []
+
+        def stop_at_build(self, *args, **kwargs):
+            logs_at_build.append(caplog.text)
+            raise RuntimeError("stopped at the first retriever build")
+
+        monkeypatch.setattr(ICLRetriever, "fit", stop_at_build)
+        for out, cache in ((tmp_path / "new", None), (tmp_path / "cached", str(tmp_path / "first" / "responses.jsonl"))):
+            caplog.clear()
+            with caplog.at_level("INFO"), pytest.raises(RuntimeError, match="stopped at the first retriever build"):
+                run_icl_eval(_settings(intent_data, out, llm.base_url, selectors=("fungi", "embedding", "random"), cache=cache))
+            assert not out.exists()
+        mine = tmp_path / "mine"
+        mine.mkdir()
+        with pytest.raises(RuntimeError, match="stopped at the first retriever build"):
+            run_icl_eval(_settings(intent_data, mine, llm.base_url, selectors=("embedding",)))
+        assert mine.is_dir() and not any(mine.iterdir())
+    fresh, cached = logs_at_build[:2]
+    assert "3 selectors x 20 queries = 60 prompts; nothing cached yet: up to 60 requests to send; " \
+           "first the retrievers of fungi, embedding are built" in fresh
+    assert "3 selectors x 20 queries = 60 prompts; the response cache holds 20 replies (20 of the 20 prompts of random)" in cached

@@ -11,6 +11,8 @@ from icl_fungi import FeatureConfig, ICLRetriever, KLHead, register_kl_head
 from icl_fungi.features import LabelMeanHead, NeighborsHead, PrototypeHead, RandomHead, registered_kl_heads
 from icl_fungi.features.heads import kl_head_class
 
+from .helpers import random_unit
+
 
 class MarginHead(KLHead):
     """A head of the user's own: rows are the label means, logits are scaled cosine margins to the best row."""
@@ -32,10 +34,6 @@ class MarginHead(KLHead):
 register_kl_head(MarginHead)
 
 
-def _unit(n: int, d: int, seed: int) -> torch.Tensor:
-    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
 def test_the_four_heads_are_registered_classes():
     assert set(registered_kl_heads()) >= {"labels", "neighbors", "prototypes", "random"}
     assert [kl_head_class(n) for n in ("labels", "neighbors", "prototypes", "random")] == [
@@ -50,12 +48,12 @@ def test_the_four_heads_are_registered_classes():
 
 @pytest.mark.parametrize("name", ["labels", "neighbors", "prototypes", "random", "test-margin"])
 def test_every_head_saves_and_loads_its_own_state(tmp_path, name):
-    z, labels = _unit(40, 8, 0), [f"l{i % 4}" for i in range(40)]
+    z, labels = torch.from_numpy(random_unit(40, 8, 0)), [f"l{i % 4}" for i in range(40)]
     head = kl_head_class(name)(8, n_rows=5, seed=3).fit(z, labels)
     head.save(tmp_path / name)
     back = KLHead.load(tmp_path / name)
     assert type(back) is type(head) and back.config() == head.config()
-    q = _unit(6, 8, 1).requires_grad_(True)
+    q = torch.from_numpy(random_unit(6, 8, 1)).requires_grad_(True)
     (g1,) = torch.autograd.grad(head.loss(q), q)
     (g2,) = torch.autograd.grad(back.loss(q), q)
     torch.testing.assert_close(g1, g2, rtol=0, atol=0)
@@ -63,7 +61,7 @@ def test_every_head_saves_and_loads_its_own_state(tmp_path, name):
 
 
 def test_head_state_is_checked_on_load(tmp_path):
-    head = LabelMeanHead(8).fit(_unit(20, 8, 0), ["a", "b"] * 10)
+    head = LabelMeanHead(8).fit(torch.from_numpy(random_unit(20, 8, 0)), ["a", "b"] * 10)
     head.save(tmp_path / "h")
     np.save(tmp_path / "h" / "rows.npy", np.zeros((2, 7), np.float32))
     with pytest.raises(ValueError, match=r"shape \(n, 8\)"):

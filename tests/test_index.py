@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from icl_fungi import ICLRetriever, VectorIndex
+
+from .helpers import run_alongside
 
 
 def _recall(index: VectorIndex, queries: np.ndarray, k: int) -> float:
@@ -71,23 +71,13 @@ def test_concurrent_queries_while_adding():
     rng = np.random.default_rng(3)
     index = VectorIndex(exact_threshold=200).build(rng.normal(size=(300, 16)))
     queries = rng.normal(size=(20, 16)).astype(np.float32)
-    errors: list[BaseException] = []
+    batches = [rng.normal(size=(20, 16)) for _ in range(10)]
 
-    def reader():
-        try:
-            for _ in range(30):
-                ids, _ = index.query(queries, 10)
-                assert ids.max() < len(index.vectors_)
-        except BaseException as err:  # noqa: BLE001
-            errors.append(err)
+    def reader() -> None:
+        ids, _ = index.query(queries, 10)
+        assert ids.max() < len(index.vectors_)
 
-    threads = [threading.Thread(target=reader) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for _ in range(10):
-        index.add(rng.normal(size=(20, 16)))
-    for t in threads:
-        t.join()
+    _, errors = run_alongside(reader, lambda: [index.add(b) for b in batches])
     assert not errors and len(index) == 500
 
 

@@ -10,15 +10,7 @@ import torch
 
 from icl_fungi import ICLRetriever, VectorIndex
 
-
-def _rewrite_manifest(path, edit) -> None:
-    """Edit manifest.json and fix its checksum (to reach the checks behind it)."""
-    from icl_fungi.manifest import manifest_checksum
-
-    m = json.loads((path / "manifest.json").read_text())
-    edit(m)
-    m["checksum"] = manifest_checksum(m)
-    (path / "manifest.json").write_text(json.dumps(m))
+from .helpers import rewrite_manifest
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +42,11 @@ def test_save_load_identical(which, fungi_retriever, simclr_retriever, tmp_path,
         assert [x.index for x in a] == [x.index for x in b]
         np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=1e-6)
     np.testing.assert_array_equal(loaded.features(["card arrival"]), retriever.features(["card arrival"]))
-    # no pickle anywhere: every array loads with allow_pickle=False
-    for f in path.rglob("*.npy"):
-        np.load(f, allow_pickle=False)
+    # no pickle anywhere: every array loads with allow_pickle=False (an object array would raise)
+    arrays = sorted(path.rglob("*.npy"))
+    assert {f.parent.name for f in arrays} >= {"kl_head", "combiner", "pca", "index"}
+    for f in arrays:
+        assert np.load(f, allow_pickle=False).size > 0, f
 
 
 def test_load_by_model_name_and_hnsw_roundtrip(intent_pool, tmp_path):
@@ -86,7 +80,7 @@ def test_load_detects_corruption(fungi_retriever, tmp_path, st_model):
 
 def test_load_rejects_other_format_versions(fungi_retriever, tmp_path, st_model):
     path = fungi_retriever.save(tmp_path / "r")
-    _rewrite_manifest(path, lambda m: m.update(format_version=99))
+    rewrite_manifest(path, lambda m: m.update(format_version=99))
     with pytest.raises(ValueError, match="format version 99"):
         ICLRetriever.load(path, model=st_model)
     # a retriever saved by 0.1.0 (format 1: flat arrays) is refused with the version and how to rebuild
@@ -98,7 +92,7 @@ def test_load_rejects_other_format_versions(fungi_retriever, tmp_path, st_model)
         ICLRetriever.load(old, model=st_model)
 
 
-def test_save_never_clobbers_user_data_and_replaces_atomically(fungi_retriever, tmp_path):
+def test_save_never_clobbers_user_data_and_replaces_atomically(fungi_retriever, tmp_path, st_model):
     user_dir = tmp_path / "mine"
     user_dir.mkdir()
     (user_dir / "notes.txt").write_text("precious")
@@ -106,9 +100,13 @@ def test_save_never_clobbers_user_data_and_replaces_atomically(fungi_retriever, 
         fungi_retriever.save(user_dir)
     assert (user_dir / "notes.txt").read_text() == "precious"
     path = fungi_retriever.save(tmp_path / "r")
-    first = (path / "manifest.json").read_text()
-    fungi_retriever.save(path)  # overwrite an existing retriever
-    assert (path / "manifest.json").is_file() and first != ""
+    (path / "left-from-before.txt").write_text("old")
+    fungi_retriever.save(path)  # overwrite an existing retriever: the new folder replaces the old one whole
+    assert not (path / "left-from-before.txt").exists()
+    listed = set(json.loads((path / "manifest.json").read_text())["files"])
+    assert listed == {f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file()} - {"manifest.json"}
+    back = ICLRetriever.load(path, model=st_model)
+    assert [x.index for x in back.retrieve("card arrival", 3)] == [x.index for x in fungi_retriever.retrieve("card arrival", 3)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "r"]  # no temp folders left
 
 

@@ -49,11 +49,15 @@ def test_projection_seeded_and_dense_blocks_bounded():
     a = GradientProjection(50, kind="dense", random_state=7).fit(n_features=(10, 9))
     b = GradientProjection(50, kind="dense", random_state=7).fit(n_features=(10, 9))
     np.testing.assert_array_equal(a.transform_matrices(G), b.transform_matrices(G))
-    # a memory cap far below the matrix size: generated in blocks, same numbers as one block?
+    # a memory cap far below the matrix size: generated in blocks, those past the cache regenerated on every call
     small = GradientProjection(50, kind="dense", random_state=7, max_bytes=50 * 4 * 8).fit(n_features=(10, 9))
     assert small.n_blocks_ > 1
     held = sum(blk.numel() * 4 for blk in small._cache.values())
     assert held <= 50 * 4 * 8
+    blocked = small.transform_matrices(G)
+    np.testing.assert_array_equal(small.transform_matrices(G), blocked)  # a regenerated block is the same block
+    again = GradientProjection(50, kind="dense", random_state=7, max_bytes=50 * 4 * 8).fit(n_features=(10, 9))
+    np.testing.assert_array_equal(again.transform_matrices(G), blocked)
     c = GradientProjection(50, kind="dense", random_state=8).fit(n_features=(10, 9))
     assert not np.allclose(a.transform_matrices(G), c.transform_matrices(G))
 

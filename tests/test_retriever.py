@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import pytest
 from icl_fungi import ICLRetriever, RetrievedExample, load_pool
 
 from .conftest import DATA
+from .helpers import run_alongside, unit_rows
 
 
 def test_retrieve_returns_best_first_with_fields(fungi_retriever, intent_pool):
@@ -70,16 +70,13 @@ def test_bad_queries(fungi_retriever):
 def test_embedding_only_retriever_is_cosine_on_centred_embeddings(intent_pool, st_model):  # same code path as FUNGI
     texts, labels = intent_pool
     r = ICLRetriever.from_texts(texts, labels, model=st_model, features=("embedding",), show_progress_bar=False)
-    def unit(x):
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
     emb = st_model.encode(texts, normalize_embeddings=True)
     q = st_model.encode(["my card has not arrived"], normalize_embeddings=True)
     # the embedding block is centred on the pool mean and re-normalised, then PCA centres the pool again
     mean = emb.mean(0)
-    pool_b, q_b = unit(emb - mean), unit(q - mean)
+    pool_b, q_b = unit_rows(emb - mean), unit_rows(q - mean)
     centred, qc = pool_b - pool_b.mean(0), q_b - pool_b.mean(0)
-    sims = unit(centred) @ unit(qc).T
+    sims = unit_rows(centred) @ unit_rows(qc).T
     expected = np.argsort(-sims[:, 0])[:10]
     got = [x.index for x in r.retrieve("my card has not arrived", k=10)]
     assert got[:5] == expected[:5].tolist()
@@ -193,22 +190,13 @@ def test_add_examples_and_concurrent_queries(intent_pool, st_model):
     texts, labels = intent_pool
     r = ICLRetriever.from_texts(texts[:100], labels[:100], model=st_model, features=("embedding", "kl"), show_progress_bar=False)
     expected = [x.index for x in r.retrieve("card arrival", k=5)]
-    errors: list[BaseException] = []
 
-    def reader():
-        try:
-            for _ in range(5):
-                for x in r.retrieve("card arrival", k=5):
-                    assert r.texts[x.index] == x.text
-        except BaseException as err:  # noqa: BLE001
-            errors.append(err)
+    def reader() -> None:
+        for x in r.retrieve("card arrival", k=5):
+            assert r.texts[x.index] == x.text
 
-    threads = [threading.Thread(target=reader) for _ in range(4)]
-    for t in threads:
-        t.start()
-    ids = r.add_examples(["brand new example about crypto", "another one on refunds"], ["crypto", "refund"])
-    for t in threads:
-        t.join()
+    ids, errors = run_alongside(reader, lambda: r.add_examples(["brand new example about crypto", "another one on refunds"],
+                                                               ["crypto", "refund"]))
     assert not errors
     assert ids == [100, 101] and len(r) == 102
     assert r.retrieve("brand new example about crypto", k=1)[0].label == "crypto"

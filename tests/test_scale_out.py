@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from icl_fungi.distributed import RayExecutor  # noqa: E402
 from icl_fungi.milvus import MilvusIndex  # noqa: E402
 
 from .conftest import QUERIES  # noqa: E402
+from .helpers import rewrite_manifest, run_alongside  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,25 +55,16 @@ def test_milvus_add_during_queries(tmp_path, intent_pool, intent_queries, st_mod
     r = ICLRetriever.from_texts(texts, labels, model=st_model, features=("embedding",), show_progress_bar=False,
                                 index=MilvusIndex(str(tmp_path / "a.db"), "grow"))
     extra = list(zip(*intent_queries, strict=True))
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
     def reader() -> None:
-        try:
-            while not stop.is_set():
-                got = r.retrieve(QUERIES[1], k=10)
-                assert len(got) == 10 and all(r.texts[x.index] == x.text for x in got)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
+        got = r.retrieve(QUERIES[1], k=10)
+        assert len(got) == 10 and all(r.texts[x.index] == x.text for x in got)
 
-    threads = [threading.Thread(target=reader) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for s in range(0, len(extra), 6):
-        r.add_examples([t for t, _ in extra[s : s + 6]], [lab for _, lab in extra[s : s + 6]])
-    stop.set()
-    for t in threads:
-        t.join()
+    def writer() -> None:
+        for s in range(0, len(extra), 6):
+            r.add_examples([t for t, _ in extra[s : s + 6]], [lab for _, lab in extra[s : s + 6]])
+
+    _, errors = run_alongside(reader, writer)
     assert not errors, errors[:2]
     assert len(r) == 156 and r.index.describe()["n"] == 156
     top = r.retrieve(extra[7][0], k=1)[0]
@@ -83,19 +74,12 @@ def test_milvus_add_during_queries(tmp_path, intent_pool, intent_queries, st_mod
 def test_milvus_refuses_missing_collection_other_dimension_and_count(milvus_retriever, tmp_path, st_model):
     import json
 
-    from icl_fungi.manifest import file_sha256 as _sha256
-    from icl_fungi.manifest import manifest_checksum as _checksum
-
     path = milvus_retriever.save(tmp_path / "r")
 
     def edit_index(**changes) -> None:
         cfg_file = path / "index" / "config.json"
-        cfg = {**json.loads(cfg_file.read_text()), **changes}
-        cfg_file.write_text(json.dumps(cfg))
-        m = json.loads((path / "manifest.json").read_text())
-        m["files"]["index/config.json"] = _sha256(cfg_file)
-        m["checksum"] = _checksum(m)
-        (path / "manifest.json").write_text(json.dumps(m))
+        cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **changes}))
+        rewrite_manifest(path, rehash=True)
 
     edit_index(collection="nowhere")
     with pytest.raises(ValueError, match="collection 'nowhere' is missing"):
@@ -197,24 +181,3 @@ def test_extras_are_imported_only_when_used():
     code = ("import sys, icl_fungi, icl_fungi.cli; from icl_fungi import ICLRetriever; "
             "print(any(m.split('.')[0] in ('ray', 'pymilvus', 'milvus_lite') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
-
-
-def test_unreachable_milvus_or_ray_fails_before_any_encoding(intent_pool, st_model, monkeypatch, tmp_path):
-    """A Milvus server or Ray cluster that cannot be reached is reported before the pool is encoded (the encoder's
-    KL head is still unfitted afterwards), not after the build."""
-    from icl_fungi import FeatureConfig, FungiEncoder
-
-    encoder = FungiEncoder(st_model, FeatureConfig(), show_progress_bar=False)
-    with pytest.raises(ValueError, match="cannot connect to Milvus at http://127.0.0.1:9"):
-        ICLRetriever(encoder, index=MilvusIndex("http://127.0.0.1:9", "nowhere")).fit(*intent_pool)
-    assert encoder.needs_fit
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no `ray start` has written a cluster address there
-    named = FungiEncoder("sentence-transformers/all-MiniLM-L6-v2", FeatureConfig(), show_progress_bar=False)
-    with pytest.raises(RuntimeError, match="found no running Ray cluster"):
-        ICLRetriever(named).fit(*intent_pool, executor=RayExecutor("auto"))
-    with pytest.raises(RuntimeError, match="cannot reach the Ray cluster at 'ray://127.0.0.1:9'"):
-        ICLRetriever(named).fit(*intent_pool, executor=RayExecutor("ray://127.0.0.1:9"))
-    assert named.needs_fit
-    with pytest.raises(ValueError, match="loads the model on every actor"):
-        ICLRetriever(encoder).fit(*intent_pool, executor=RayExecutor())

@@ -14,8 +14,8 @@ import pytest
 
 from icl_fungi import ICLRetriever
 from icl_fungi.features.models import check_model_folder
-from icl_fungi.manifest import file_sha256 as _sha256
-from icl_fungi.manifest import manifest_checksum as _checksum
+
+from .helpers import read_manifest, rewrite_manifest
 
 MARKER = "PWNED"
 
@@ -34,20 +34,6 @@ def _copy(saved: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _manifest(path: Path) -> dict:
-    return json.loads((path / "manifest.json").read_text())
-
-
-def _write_manifest(path: Path, m: dict, *, rehash: bool = True) -> None:
-    """The attacker's view: list every file they planted with its true hash and fix the checksum."""
-    if rehash:
-        m["files"] = {p.relative_to(path).as_posix(): _sha256(p) for p in sorted(path.rglob("*"))
-                      if p.is_file() and not p.is_symlink() and p.name != "manifest.json"} | {
-                         k: v for k, v in m["files"].items() if not (path / k).is_file() or (path / k).is_symlink()}
-    m["checksum"] = _checksum(m)
-    (path / "manifest.json").write_text(json.dumps(m))
-
-
 def _marker_absent(root: Path) -> None:
     assert not list(root.rglob(MARKER)) and not Path(MARKER).exists()
 
@@ -64,9 +50,7 @@ def test_custom_module_class_in_the_saved_directory(saved, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     path = _copy(saved, tmp_path)
     _evil_module_folder(path / "evil_model", tmp_path / MARKER)
-    m = _manifest(path)
-    m["model"] = "evil_model"
-    _write_manifest(path, m)
+    rewrite_manifest(path, lambda m: m.update(model="evil_model"), rehash=True)  # the planted folder listed with its true hashes
     with pytest.raises(ValueError, match="names the local model path 'evil_model'"):
         ICLRetriever.load(path)
     with pytest.raises(ValueError, match=r"module class 'evil\.EvilModule'"):  # even when the caller names it
@@ -113,9 +97,7 @@ def test_pickled_bin_weights_are_refused(tmp_path):
 @pytest.mark.parametrize("entry", ["../../../../../../etc/passwd", "/etc/passwd", "encoder/../../outside.npy", "..", "a\\b"])
 def test_manifest_entries_outside_the_directory(saved, tmp_path, entry, monkeypatch):
     path = _copy(saved, tmp_path)
-    m = _manifest(path)
-    m["files"][entry] = "0" * 64
-    _write_manifest(path, m, rehash=False)
+    rewrite_manifest(path, lambda m: m["files"].update({entry: "0" * 64}))
     opened = []
     real_open = Path.open
     monkeypatch.setattr(Path, "open", lambda self, *a, **k: opened.append(str(self)) or real_open(self, *a, **k))
@@ -148,7 +130,7 @@ def test_edited_configuration_is_a_clear_error(saved, tmp_path, part, edit):
     with pytest.raises(ValueError, match=f"{part} is corrupt or truncated"):
         ICLRetriever.load(path)
     # an attacker who also rewrites the hashes still meets the consistency checks where values must agree
-    _write_manifest(path, _manifest(path))
+    rewrite_manifest(path, rehash=True)
     if part == "encoder/config.json":
         with pytest.raises(ValueError, match="does not match"):
             ICLRetriever.load(path)
@@ -156,12 +138,12 @@ def test_edited_configuration_is_a_clear_error(saved, tmp_path, part, edit):
 
 def test_edited_or_truncated_manifest(saved, tmp_path, capsys):
     path = _copy(saved, tmp_path)
-    m = _manifest(path)
+    m = read_manifest(path)
     del m["n_examples"]
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="was edited or is corrupt"):
         ICLRetriever.load(path)
-    _write_manifest(path, m, rehash=False)
+    rewrite_manifest(path)  # the checksum fixed: the check behind it speaks
     with pytest.raises(ValueError, match="n_examples must be a positive int"):
         ICLRetriever.load(path)
     from icl_fungi.cli import main
@@ -171,7 +153,34 @@ def test_edited_or_truncated_manifest(saved, tmp_path, capsys):
     assert err.startswith("icl-fungi: error:") and "Traceback" not in err and err.count("\n") == 1
 
 
-def test_loading_unpickles_nothing(saved):
-    """Every array of a saved retriever loads with allow_pickle=False (an object array would not)."""
-    for f in saved.rglob("*.npy"):
-        assert np.load(f, allow_pickle=False).dtype != object
+def _npy_dtype(path: Path) -> np.dtype:
+    """The dtype an .npy file declares in its header (read without loading the data)."""
+    with path.open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(fh)[2]
+
+
+def test_saved_arrays_are_plain_numbers_and_strings(saved):
+    """What save writes: every array a numeric or string .npy (an object array would need pickle to load)."""
+    found = sorted(saved.rglob("*.npy"))
+    assert len(found) >= 4, found  # the KL head, the projection, the combiner's means, PCA and the index all hold arrays
+    for f in found:
+        dtype = _npy_dtype(f)
+        assert dtype.kind in "fiubU" and not dtype.hasobject, (f, dtype)
+
+
+def test_a_pickled_array_is_refused_without_running_it(saved, tmp_path, monkeypatch):
+    """Every array file replaced in turn by a pickled object (its hash listed, the checksum fixed): the load
+    fails with a clear error and the payload never runs."""
+    monkeypatch.chdir(tmp_path)
+    names = sorted(f.relative_to(saved).as_posix() for f in saved.rglob("*.npy"))
+    assert names
+    for name in names:
+        path = tmp_path / name.replace("/", "_")
+        shutil.copytree(saved, path)
+        np.save(path / name, np.array([_Payload(tmp_path / MARKER)], dtype=object), allow_pickle=True)
+        rewrite_manifest(path, rehash=True)
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            ICLRetriever.load(path)
+        _marker_absent(tmp_path)

@@ -6,17 +6,13 @@ import pytest
 from icl_fungi import ICLRetriever
 from icl_fungi.selection import Selection, select
 
-
-def _unit(*rows):
-    v = np.array(rows, dtype=np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
+from .helpers import unit_rows
 
 # pool: three near-copies of A close to the query, a B a bit further, a C further still
-POOL = _unit([1, 0, 0], [1, 0.01, 0], [1, 0, 0.01], [0.8, 0.6, 0], [0.6, 0, 0.8])
+POOL = unit_rows([[1, 0, 0], [1, 0.01, 0], [1, 0, 0.01], [0.8, 0.6, 0], [0.6, 0, 0.8]])
 LABELS = ["a", "a", "a", "b", "c"]
 TEXTS = ["x", "x copy", "x again", "y", "z"]
-Q = _unit([1, 0.05, 0.05])[0]
+Q = unit_rows([1, 0.05, 0.05])
 SIMS = POOL @ Q
 ORDER = list(np.argsort(-SIMS))
 

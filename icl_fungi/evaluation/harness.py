@@ -17,11 +17,9 @@ import logging
 import platform
 import sys
 import time
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -29,10 +27,11 @@ from ..data import check_labels, check_texts
 from ..features import FeatureConfig, FungiEncoder
 from ..prompt import compose_prompt, get_template, sorted_labels
 from ..retriever import ICLRetriever, RetrievedExample
+from ..template import PromptTemplate
 from .dispatch import send_all
-from .llm import LLMClient, LocalServer, ResponseCache, redact_url
-from .metrics import macro_f1, paired_comparison, parse_label, retrieval_metrics, wilson_interval
+from .llm import LLMClient, LLMResponse, LocalServer, ResponseCache, redact_url
 from .report import write_report
+from .scoring import Chosen, make_records, paired, retriever_config, selector_metrics
 from .selectors import SelectorSpec, parse_selector
 from .splits import load_splits
 
@@ -104,29 +103,6 @@ def _versions() -> dict[str, str]:
             "openai": openai.__version__}
 
 
-def _retriever(spec: SelectorSpec, texts: list[str], labels: list, settings: EvalSettings) -> ICLRetriever:
-    """The retriever behind a selector; its progress bars say which one they build."""
-    base = {} if spec.base == "fungi" else {"features": ("embedding",), "center_blocks": False}  # the plain baseline
-    config = FeatureConfig(**{**base, "seed": settings.seed, **spec.features})
-    encoder = FungiEncoder(config=config, show_progress_bar=settings.show_progress)
-    encoder.progress_desc = f"{spec.name}: encoding"
-    return ICLRetriever(encoder, block_weights=spec.weights or None, fit_weights=spec.fit_weights).fit(texts, labels)
-
-
-def _examples(settings: EvalSettings, spec: SelectorSpec, pool: tuple[list, list], queries: list[str], q_index: Sequence[int],
-              retrievers: dict[str, ICLRetriever]) -> list[list[tuple[int, float]]]:
-    """Per query, the chosen pool examples ``(index, score)``, most similar first."""
-    texts, labels = pool
-    k = min(settings.k, len(texts))
-    if spec.base == "random":
-        return [[(int(i), 0.0) for i in np.random.default_rng([settings.seed, int(qi)]).choice(len(texts), k, replace=False)]
-                for qi in q_index]
-    key = spec.retriever_key()
-    if key not in retrievers:
-        retrievers[key] = _retriever(spec, texts, labels, settings)
-    return [[(x.index, x.score) for x in row] for row in retrievers[key].retrieve_batch(queries, k, selection=spec.selection)]
-
-
 def _run_key(settings: EvalSettings, template: str) -> dict:
     """What makes two runs the same run (a rerun may resume in the same folder)."""
     return {"data": settings.data, "k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": template,
@@ -169,77 +145,208 @@ def _open_client(settings: EvalSettings, stack: contextlib.ExitStack, out: Path,
                      max_retries=settings.max_retries, stop=stop, cache=cache), True
 
 
+# --------------------------------------------------------------- planning
+@dataclasses.dataclass(frozen=True)
+class _Queries:
+    """The seeded test queries of a run: positions in the test split, texts and gold labels."""
+
+    index: list[int]
+    texts: list[str]
+    gold: list
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def subset(self, keep: Sequence[int]) -> _Queries:
+        return _Queries([self.index[j] for j in keep], [self.texts[j] for j in keep], [self.gold[j] for j in keep])
+
+
+@dataclasses.dataclass
+class _Run:
+    """What choosing examples and writing prompts needs: settings, template, selectors and the train pool."""
+
+    settings: EvalSettings
+    template: PromptTemplate
+    specs: dict[str, SelectorSpec]
+    pool: tuple[list, list]
+    label_set: list
+    retrievers: dict[str, ICLRetriever] = dataclasses.field(default_factory=dict)
+
+
+def _template(settings: EvalSettings) -> PromptTemplate:
+    template = get_template(settings.template or DEFAULT_TEMPLATES[settings.mode])
+    if template.kind != settings.mode:
+        raise ValueError(f"template {template.name!r} is a {template.kind} template but --mode is {settings.mode}")
+    return template
+
+
+def _load_data(settings: EvalSettings) -> tuple[tuple[list, list], tuple[list, list], str]:
+    """``(train texts, labels)``, ``(test texts, labels)`` and the label column, the test split checked."""
+    tr_texts, tr_labels, te_texts, te_labels, label_column = load_splits(settings.data, settings.text_column, settings.label_column)
+    check_texts(te_texts)
+    check_labels(te_labels, len(te_texts))
+    return (tr_texts, tr_labels), (te_texts, te_labels), label_column
+
+
+def _sample_queries(settings: EvalSettings, te_texts: list, te_labels: list) -> _Queries:
+    """``--limit`` test queries drawn with ``--seed``, in test-split order."""
+    rng = np.random.default_rng(settings.seed)
+    n = len(te_texts) if settings.limit is None else min(settings.limit, len(te_texts))
+    q_index = sorted(rng.choice(len(te_texts), size=n, replace=False).tolist())
+    return _Queries(q_index, [te_texts[i] for i in q_index], [te_labels[i] for i in q_index])
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _announce_plan(client: LLMClient, specs: dict[str, SelectorSpec], n_queries: int, known: dict[str, list]) -> None:
+    """Log the size of the run before any retriever is built (a build takes minutes on a large pool).
+
+    ``known`` holds the prompts already written (those of the random selectors): how many of them the cache
+    answers is counted exactly; for the others the exact count follows once their retrievers are built.
+    """
+    total = len(specs) * n_queries
+    held = 0 if client.cache is None else len(client.cache)
+    msg = f"{_count(len(specs), 'selector', 'selectors')} x {_count(n_queries, 'query', 'queries')} = {total} prompts"
+    msg += f"; the response cache holds {held} replies" if held else f"; nothing cached yet: up to {total} requests to send"
+    if known and held:
+        n_known = sum(len(p) for p in known.values())
+        msg += f" ({sum(client.is_cached(p) for ps in known.values() for p in ps)} of the {n_known} prompts of {', '.join(known)})"
+    building = [name for name in specs if name not in known]
+    if building:
+        msg += f"; first the retrievers of {', '.join(building)} are built" + ("" if not held else ", then the exact count follows")
+    logger.info("%s", msg)
+
+
+# --------------------------------------------------------------- choosing examples, writing prompts
+def _build_retriever(run: _Run, spec: SelectorSpec) -> ICLRetriever:
+    """The retriever behind a selector; its progress bars say which one they build."""
+    settings = run.settings
+    base = {} if spec.base == "fungi" else {"features": ("embedding",), "center_blocks": False}  # the plain baseline
+    config = FeatureConfig(**{**base, "seed": settings.seed, **spec.features})
+    encoder = FungiEncoder(config=config, show_progress_bar=settings.show_progress)
+    encoder.progress_desc = f"{spec.name}: encoding"
+    return ICLRetriever(encoder, block_weights=spec.weights or None, fit_weights=spec.fit_weights).fit(*run.pool)
+
+
+def _load_saved_retriever(run: _Run) -> None:
+    """A saved FUNGI retriever (``--retriever``) serves the plain 'fungi' selectors."""
+    settings = run.settings
+    if not settings.retriever:
+        return
+    saved = ICLRetriever.load(settings.retriever, show_progress_bar=settings.show_progress)
+    if saved.texts != run.pool[0] or saved.labels != run.pool[1]:
+        raise ValueError(f"the retriever at {settings.retriever} was not built on this train split")
+    run.retrievers[parse_selector("fungi").retriever_key()] = saved
+
+
+def _choose(run: _Run, spec: SelectorSpec, queries: _Queries) -> Chosen:
+    """Per query, the chosen pool examples ``(index, score)``, most similar first (building the retriever once)."""
+    settings, texts = run.settings, run.pool[0]
+    k = min(settings.k, len(texts))
+    if spec.base == "random":
+        return [[(int(i), 0.0) for i in np.random.default_rng([settings.seed, int(qi)]).choice(len(texts), k, replace=False)]
+                for qi in queries.index]
+    key = spec.retriever_key()
+    if key not in run.retrievers:
+        run.retrievers[key] = _build_retriever(run, spec)
+    rows = run.retrievers[key].retrieve_batch(queries.texts, k, selection=spec.selection)
+    return [[(x.index, x.score) for x in row] for row in rows]
+
+
+def _prompts(run: _Run, spec: SelectorSpec, chosen: Chosen, queries: _Queries) -> list:
+    texts, labels = run.pool
+    return [compose_prompt(run.template, [RetrievedExample(texts[i], labels[i], s, i) for i, s in rows], q, labels=run.label_set,
+                           order=spec.order, seed=run.settings.seed)
+            for rows, q in zip(chosen, queries.texts, strict=True)]
+
+
+def _choose_all(run: _Run, client: LLMClient, queries: _Queries) -> tuple[dict[str, Chosen], dict[str, list]]:
+    """Examples and prompts of every selector: the random ones first, then the run's size is announced, then
+    the retrievers are built."""
+    specs = run.specs
+    chosen = {name: _choose(run, sp, queries) for name, sp in specs.items() if sp.base == "random"}
+    prompts = {name: _prompts(run, specs[name], rows, queries) for name, rows in chosen.items()}
+    if not run.settings.cached_only:
+        _announce_plan(client, specs, len(queries), prompts)
+    _load_saved_retriever(run)
+    for name, sp in specs.items():
+        if name not in chosen:
+            chosen[name] = _choose(run, sp, queries)
+            prompts[name] = _prompts(run, sp, chosen[name], queries)
+    return {name: chosen[name] for name in specs}, {name: prompts[name] for name in specs}
+
+
+def _keep_cached(client: LLMClient, queries: _Queries, chosen: dict[str, Chosen], prompts: dict[str, list]
+                 ) -> tuple[_Queries, dict[str, Chosen], dict[str, list]]:
+    """--cached-only: the queries every selector has a cached reply for."""
+    n = len(queries)
+    keep = [j for j in range(n) if all(client.is_cached(p[j]) for p in prompts.values())]
+    if not keep:
+        raise ValueError("--cached-only: the cache holds no query answered for every selector")
+    logger.info("--cached-only: %d of %d queries have a cached reply for every selector", len(keep), n)
+    return (queries.subset(keep), {name: [rows[j] for j in keep] for name, rows in chosen.items()},
+            {name: [p[j] for j in keep] for name, p in prompts.items()})
+
+
+# --------------------------------------------------------------- sending
+def _send(settings: EvalSettings, client: LLMClient, prompts: dict[str, list], n: int, label_set: list
+          ) -> dict[tuple[str, int], LLMResponse]:
+    """Every prompt's reply by ``(selector, query position)``.
+
+    Query by query in a seeded order: an interrupted run leaves every selector answered on one random subset.
+    """
+    order = np.random.default_rng([settings.seed, n]).permutation(n).tolist()
+    jobs = [(name, j) for j in order for name in prompts]
+    replies = send_all(client, [prompts[name][j] for name, j in jobs], concurrency=settings.concurrency,
+                       show_progress=settings.show_progress, labels=label_set, mode=settings.mode)
+    return dict(zip(jobs, replies, strict=True))
+
+
+# --------------------------------------------------------------- the run
 def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> dict:
     """Run the evaluation and write ``report.json``, ``report.md``, ``report.html`` and plots to ``settings.out``.
 
-    ``settings.out`` must be new or hold the report of this same run (then the run resumes from its cache).
+    ``settings.out`` must be new or hold the report of this same run (then the run resumes from its cache). The
+    folder is created when there is something to write (the first reply cached, or the report): a run that fails
+    before leaves no folder behind.
     """
     settings.validate()
     t_start = time.perf_counter()
     out = Path(settings.out)
-    template = get_template(settings.template or DEFAULT_TEMPLATES[settings.mode])
-    if template.kind != settings.mode:
-        raise ValueError(f"template {template.name!r} is a {template.kind} template but --mode is {settings.mode}")
+    template = _template(settings)
     run_key = _run_key(settings, template.name)
     _check_out(out, run_key)
-    tr_texts, tr_labels, te_texts, te_labels, label_column = load_splits(settings.data, settings.text_column, settings.label_column)
-    check_texts(te_texts)
-    check_labels(te_labels, len(te_texts))
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(settings.seed)
-    n = len(te_texts) if settings.limit is None else min(settings.limit, len(te_texts))
-    q_index = sorted(rng.choice(len(te_texts), size=n, replace=False).tolist())
-    queries = [te_texts[i] for i in q_index]
-    gold = [te_labels[i] for i in q_index]
-    label_set = sorted_labels(tr_labels)
-
+    pool, test, label_column = _load_data(settings)
+    queries = _sample_queries(settings, *test)
+    run = _Run(settings, template, {sp.name: sp for sp in map(settings.spec, settings.selectors)}, pool, sorted_labels(pool[1]))
     embedded = False
     with contextlib.ExitStack() as stack:
         if client is None:  # before the (long) retriever builds: an unreachable endpoint fails at once
             client, embedded = _open_client(settings, stack, out, template.stop or ("\n",))
-        specs = {sp.name: sp for sp in map(settings.spec, settings.selectors)}
-        retrievers: dict[str, ICLRetriever] = {}
-        if settings.retriever:  # a saved FUNGI retriever serves the plain 'fungi' selectors
-            saved = ICLRetriever.load(settings.retriever, show_progress_bar=settings.show_progress)
-            if saved.texts != tr_texts or saved.labels != tr_labels:
-                raise ValueError(f"the retriever at {settings.retriever} was not built on this train split")
-            retrievers[parse_selector("fungi").retriever_key()] = saved
-        chosen = {name: _examples(settings, sp, (tr_texts, tr_labels), queries, q_index, retrievers) for name, sp in specs.items()}
-        prompts = {
-            name: [compose_prompt(template, [RetrievedExample(tr_texts[i], tr_labels[i], s, i) for i, s in rows], q, labels=label_set,
-                                  order=specs[name].order, seed=settings.seed)
-                   for rows, q in zip(chosen[name], queries, strict=True)]
-            for name in specs
-        }
-        names = list(specs)
+        chosen, prompts = _choose_all(run, client, queries)
         if settings.cached_only:
-            keep = [j for j in range(n) if all(client.is_cached(prompts[name][j]) for name in names)]
-            if not keep:
-                raise ValueError("--cached-only: the cache holds no query answered for every selector")
-            logger.info("--cached-only: %d of %d queries have a cached reply for every selector", len(keep), n)
-            q_index, queries, gold = [q_index[j] for j in keep], [queries[j] for j in keep], [gold[j] for j in keep]
-            chosen = {name: [rows[j] for j in keep] for name, rows in chosen.items()}
-            prompts = {name: [p[j] for j in keep] for name, p in prompts.items()}
-            n = len(keep)
-        # query by query in a seeded order: an interrupted run leaves every selector answered on one random subset
-        order = np.random.default_rng([settings.seed, n]).permutation(n).tolist()
-        jobs = [(name, j) for j in order for name in names]
-        replies = send_all(client, [prompts[name][j] for name, j in jobs], concurrency=settings.concurrency,
-                           show_progress=settings.show_progress, labels=label_set, mode=settings.mode)
-        responses: dict[tuple[str, int], Any] = dict(zip(jobs, replies, strict=True))
-
-    records = []
-    for name in names:
-        for j in range(n):
-            resp = responses[(name, j)]
-            pred = parse_label(resp.text, label_set)
-            records.append({
-                "selector": name, "query_index": q_index[j], "query": queries[j], "gold": gold[j], "reply": resp.text,
-                "prediction": pred, "valid": pred is not None, "correct": pred == gold[j],
-                "examples": [i for i, _ in chosen[name][j]], "prompt_tokens": resp.prompt_tokens,
-                "completion_tokens": resp.completion_tokens, "latency_s": round(resp.latency_s, 4), "cached": resp.cached,
-            })
+            queries, chosen, prompts = _keep_cached(client, queries, chosen, prompts)
+        responses = _send(settings, client, prompts, len(queries), run.label_set)
+    records = make_records(list(run.specs), queries, chosen, responses, run.label_set)
     report = {
+        **_header(settings, client, embedded, run_key),
+        "data": {"source": redact_url(settings.data) if "://" in settings.data else settings.data, "label_column": label_column,
+                 "n_train": len(pool[0]), "n_test": len(test[0]), "n_labels": len(run.label_set)},
+        **_results(run, client, records, chosen, queries),
+        "wall_time_s": round(time.perf_counter() - t_start, 1),
+        "records": records,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(report, out, pool=pool)
+    return report
+
+
+# --------------------------------------------------------------- the report
+def _header(settings: EvalSettings, client: LLMClient, embedded: bool, run_key: dict) -> dict:
+    """What ran: format, date, command, versions, endpoint and settings."""
+    return {
         "format": "icl-fungi-eval-report/1",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
@@ -247,64 +354,20 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
         "run_key": run_key,
         "endpoint": {"host": "embedded local server (127.0.0.1)" if embedded else client.endpoint_id,
                      "id": client.endpoint_id, "model": client.model, "params": client.params},
-        "data": {"source": redact_url(settings.data) if "://" in settings.data else settings.data, "label_column": label_column,
-                 "n_train": len(tr_texts), "n_test": len(te_texts), "n_labels": len(label_set)},
-        "settings": {"k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": template.name,
+    }
+
+
+def _results(run: _Run, client: LLMClient, records: list[dict], chosen: dict[str, Chosen], queries: _Queries) -> dict:
+    """Settings, selectors, requests sent, metrics per selector and the paired comparisons."""
+    settings, specs = run.settings, run.specs
+    return {
+        "settings": {"k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": run.template.name,
                      "mode": settings.mode, "selectors": list(settings.selectors), "concurrency": settings.concurrency,
                      "timeout": settings.timeout, "retriever": settings.retriever},
         "selector_specs": {name: sp.describe() for name, sp in specs.items()},
-        "selector_configs": {name: _config(retrievers.get(sp.retriever_key())) for name, sp in specs.items()},
+        "selector_configs": {name: retriever_config(run.retrievers.get(sp.retriever_key())) for name, sp in specs.items()},
         "requests_sent": client.requests_sent,
-        "selectors": {name: _selector_metrics(name, [r for r in records if r["selector"] == name], chosen[name], tr_labels,
-                                              gold, settings.k) for name in names},
-        "paired": _paired(records, names),
-        "wall_time_s": round(time.perf_counter() - t_start, 1),
-        "records": records,
+        "selectors": {name: selector_metrics([r for r in records if r["selector"] == name], chosen[name], run.pool[1],
+                                             queries.gold, settings.k) for name in specs},
+        "paired": paired(records, list(specs)),
     }
-    write_report(report, out, pool=(tr_texts, tr_labels))
-    return report
-
-
-def _config(r: ICLRetriever | None) -> dict | None:
-    if r is None:
-        return None
-    return {"feature_config": r.config.to_dict(), "block_weights": r.block_weights, "fit_weights": r.fit_weights,
-            "pca": {"n_components": r.pca.n_components, "whiten": r.pca.whiten}}
-
-
-def _selector_metrics(name: str, recs: list[dict], chosen: list[list[tuple[int, float]]], pool_labels: list, gold: list,
-                      k: int) -> dict:
-    n = len(recs)
-    correct = sum(r["correct"] for r in recs)
-    lo, hi = wilson_interval(correct, n)
-    per_class: dict = defaultdict(lambda: [0, 0])
-    for r in recs:
-        per_class[r["gold"]][0] += r["correct"]
-        per_class[r["gold"]][1] += 1
-    confusions = Counter((r["gold"], r["prediction"] if r["valid"] else "<invalid>") for r in recs if not r["correct"])
-    lat = [r["latency_s"] for r in recs]
-    retrieved = [[pool_labels[i] for i, _ in rows] for rows in chosen]
-    scores = [[s for _, s in rows] for rows in chosen]
-    return {
-        "n": n,
-        "accuracy": correct / n if n else 0.0,
-        "accuracy_ci95": [lo, hi],
-        "macro_f1": macro_f1([r["gold"] for r in recs], [r["prediction"] for r in recs]),
-        "invalid_rate": sum(not r["valid"] for r in recs) / n if n else 0.0,
-        "per_class_accuracy": {str(c): v[0] / v[1] for c, v in sorted(per_class.items(), key=lambda kv: str(kv[0]))},
-        "top_confusions": [{"gold": g, "predicted": p, "count": c} for (g, p), c in confusions.most_common(10)],
-        "retrieval": retrieval_metrics(retrieved, scores, gold, min(k, len(retrieved[0])) if retrieved else k),
-        "prompt_tokens": int(sum(r["prompt_tokens"] for r in recs)),
-        "completion_tokens": int(sum(r["completion_tokens"] for r in recs)),
-        "latency_s_p50": float(np.percentile(lat, 50)) if lat else 0.0,
-        "latency_s_p95": float(np.percentile(lat, 95)) if lat else 0.0,
-    }
-
-
-def _paired(records: list[dict], selectors: Sequence[str]) -> dict:
-    by = {s: [r["correct"] for r in records if r["selector"] == s] for s in selectors}
-    out = {}
-    for i, a in enumerate(selectors):
-        for b in selectors[i + 1:]:
-            out[f"{a}_vs_{b}"] = {**paired_comparison(by[a], by[b]), "note": f"difference = accuracy({a}) - accuracy({b})"}
-    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,28 @@ def _payload(report: dict, pool: tuple[list, list] | None, example_texts: bool) 
                 for s in selectors}}
 
 
+def _axis_end(lo: float, hi: float) -> float:
+    """The axis end in points: 15 % past the interval's farther end, rounded up to a label that is exact (whole
+    points from 10 on, else tenths), at least 5.8 and at most 100 (an accuracy difference cannot be larger)."""
+    pts = 115 * max(0.05, abs(lo), abs(hi))
+    return min(100.0, math.ceil(pts) if pts >= 10 else math.ceil(pts * 10) / 10)
+
+
 def _interval_svg(diff: float, lo: float, hi: float) -> str:
-    """A small forest-plot row: the paired difference (points) and its 95 % interval around zero."""
-    span = max(0.05, abs(lo), abs(hi)) * 1.15
-    x = lambda v: 10 + 280 * (v + span) / (2 * span)  # noqa: E731 - local scale
+    """A small forest-plot row: the paired difference (points) and its 95 % interval on an axis symmetric
+    around zero (:func:`_axis_end`); what lies past the axis is drawn at its end, the end labels sit inside the plot."""
+    end = _axis_end(lo, hi)
+    span = end / 100
+    x = lambda v: 10 + 280 * (min(max(v, -span), span) + span) / (2 * span)  # noqa: E731 - local scale, clipped to the axis
     color = "#2a7b39" if lo > 0 else "#b03a2e" if hi < 0 else "#555"
+    label = "{:+.0f}" if end >= 10 else "{:+.1f}"
     return (f'<svg class="ci" width="300" height="34" viewBox="0 0 300 34" role="img" '
             f'aria-label="difference {100 * diff:+.2f} points, 95% CI {100 * lo:+.2f} to {100 * hi:+.2f}">'
             f'<line x1="{x(0):.1f}" y1="2" x2="{x(0):.1f}" y2="32" stroke="#999" stroke-dasharray="3,3"/>'
             f'<line x1="{x(lo):.1f}" y1="17" x2="{x(hi):.1f}" y2="17" stroke="{color}" stroke-width="3"/>'
             f'<circle cx="{x(diff):.1f}" cy="17" r="6" fill="{color}"/>'
-            f'<text x="10" y="32" font-size="9" fill="#777">{-100 * span:+.1f}</text>'
-            f'<text x="272" y="32" font-size="9" fill="#777">{100 * span:+.1f}</text></svg>')
+            f'<text x="2" y="32" font-size="9" fill="#777" text-anchor="start">{label.format(-end)}</text>'
+            f'<text x="298" y="32" font-size="9" fill="#777" text-anchor="end">{label.format(end)}</text></svg>')
 
 
 def write_html(report: dict, path: Path, *, pool: tuple[list, list] | None = None, example_texts: bool = True) -> None:
