@@ -191,6 +191,6 @@ def test_an_unregistered_backend_is_refused_at_save_not_at_load(intent_pool, st_
         backend = "test-unlisted"
 
     r = ICLRetriever.from_texts(*intent_pool, model=st_model, features=("embedding",), show_progress_bar=False, index=Unlisted())
-    with pytest.raises(ValueError, match="'test-unlisted' .*is not registered"):
+    with pytest.raises(ValueError, match=r"'test-unlisted' .*is not registered"):
         r.save(tmp_path / "r")
     assert not (tmp_path / "r").exists()

@@ -10,8 +10,8 @@ A spec is a name, optionally ``=BASE;key=value;...``. BASE is ``fungi`` (FUNGI f
 
 Example:
     >>> spec = parse_selector("cov=fungi;selection=label_coverage;n_labels=4;w.kl=0.5")
-    >>> spec.base, spec.selection.strategy, spec.selection.n_labels, spec.weights
-    ('fungi', 'label_coverage', 4, {'kl': 0.5})
+    >>> spec.base, spec.selection.strategy, spec.weights
+    ('fungi', LabelCoverage(n_labels=4), {'kl': 0.5})
 """
 
 from __future__ import annotations
