@@ -97,6 +97,47 @@ def _parse(text: Any, where: str, allowed: Sequence[str]) -> _Parsed:
     return _Parsed(tuple(parts))
 
 
+def _chat_messages(data: dict, source: str) -> tuple[tuple, set[str]]:
+    """A chat template's ``messages``, parsed, and the placeholders they use."""
+    if "messages" not in data or "template" in data or not isinstance(data["messages"], list) or not data["messages"]:
+        raise ValueError(f"{source}: a chat template needs a non-empty 'messages' list (and no 'template')")
+    msgs: list = []
+    names: set[str] = set()
+    for i, m in enumerate(data["messages"]):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role == "examples":
+            msgs.append(("examples", None))
+            continue
+        if role not in _ROLES:
+            raise ValueError(f"{source}: messages[{i}] has role {role!r}; use one of {(*_ROLES, 'examples')}")
+        parsed = _parse(m.get("content"), f"{source}: messages[{i}]", PROMPT_FIELDS)
+        names |= parsed.names
+        msgs.append((role, parsed))
+    return tuple(msgs), names
+
+
+def _check_placeholders(source: str, names: set[str], messages: tuple, example: Any, ex_msgs: tuple) -> None:
+    """The query and the examples each have a place, and an example's format shows every example field."""
+    slot = any(role == "examples" for role, _ in messages)
+    if "query" not in names:
+        raise ValueError(f"{source}: missing placeholder {{query}}")
+    if slot and not ex_msgs:
+        raise ValueError(f"{source}: an 'examples' message slot needs 'example_messages'")
+    if not slot and "examples" not in names:
+        raise ValueError(f"{source}: missing placeholder {{examples}} (or an 'examples' message slot)")
+    if "examples" in names:
+        if example is None:
+            raise ValueError(f"{source}: {{examples}} needs an 'example' format")
+        for ph in EXAMPLE_FIELDS:
+            if ph not in example.names:
+                raise ValueError(f"{source}: example: missing placeholder {{{ph}}}")
+    if slot:
+        used = set().union(*(p.names for _, p in ex_msgs))
+        for ph in EXAMPLE_FIELDS:
+            if ph not in used:
+                raise ValueError(f"{source}: example_messages: missing placeholder {{{ph}}}")
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """A validated prompt template; build one with :meth:`load` or :meth:`from_dict`."""
@@ -160,38 +201,8 @@ class PromptTemplate:
             template = _parse(data["template"], f"{source}: template", PROMPT_FIELDS)
             names = template.names
         else:
-            if "messages" not in data or "template" in data or not isinstance(data["messages"], list) or not data["messages"]:
-                raise ValueError(f"{source}: a chat template needs a non-empty 'messages' list (and no 'template')")
-            msgs = []
-            for i, m in enumerate(data["messages"]):
-                role = m.get("role") if isinstance(m, dict) else None
-                if role == "examples":
-                    msgs.append(("examples", None))
-                    continue
-                if role not in _ROLES:
-                    raise ValueError(f"{source}: messages[{i}] has role {role!r}; use one of {(*_ROLES, 'examples')}")
-                parsed = _parse(m.get("content"), f"{source}: messages[{i}]", PROMPT_FIELDS)
-                names |= parsed.names
-                msgs.append((role, parsed))
-            messages = tuple(msgs)
-        slot = any(role == "examples" for role, _ in messages)
-        if "query" not in names:
-            raise ValueError(f"{source}: missing placeholder {{query}}")
-        if slot and not ex_msgs:
-            raise ValueError(f"{source}: an 'examples' message slot needs 'example_messages'")
-        if not slot and "examples" not in names:
-            raise ValueError(f"{source}: missing placeholder {{examples}} (or an 'examples' message slot)")
-        if "examples" in names:
-            if example is None:
-                raise ValueError(f"{source}: {{examples}} needs an 'example' format")
-            for ph in EXAMPLE_FIELDS:
-                if ph not in example.names:
-                    raise ValueError(f"{source}: example: missing placeholder {{{ph}}}")
-        if slot:
-            used = set().union(*(p.names for _, p in ex_msgs))
-            for ph in EXAMPLE_FIELDS:
-                if ph not in used:
-                    raise ValueError(f"{source}: example_messages: missing placeholder {{{ph}}}")
+            messages, names = _chat_messages(data, source)
+        _check_placeholders(source, names, messages, example, ex_msgs)
         stop = data.get("stop", [])
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise ValueError(f"{source}: 'stop' must be a list of strings")
