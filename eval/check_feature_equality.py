@@ -32,13 +32,26 @@ import numpy as np
 import icl_fungi
 from icl_fungi import ICLRetriever
 pool = json.load(open(sys.argv[1]))
-r = ICLRetriever.from_dataset([{"text": t, "label": l} for t, l in zip(pool["texts"], pool["labels"])], show_progress_bar=False)
+r = ICLRetriever.from_dataset([{"text": t, "label": l} for t, l in zip(pool["texts"], pool["labels"])], show_progress_bar=False,
+                               features=tuple(pool["features"]))
 blocks = r.encoder.encode(pool["texts"])
 res = r.retrieve_batch(pool["queries"], k=20)
 np.savez(sys.argv[2], index_vectors=r.index.vectors_, query_vectors=r.features(pool["queries"]),
          top20=np.array([[x.index for x in row] for row in res]), **{"block_" + k: v for k, v in blocks.items()})
 print(icl_fungi.__file__, icl_fungi.__version__)
 """
+
+
+def fixture_pool() -> tuple[list[str], list[str], list[str]]:
+    """The test suite's intent set (tests/data): 120 pool texts with labels and 36 queries."""
+    import csv
+
+    def read(name: str) -> list[dict[str, str]]:
+        with (ROOT / "tests" / "data" / name).open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    train, test = read("intents-train.csv"), read("intents-test.csv")
+    return [r["text"] for r in train], [r["intent"] for r in train], [r["text"] for r in test]
 
 
 def run_tree(src: Path, pool_json: Path, out: Path) -> dict[str, np.ndarray]:
@@ -60,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reference", default="cf6f40c", help="git commit of the reference code (default: the last pre-redesign commit)")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--n", type=int, default=500, help="pool texts (seeded sample of banking-77 train)")
+    ap.add_argument("--pool", choices=("banking77", "fixture"), default="banking77",
+                    help="banking77 (a seeded sample of --n train texts) or fixture (tests/data intents, all of it)")
+    ap.add_argument("--features", default="embedding,kl", help="feature blocks of the retriever (default: embedding,kl)")
     ap.add_argument("--queries", type=int, default=200, help="test queries for the rankings")
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--out", default=str(RESULTS / "feature_equality.json"))
@@ -70,15 +86,21 @@ def main() -> None:
     args = parse_args()
     import json
 
-    texts, labels = load_split(args.data, "train")
-    q_texts, _ = load_split(args.data, "test")
-    rng = np.random.default_rng(0)
-    rows = sorted(rng.choice(len(texts), size=args.n, replace=False).tolist())
-    queries = [q_texts[i] for i in sorted(rng.choice(len(q_texts), size=args.queries, replace=False).tolist())]
+    if args.pool == "fixture":
+        texts, labels, queries = fixture_pool()
+        args.n, args.queries = len(texts), len(queries)
+        rows = list(range(len(texts)))
+    else:
+        texts, labels = load_split(args.data, "train")
+        q_texts, _ = load_split(args.data, "test")
+        rng = np.random.default_rng(0)
+        rows = sorted(rng.choice(len(texts), size=args.n, replace=False).tolist())
+        queries = [q_texts[i] for i in sorted(rng.choice(len(q_texts), size=args.queries, replace=False).tolist())]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pool_json = tmp / "pool.json"
-        pool_json.write_text(json.dumps({"texts": [texts[i] for i in rows], "labels": [labels[i] for i in rows], "queries": queries}))
+        pool_json.write_text(json.dumps({"texts": [texts[i] for i in rows], "labels": [labels[i] for i in rows], "queries": queries,
+                                         "features": args.features.split(",")}))
         ref_src = tmp / "reference"
         ref_src.mkdir()
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.reference, "icl_fungi", "prompts"],
@@ -100,11 +122,12 @@ def main() -> None:
                           "max_abs_diff": float(np.abs(ref[key].astype(np.float64) - cur[key]).max()), "identical_rankings": None})
     worst = max(t["max_abs_diff"] for t in table if t["max_abs_diff"] is not None)
     ok = worst <= args.tol and all(t["identical_rankings"] in (None, 1.0) for t in table)
-    payload = {"meta": run_meta(reference=args.reference, n_pool=args.n, n_queries=args.queries, tol=args.tol),
+    payload = {"meta": run_meta(reference=args.reference, pool=args.pool, features=args.features, n_pool=args.n,
+                                n_queries=args.queries, tol=args.tol),
                "max_abs_diff": worst, "pass": ok, "rows": table}
     write_results(Path(args.out), payload, title=f"Features of the current code vs commit {args.reference}",
                   table=markdown_table(table, ["array", "shape", "max_abs_diff", "identical_rankings"], digits=10),
-                  notes=f"Default retriever on {args.n} seeded banking-77 train texts, {args.queries} test queries. "
+                  notes=f"Retriever with features {args.features} on {args.n} texts ({args.pool}), {args.queries} queries. "
                         f"Largest |difference| {worst:.3g} (tolerance {args.tol:g}): {'PASS' if ok else 'FAIL'}.")
     print(markdown_table(table, ["array", "shape", "max_abs_diff", "identical_rankings"], digits=10))
     print(f"max |diff| {worst:.3g}: {'PASS' if ok else 'FAIL'}")
