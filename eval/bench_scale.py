@@ -92,7 +92,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
         r.retrieve_batch(queries[start : start + 32], k=20)
         batched.append((time.perf_counter() - t) * 1000)
     # HNSW recall@20 against exact search on the same vectors, at the default ef
-    qv = r.features(queries)
+    qv = r.vectors(queries)
     pool_v = r.index.vectors_
     exact = np.argsort(-(qv @ pool_v.T), axis=1, kind="stable")[:, :20]
     hnsw = r.index if r.index.uses_hnsw else VectorIndex(exact_threshold=0, random_state=0).build(pool_v)

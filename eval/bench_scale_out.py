@@ -76,7 +76,7 @@ def build(args: argparse.Namespace, executor: str, workers: int, work: Path) -> 
         q_texts, _ = load_split(args.data, "test")
         queries = [q_texts[i] for i in np.random.default_rng(args.seed).choice(len(q_texts), args.queries, replace=False)]
         np.save(work / "vectors.npy", r.index.vectors_, allow_pickle=False)
-        np.save(work / "queries.npy", r.features(queries), allow_pickle=False)
+        np.save(work / "queries.npy", r.vectors(queries), allow_pickle=False)
         (work / "labels.json").write_text(json.dumps([str(x) for x in labels]))
     return out
 

@@ -36,7 +36,7 @@ r = ICLRetriever.from_dataset([{"text": t, "label": l} for t, l in zip(pool["tex
                                features=tuple(pool["features"]))
 blocks = r.encoder.encode(pool["texts"])
 res = r.retrieve_batch(pool["queries"], k=20)
-np.savez(sys.argv[2], index_vectors=r.index.vectors_, query_vectors=r.features(pool["queries"]),
+np.savez(sys.argv[2], index_vectors=r.index.vectors_, query_vectors=getattr(r, "vectors", r.features)(pool["queries"]),
          top20=np.array([[x.index for x in row] for row in res]), **{"block_" + k: v for k, v in blocks.items()})
 print(icl_fungi.__file__, icl_fungi.__version__)
 """

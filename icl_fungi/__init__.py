@@ -10,14 +10,13 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.4.0"
-
 from .data import load_pool
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder, KLHead, register_kl_head
 from .index import Index, VectorIndex, register_index
 from .retriever import ICLRetriever, RetrievedExample
 from .selection import Selection
 from .template import PromptTemplate
+from .version import __version__ as __version__
 
 __all__ = [
     "DEFAULT_FEATURES",

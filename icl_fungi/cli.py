@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .combine import DEFAULT_FIT_WEIGHTS
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FEATURES
 from .index import index_class
 from .manifest import check_save_target
 from .options import parse_options
 from .prompt import ORDERS
+from .version import __version__
 
 
 def _limit(value: str) -> int | None:

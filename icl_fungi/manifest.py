@@ -196,7 +196,7 @@ def library_versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__
+    from .version import __version__
 
     return {"icl_fungi": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "sentence_transformers": sentence_transformers.__version__,

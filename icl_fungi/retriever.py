@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -238,13 +239,18 @@ class ICLRetriever:
         """The block weights in force (a copy)."""
         return dict(self.combiner.weights)
 
-    def features(self, texts: Sequence[str] | str) -> np.ndarray:
+    def vectors(self, texts: Sequence[str] | str) -> np.ndarray:
         """The combined, PCA-reduced, L2-normalised vectors the index searches (1-D for one string)."""
         single = isinstance(texts, str)
         batch = check_texts([texts] if single else texts, what="query")
         self._check_built()
         vectors = self.vectors_from_blocks(self.encoder.encode(batch))
         return vectors[0] if single else vectors
+
+    def features(self, texts: Sequence[str] | str) -> np.ndarray:
+        """Deprecated name of :meth:`vectors` ("features" names the feature blocks, ``FeatureConfig.features``)."""
+        warnings.warn("ICLRetriever.features() is deprecated; use ICLRetriever.vectors()", DeprecationWarning, stacklevel=2)
+        return self.vectors(texts)
 
     def _check_built(self) -> None:
         if not len(self.index):
@@ -271,7 +277,7 @@ class ICLRetriever:
             logger.warning("k=%d is larger than the pool (%d examples): every example is returned", k, len(self))
         if not queries:
             return []
-        vectors = self.features(queries)
+        vectors = self.vectors(queries)
         if sel.is_plain:
             ids, scores = self.index.query(vectors, k, labels=sel.allowed_labels)
             picked = [[(a, b) for a, b in zip(i.tolist(), s.tolist(), strict=True) if a >= 0] for i, s in zip(ids, scores, strict=True)]

@@ -93,7 +93,7 @@ def test_a_view_kind_of_your_own_builds_saves_and_loads(intent_pool, st_model, t
     assert not np.allclose(r.encoder.encode(q)["simclr"], dropout.encoder.encode(q)["simclr"], atol=1e-3)
     back = ICLRetriever.load(r.save(tmp_path / "views"), model=st_model)
     assert back.config.simclr_view_mode == "test-rotate" and isinstance(back.encoder.views, SwapViews)
-    np.testing.assert_array_equal(back.features(q), r.features(q))
+    np.testing.assert_array_equal(back.vectors(q), r.vectors(q))
 
 
 def test_a_selection_strategy_of_your_own(fungi_retriever):

@@ -81,6 +81,6 @@ def test_users_head_builds_saves_and_loads_a_retriever(tmp_path, st_model, inten
     back = ICLRetriever.load(r.save(tmp_path / "r"), model=st_model)
     assert isinstance(back.encoder.head, MarginHead)
     q = intent_queries[0][:5]
-    np.testing.assert_array_equal(back.features(q), r.features(q))
+    np.testing.assert_array_equal(back.vectors(q), r.vectors(q))
     plain = ICLRetriever.from_texts(texts, labels, model=st_model, features=("embedding", "kl"), show_progress_bar=False)
-    assert not np.allclose(plain.features(q), r.features(q), atol=1e-3)  # the head really changes the features
+    assert not np.allclose(plain.vectors(q), r.vectors(q), atol=1e-3)  # the head really changes the features

@@ -41,7 +41,7 @@ def test_save_load_identical(which, fungi_retriever, simclr_retriever, tmp_path,
         b = loaded.retrieve(q, k=10)
         assert [x.index for x in a] == [x.index for x in b]
         np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=1e-6)
-    np.testing.assert_array_equal(loaded.features(["card arrival"]), retriever.features(["card arrival"]))
+    np.testing.assert_array_equal(loaded.vectors(["card arrival"]), retriever.vectors(["card arrival"]))
     # no pickle anywhere: every array loads with allow_pickle=False (an object array would raise)
     arrays = sorted(path.rglob("*.npy"))
     assert {f.parent.name for f in arrays} >= {"kl_head", "combiner", "pca", "index"}
@@ -154,7 +154,7 @@ def test_save_load_keeps_each_kl_head(intent_pool, tmp_path, st_model, head):
         torch.testing.assert_close(back.encoder.head.center_, r.encoder.head.center_, rtol=0, atol=0)
     if head == "neighbors":
         torch.testing.assert_close(back.encoder.head.row_labels_, r.encoder.head.row_labels_)
-    np.testing.assert_array_equal(back.features("card arrival"), r.features("card arrival"))
+    np.testing.assert_array_equal(back.vectors("card arrival"), r.vectors("card arrival"))
 
 
 def test_fallback_head_is_saved_as_what_it_is(tmp_path, st_model, intent_pool):
@@ -164,4 +164,4 @@ def test_fallback_head_is_saved_as_what_it_is(tmp_path, st_model, intent_pool):
     assert r.encoder.head.name == "prototypes"  # free-text labels: k-means instead of label means
     back = ICLRetriever.load(r.save(tmp_path / "f"), model=st_model)
     assert back.encoder.head.name == "prototypes" and back.config.kl_head == "labels"
-    np.testing.assert_array_equal(back.features("card"), r.features("card"))
+    np.testing.assert_array_equal(back.vectors("card"), r.vectors("card"))

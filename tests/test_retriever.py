@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -39,10 +40,10 @@ def test_retrieve_batch_equals_single(fungi_retriever):
 
 
 def test_features_shape_and_norm(fungi_retriever):
-    v = fungi_retriever.features(["a", "b c"])
+    v = fungi_retriever.vectors(["a", "b c"])
     assert v.shape == (2, 119)  # PCA clamped to n_pool - 1 for a pool of 120
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
-    assert fungi_retriever.features("a").shape == (119,)
+    assert fungi_retriever.vectors("a").shape == (119,)
 
 
 def test_k_larger_than_pool_and_bad_k(fungi_retriever):
@@ -87,7 +88,7 @@ def test_from_texts_equals_from_dataset(st_model, intent_pool):
     a = ICLRetriever.from_texts(texts[:40], labels[:40], model=st_model, features=("embedding", "kl"), show_progress_bar=False)
     rows = [{"text": t, "label": lab} for t, lab in zip(texts[:40], labels[:40], strict=True)]
     b = ICLRetriever.from_dataset(rows, model=st_model, features=("embedding", "kl"), show_progress_bar=False)
-    np.testing.assert_array_equal(a.features(["where is my card"]), b.features(["where is my card"]))
+    np.testing.assert_array_equal(a.vectors(["where is my card"]), b.vectors(["where is my card"]))
     with pytest.raises(ValueError, match="got 40 texts but 3 labels"):
         ICLRetriever.from_texts(texts[:40], labels[:3], model=st_model)
     with pytest.raises(TypeError, match="not a string"):
@@ -237,3 +238,38 @@ def test_cli_build_and_query(tmp_path, capsys):
     assert (mine / "notes.txt").read_text() == "precious"
 
 
+
+
+def test_vectors_and_the_deprecated_features_alias(fungi_retriever):
+    with pytest.warns(DeprecationWarning, match=r"use ICLRetriever.vectors\(\)"):
+        old = fungi_retriever.features("card arrival")
+    np.testing.assert_array_equal(old, fungi_retriever.vectors("card arrival"))
+
+
+def test_k_above_the_pool_is_said_once(intent_pool, st_model, caplog):
+    r = ICLRetriever.from_texts(*intent_pool, model=st_model, features=("embedding",), show_progress_bar=False)
+    with caplog.at_level(logging.WARNING, logger="icl_fungi.retriever"):
+        assert len(r.retrieve("card", k=500)) == len(r)
+        r.retrieve("card", k=500)
+        r.retrieve("card", k=5)
+    said = [rec.getMessage() for rec in caplog.records if "larger than the pool" in rec.getMessage()]
+    assert said == [f"k=500 is larger than the pool ({len(r)} examples): every example is returned"]
+
+
+def test_save_takes_an_empty_folder_and_refuses_a_full_one(fungi_retriever, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (fungi_retriever.save(empty) / "manifest.json").is_file()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a saved retriever"):
+        fungi_retriever.save(full)
+    assert (full / "notes.txt").read_text() == "mine" and sorted(p.name for p in full.iterdir()) == ["notes.txt"]
+
+
+def test_no_loading_bar_without_progress_bars(capfd):
+    from icl_fungi import FungiEncoder
+
+    FungiEncoder(show_progress_bar=False)
+    assert "Loading weights" not in capfd.readouterr().err

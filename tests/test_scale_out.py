@@ -104,7 +104,7 @@ def test_ray_build_equals_single_process_build(intent_pool, st_model):
     single = ICLRetriever.from_texts(texts, labels, show_progress_bar=False)
     ray_built = ICLRetriever.from_texts(texts, labels, show_progress_bar=False, executor=RayExecutor(workers=2))
     assert np.abs(single.index.vectors_ - ray_built.index.vectors_).max() <= 1e-5
-    np.testing.assert_allclose(ray_built.features(QUERIES), single.features(QUERIES), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ray_built.vectors(QUERIES), single.vectors(QUERIES), atol=1e-5, rtol=0)
     assert ray_built.labels == labels and ray_built.texts == texts
 
 
@@ -135,7 +135,7 @@ def test_milvus_top20_matches_hnswlib_on_banking77(banking_train, st_model, tmp_
     milvus = MilvusIndex(str(tmp_path / "b77.db"), "banking77").build(hnsw.index.vectors_, labels=labels)
     q_texts, _ = load_pool(BANKING77 / "test.csv", label_column="category")
     rows = np.random.default_rng(0).choice(len(q_texts), 500, replace=False)
-    qv = hnsw.features([q_texts[i] for i in rows])
+    qv = hnsw.vectors([q_texts[i] for i in rows])
     a, _ = hnsw.index.query(qv, 20)
     b, _ = milvus.query(qv, 20)
     same = np.mean([set(x) == set(y) for x, y in zip(a.tolist(), b.tolist(), strict=True)])
@@ -151,7 +151,7 @@ def test_ray_features_equal_single_process_on_2000_banking77_texts(banking_train
     ray_built = ICLRetriever.from_texts(t, lab, show_progress_bar=False, executor=RayExecutor(workers=2, pca_sample=2000))
     assert np.abs(single.index.vectors_ - ray_built.index.vectors_).max() <= 1e-5
     q = texts[:50]
-    assert np.abs(single.features(q) - ray_built.features(q)).max() <= 1e-5
+    assert np.abs(single.vectors(q) - ray_built.vectors(q)).max() <= 1e-5
 
 
 @pytest.mark.slow  # starts Ray (about 20 s)

@@ -97,7 +97,7 @@ def _versions() -> dict[str, str]:
     import openai
     import torch
 
-    from .. import __version__
+    from ..version import __version__
 
     return {"icl_fungi": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "openai": openai.__version__}

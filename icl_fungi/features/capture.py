@@ -216,9 +216,9 @@ def _repeat(t: Any, R: int) -> Any:
     return t.detach().repeat(R, *([1] * (t.ndim - 1))) if isinstance(t, torch.Tensor) else t
 
 
-def repeat_rows(features: dict[str, Any], R: int) -> dict[str, Any]:
+def repeat_rows(inputs: dict[str, Any], R: int) -> dict[str, Any]:
     """Model inputs with every row repeated ``R`` times (view-major)."""
-    return {k: _repeat(v, R) for k, v in features.items()}
+    return {k: _repeat(v, R) for k, v in inputs.items()}
 
 
 def tile(value: Any, R: int) -> Any:

@@ -190,8 +190,8 @@ class FungiEncoder:
             if "simclr" in cfg.features:
                 self._fit_negatives(texts)
             while kept:  # free each batch's cached hidden states once used
-                rows, features, emb, cached = kept.pop(0)
-                for f, arr in self.gradients.blocks([texts[i] for i in rows], features, emb, cached).items():
+                rows, inputs, emb, cached = kept.pop(0)
+                for f, arr in self.gradients.blocks([texts[i] for i in rows], inputs, emb, cached).items():
                     out[f][rows] = arr
                 bar.update(len(rows))
             self._encode_into(texts, np.flatnonzero(~in_sample), lengths, out, bar)
@@ -202,12 +202,12 @@ class FungiEncoder:
         """The model's padded inputs for ``texts``, on the encoder's device."""
         prep = getattr(self.model, "preprocess", None) or self.model.tokenize  # older sentence-transformers
         with self._lock:
-            features = prep(texts)
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+            inputs = prep(texts)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
-    def forward(self, features: dict[str, Any]) -> torch.Tensor:
+    def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
         """Sentence embeddings (batch, dim) of tokenised inputs (not normalised)."""
-        return self.model(dict(features))["sentence_embedding"]
+        return self.model(dict(inputs))["sentence_embedding"]
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token counts without truncation (special tokens included)."""
@@ -232,11 +232,11 @@ class FungiEncoder:
             return out
         if n <= self.batch_size:  # one batch (queries): tokenised once, no sorting, no progress bar
             with self._lock:
-                features = self.tokenize(batch_texts)
-                at_limit = [i for i, m in enumerate(features["attention_mask"].sum(1).tolist()) if m >= self.max_seq_length]
+                inputs = self.tokenize(batch_texts)
+                at_limit = [i for i, m in enumerate(inputs["attention_mask"].sum(1).tolist()) if m >= self.max_seq_length]
                 lengths = self.token_lengths([batch_texts[i] for i in at_limit]) if at_limit else []
                 self.n_truncated_ = sum(length > self.max_seq_length for length in lengths)
-                out = self.gradients.encode_batch(batch_texts, features)
+                out = self.gradients.encode_batch(batch_texts, inputs)
         else:
             lengths = np.asarray(self.token_lengths(batch_texts))
             self.n_truncated_ = int((lengths > self.max_seq_length).sum())
@@ -268,14 +268,14 @@ class FungiEncoder:
             bar.update(len(idx))
 
     def _trunk_batches(self, texts: list[str], rows: np.ndarray, lengths: np.ndarray, *, keep: bool) -> Iterator[tuple]:
-        """Trunk pass over ``texts[rows]``: yields ``(rows, features, embedding, cached)`` per batch. With ``keep``,
+        """Trunk pass over ``texts[rows]``: yields ``(rows, inputs, embedding, cached)`` per batch. With ``keep``,
         the trunk caches are kept up to ``cache_bytes`` in all; later batches recompute their tail from scratch."""
         held = 0
         for idx in _sorted_batches(rows, lengths, self.batch_size):
-            features = self.tokenize([texts[i] for i in idx])
-            emb, cached, _ = self.gradients.trunk(features, cache=keep and held < self.cache_bytes)
+            inputs = self.tokenize([texts[i] for i in idx])
+            emb, cached, _ = self.gradients.trunk(inputs, cache=keep and held < self.cache_bytes)
             held += cached.nbytes() if cached is not None else 0
-            yield idx, (features if keep else None), emb, cached
+            yield idx, (inputs if keep else None), emb, cached
 
     # ------------------------------------------------ batches for executors
     def plan_batches(self, texts: Sequence[str], labels: Sequence | None, rows: np.ndarray | None = None, *,
@@ -302,11 +302,11 @@ class FungiEncoder:
     def encode_planned(self, texts: list[str], via_trunk: bool) -> dict[str, np.ndarray]:
         """The blocks of one planned batch of ``texts`` (see :meth:`plan_batches`); the encoder must be fitted."""
         with self._lock:
-            features = self.tokenize(texts)
+            inputs = self.tokenize(texts)
             if via_trunk:
-                emb, cached, _ = self.gradients.trunk(features, cache=True)
-                return self.gradients.blocks(texts, features, emb, cached)
-            return self.gradients.encode_batch(texts, features)
+                emb, cached, _ = self.gradients.trunk(inputs, cache=True)
+                return self.gradients.blocks(texts, inputs, emb, cached)
+            return self.gradients.encode_batch(texts, inputs)
 
     # --------------------------------------------------------- persistence
     def describe(self) -> dict[str, Any]:

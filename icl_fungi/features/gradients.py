@@ -35,7 +35,7 @@ class EncoderParts(Protocol):
     views: Any
     projections: dict[str, Any]
 
-    def forward(self, features: dict[str, Any]) -> torch.Tensor: ...
+    def forward(self, inputs: dict[str, Any]) -> torch.Tensor: ...
 
     def tokenize(self, texts: list[str]) -> dict[str, Any]: ...
 
@@ -85,7 +85,7 @@ class GradientPass:
             self.trunk(self.enc.tokenize(["a short text"]), cache=True)  # records them
         return list(self._stubs or [])
 
-    def trunk(self, features: dict[str, Any], *, cache: bool = True, with_kl: bool = False) -> tuple[torch.Tensor, Any, Any]:
+    def trunk(self, inputs: dict[str, Any], *, cache: bool = True, with_kl: bool = False) -> tuple[torch.Tensor, Any, Any]:
         """The model's forward pass: ``(embedding, cached, clean)``.
 
         ``cached`` (a :class:`TrunkCache`, or ``None`` without ``cache``) holds the hidden state entering block
@@ -112,7 +112,7 @@ class GradientPass:
                 stack.enter_context(recorder)
             for m, keep in stores.items():
                 stack.enter_context(hooked(m, keep.store))
-            emb = enc.forward(features)
+            emb = enc.forward(inputs)
         if recorder is not None:
             self._stubs = recorder.stubs(len(emb))
             replayed = [*self._stubs, *list(enc.target.blocks)[:start]]
@@ -126,7 +126,7 @@ class GradientPass:
         cached = TrunkCache(store.value, stores) if cache else None
         return emb.detach(), cached, clean
 
-    def blocks(self, texts: list[str], features: dict[str, Any], emb: torch.Tensor, cached: Any,
+    def blocks(self, texts: list[str], inputs: dict[str, Any], emb: torch.Tensor, cached: Any,
                clean: Any = None) -> dict[str, np.ndarray]:
         """All blocks of a batch from its trunk pass: one gradient forward over the rows [clean; dropout views]
         (what ran before the target replayed from ``cached``; no clean rows when the trunk pass gave ``clean``)
@@ -140,7 +140,7 @@ class GradientPass:
         want_kl, want_sc = "kl" in cfg.features, "simclr" in cfg.features
         same_tokens = want_sc and enc.views.same_tokens
         tail_kl = want_kl and clean is None  # the KL rows are recomputed in the tail
-        mask = features["attention_mask"]
+        mask = inputs["attention_mask"]
         other: dict[str, Any] = {}
         with torch.enable_grad():
             loss = torch.zeros((), device=enc.device)
@@ -148,7 +148,7 @@ class GradientPass:
             if clean is not None:
                 loss = loss + enc.head.loss(clean[0])
                 captures.append(clean[1])
-            tail = self._tail_loss(texts, features, cached, tail_kl, same_tokens)
+            tail = self._tail_loss(texts, inputs, cached, tail_kl, same_tokens)
             if tail is not None:
                 loss = loss + tail[0]
                 captures.append(tail[1])
@@ -172,7 +172,7 @@ class GradientPass:
             result["simclr"] = self.simclr_block(grads[-1], captures[-1].inputs, other["attention_mask"], V)
         return result
 
-    def _tail_loss(self, texts: list[str], features: dict[str, Any], cached: Any, tail_kl: bool,
+    def _tail_loss(self, texts: list[str], inputs: dict[str, Any], cached: Any, tail_kl: bool,
                    same_tokens: bool) -> tuple[torch.Tensor, Capture] | None:
         """The gradient forward over the rows [clean (when ``tail_kl``); same-token views] with what ran before
         the views differ replayed from ``cached``: ``(loss, capture at the target)``, or ``None`` without rows."""
@@ -197,7 +197,7 @@ class GradientPass:
                     value = tile(value, R) if self._tile.get(enc.target.blocks[start - 1], True) else value
                     replay.update({b: value for b in list(enc.target.blocks)[:start]})
                 stack.enter_context(StubModules(replay))
-            z = F.normalize(enc.forward(repeat_rows(features, R)), dim=-1)
+            z = F.normalize(enc.forward(repeat_rows(inputs, R)), dim=-1)
         loss = torch.zeros((), device=enc.device)
         if tail_kl:
             loss = loss + enc.head.loss(z[:B])
@@ -205,15 +205,15 @@ class GradientPass:
             loss = loss + enc.simclr.loss(z[B * tail_kl :].reshape(V, B, -1)).sum()
         return loss, cap
 
-    def encode_batch(self, texts: list[str], features: dict[str, Any]) -> dict[str, np.ndarray]:
+    def encode_batch(self, texts: list[str], inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """All blocks of one batch from scratch: the trunk pass (recording the KL graph) and the gradient pass;
         plain embeddings need neither graph nor hooks."""
         enc = self.enc
         if enc.config.gradient_features:
-            emb, cached, clean = self.trunk(features, with_kl=True)
-            return self.blocks(texts, features, emb, cached, clean)
+            emb, cached, clean = self.trunk(inputs, with_kl=True)
+            return self.blocks(texts, inputs, emb, cached, clean)
         with torch.inference_mode():
-            return {"embedding": F.normalize(enc.forward(features), dim=-1).float().cpu().numpy()}
+            return {"embedding": F.normalize(enc.forward(inputs), dim=-1).float().cpu().numpy()}
 
     def simclr_block(self, g: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, V: int) -> np.ndarray:
         """Project the view-major per-view gradients ``g`` (V * n rows) and sum each text's views; ``x`` is the layer's
@@ -231,11 +231,11 @@ class GradientPass:
             out = proj.transform(g, x, token_mask(mask, x)).reshape(V, n, -1).sum(0)
         return F.normalize(out, dim=-1).cpu().numpy()
 
-    def view_embeddings(self, texts: list[str], features: dict[str, Any] | None, view_ids: tuple) -> torch.Tensor:
+    def view_embeddings(self, texts: list[str], inputs: dict[str, Any] | None, view_ids: tuple) -> torch.Tensor:
         """Embeddings of views ``view_ids`` of every text, view-major (V * n, d): a full forward pass."""
         enc = self.enc
         if not enc.views.same_tokens:
             return enc.forward(enc.tokenize(enc.views.texts(texts, view_ids)))
-        features = features if features is not None else enc.tokenize(texts)
+        inputs = inputs if inputs is not None else enc.tokenize(texts)
         with enc.views.apply(enc.views.seeds(texts, view_ids)):
-            return enc.forward(repeat_rows(features, len(view_ids)))
+            return enc.forward(repeat_rows(inputs, len(view_ids)))
