@@ -93,13 +93,16 @@ def _eval_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     e.add_argument("--label-column", default=None, help="label column (default: the first of label, category, intent present)")
     e.add_argument("--retriever", default=None, help="a saved FUNGI retriever built on the train split (default: build one)")
     e.add_argument("--selectors", default="fungi,embedding,random",
-                   help="comma-separated selectors: fungi, embedding, random, or specs NAME=BASE;key=value;... with feature "
-                        "options (kl_head=neighbors, w.kl=0.5, features=embedding+kl), a selection (selection=label_coverage;"
-                        "n_labels=5) and order=... (default: fungi,embedding,random)")
+                   help="comma-separated selectors: fungi, embedding, bm25, random, or specs NAME=BASE;key=value;... with "
+                        "model=NAME_OR_FOLDER, feature options (kl_head=neighbors, w.kl=0.5, features=embedding+kl), a selection "
+                        "(selection=label_coverage;n_labels=5) and order=... (default: fungi,embedding,random)")
     e.add_argument("-k", "--k", type=int, default=20, help="examples per prompt (default: 20)")
     e.add_argument("--limit", type=_limit, default=300,
                    help="seeded sample of test queries, or 'all' for the whole test split (default: 300)")
     e.add_argument("--seed", type=int, default=0, help="seed of the query sample and random selector (default: 0)")
+    e.add_argument("--per-label", type=int, default=None, metavar="N",
+                   help="few-shot pool: a seeded sample of N train examples per label (all of a label's when fewer; default: all)")
+    e.add_argument("--pool-seed", type=int, default=0, help="seed of the --per-label pool (default: 0)")
     e.add_argument("--template", default=None,
                    help="prompt template name or file (default: classification-completion, or banking77-chat in chat mode)")
     e.add_argument("--mode", choices=("completion", "chat"), default="completion",
@@ -202,6 +205,7 @@ def _eval(args: argparse.Namespace) -> None:
         k=args.k, limit=args.limit, seed=args.seed, template=args.template, mode=args.mode,
         base_url=args.base_url, model=args.model, concurrency=args.concurrency, timeout=args.timeout,
         max_retries=args.max_retries, cache=args.cache, show_progress=not args.quiet, cached_only=args.cached_only,
+        per_label=args.per_label, pool_seed=args.pool_seed,
     )
     report = run_icl_eval(settings)
     for name, m in report["selectors"].items():

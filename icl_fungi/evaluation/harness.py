@@ -20,20 +20,22 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..data import check_labels, check_texts
-from ..features import FeatureConfig, FungiEncoder
+from ..features import DEFAULT_MODEL, FeatureConfig, FungiEncoder
 from ..prompt import compose_prompt, get_template, sorted_labels
 from ..retriever import ICLRetriever, RetrievedExample
 from ..template import PromptTemplate
+from .bm25 import BM25Pool
 from .dispatch import send_all
 from .llm import LLMClient, LLMResponse, LocalServer, ResponseCache, redact_url
 from .report import write_report
 from .scoring import Chosen, make_records, paired, retriever_config, selector_metrics
 from .selectors import SelectorSpec, parse_selector
-from .splits import load_splits
+from .splits import load_splits, sample_per_label
 
 __all__ = ["SELECTORS", "EvalSettings", "load_splits", "run_icl_eval"]
 
@@ -66,6 +68,8 @@ class EvalSettings:
     cache: str | None = None
     show_progress: bool = True
     cached_only: bool = False  # report the queries every selector has a cached reply for; start and send nothing
+    per_label: int | None = None  # the pool: a seeded sample of this many train examples per label (None: all of train)
+    pool_seed: int = 0
 
     def validate(self) -> None:
         if not self.selectors:
@@ -80,6 +84,8 @@ class EvalSettings:
                 raise ValueError(f"--{name} must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError("--limit must be >= 1")
+        if self.per_label is not None and (isinstance(self.per_label, bool) or not isinstance(self.per_label, int) or self.per_label < 1):
+            raise ValueError(f"--per-label must be an int >= 1, got {self.per_label!r}")
         if self.base_url and not self.model:
             raise ValueError("--model is required with --base-url")
 
@@ -108,7 +114,8 @@ def _run_key(settings: EvalSettings, template: str) -> dict:
     return {"data": settings.data, "k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": template,
             "mode": settings.mode, "selectors": list(settings.selectors), "model": settings.model,
             "base_url": redact_url(settings.base_url) if settings.base_url else None, "retriever": settings.retriever,
-            "cached_only": settings.cached_only}
+            "cached_only": settings.cached_only,
+            **({"per_label": settings.per_label, "pool_seed": settings.pool_seed} if settings.per_label else {})}
 
 
 def _check_out(out: Path, key: dict) -> None:
@@ -170,7 +177,8 @@ class _Run:
     specs: dict[str, SelectorSpec]
     pool: tuple[list, list]
     label_set: list
-    retrievers: dict[str, ICLRetriever] = dataclasses.field(default_factory=dict)
+    retrievers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    build_s: dict[str, float] = dataclasses.field(default_factory=dict)  # retriever key -> seconds to build
 
 
 def _template(settings: EvalSettings) -> PromptTemplate:
@@ -185,6 +193,8 @@ def _load_data(settings: EvalSettings) -> tuple[tuple[list, list], tuple[list, l
     tr_texts, tr_labels, te_texts, te_labels, label_column = load_splits(settings.data, settings.text_column, settings.label_column)
     check_texts(te_texts)
     check_labels(te_labels, len(te_texts))
+    if settings.per_label:
+        tr_texts, tr_labels = sample_per_label(tr_texts, tr_labels, settings.per_label, seed=settings.pool_seed)
     return (tr_texts, tr_labels), (te_texts, te_labels), label_column
 
 
@@ -225,9 +235,20 @@ def _build_retriever(run: _Run, spec: SelectorSpec) -> ICLRetriever:
     settings = run.settings
     base = {} if spec.base == "fungi" else {"features": ("embedding",), "center_blocks": False}  # the plain baseline
     config = FeatureConfig(**{**base, "seed": settings.seed, **spec.features})
-    encoder = FungiEncoder(config=config, show_progress_bar=settings.show_progress)
+    encoder = FungiEncoder(spec.model or DEFAULT_MODEL, config=config, show_progress_bar=settings.show_progress)
     encoder.progress_desc = f"{spec.name}: encoding"
     return ICLRetriever(encoder, block_weights=spec.weights or None, fit_weights=spec.fit_weights).fit(*run.pool)
+
+
+def _retriever_for(run: _Run, spec: SelectorSpec) -> Any:
+    """The selector's retriever (a BM25 index for ``bm25``), built once per run; its build time is recorded
+    (model loading included)."""
+    key = spec.retriever_key()
+    if key not in run.retrievers:
+        t0 = time.perf_counter()
+        run.retrievers[key] = BM25Pool(run.pool[0]) if spec.base == "bm25" else _build_retriever(run, spec)
+        run.build_s[key] = round(time.perf_counter() - t0, 2)
+    return run.retrievers[key]
 
 
 def _load_saved_retriever(run: _Run) -> None:
@@ -248,10 +269,10 @@ def _choose(run: _Run, spec: SelectorSpec, queries: _Queries) -> Chosen:
     if spec.base == "random":
         return [[(int(i), 0.0) for i in np.random.default_rng([settings.seed, int(qi)]).choice(len(texts), k, replace=False)]
                 for qi in queries.index]
-    key = spec.retriever_key()
-    if key not in run.retrievers:
-        run.retrievers[key] = _build_retriever(run, spec)
-    rows = run.retrievers[key].retrieve_batch(queries.texts, k, selection=spec.selection)
+    retriever = _retriever_for(run, spec)
+    if spec.base == "bm25":
+        return retriever.retrieve_batch(queries.texts, k)
+    rows = retriever.retrieve_batch(queries.texts, k, selection=spec.selection)
     return [[(x.index, x.score) for x in row] for row in rows]
 
 
@@ -357,15 +378,25 @@ def _header(settings: EvalSettings, client: LLMClient, embedded: bool, run_key: 
     }
 
 
+def _selector_config(run: _Run, spec: SelectorSpec) -> dict | None:
+    """What the report says of a selector's retriever, with the seconds its build took on this pool."""
+    key = spec.retriever_key()
+    if spec.base == "bm25":
+        return {"bm25": {"k1": 1.5, "b": 0.75, "stopwords": "en"}, "build_s": run.build_s.get(key)}
+    config = retriever_config(run.retrievers.get(key))
+    return None if config is None else {**config, "model": run.retrievers[key].encoder.model_name, "build_s": run.build_s.get(key)}
+
+
 def _results(run: _Run, client: LLMClient, records: list[dict], chosen: dict[str, Chosen], queries: _Queries) -> dict:
     """Settings, selectors, requests sent, metrics per selector and the paired comparisons."""
     settings, specs = run.settings, run.specs
     return {
         "settings": {"k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": run.template.name,
                      "mode": settings.mode, "selectors": list(settings.selectors), "concurrency": settings.concurrency,
-                     "timeout": settings.timeout, "retriever": settings.retriever},
+                     "timeout": settings.timeout, "retriever": settings.retriever, "per_label": settings.per_label,
+                     "pool_seed": settings.pool_seed if settings.per_label else None, "pool_size": len(run.pool[0])},
         "selector_specs": {name: sp.describe() for name, sp in specs.items()},
-        "selector_configs": {name: retriever_config(run.retrievers.get(sp.retriever_key())) for name, sp in specs.items()},
+        "selector_configs": {name: _selector_config(run, sp) for name, sp in specs.items()},
         "requests_sent": client.requests_sent,
         "selectors": {name: selector_metrics([r for r in records if r["selector"] == name], chosen[name], run.pool[1],
                                              queries.gold, settings.k) for name in specs},

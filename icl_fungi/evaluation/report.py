@@ -27,19 +27,26 @@ def write_report(report: dict, out: Path, *, pool: tuple[list, list] | None = No
         f"- model: {report['endpoint']['model']} at {report['endpoint']['host']}, temperature 0",
         f"- data: {report['data']['source']} ({report['data']['n_train']} train examples, "
         f"{report['data']['n_test']} test queries, {report['data']['n_labels']} labels)",
+        *_pool_line(report["settings"]),
         f"- k = {report['settings']['k']}, {next(iter(sel.values()))['n']} seeded test queries (seed {report['settings']['seed']}), "
         f"template {report['settings']['template']}",
         f"- wall time: {report['wall_time_s']} s; requests sent this run: {report['requests_sent']}", "",
-        "| selector | n | accuracy | 95 % CI | macro-F1 | invalid | P@k | gold in top-k | k-NN vote | latency p50 / p95 s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "The reader in the loop: 1-NN is what a reader that copies the most similar example gets right, k-NN vote what a "
+        "voter gets, P@k and gold in top-k what a reader of all k examples can use; 'copies nearest' is the share of the "
+        "LLM's answers equal to the most similar example's label.", "",
+        "| selector | n | accuracy | 95 % CI | macro-F1 | invalid | 1-NN | k-NN vote | P@k | gold in top-k | copies nearest "
+        "| build s | latency p50 / p95 s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in sel.items():
         r = m["retrieval"]
         pk = next(v for key, v in r.items() if key.startswith("p@"))
         gk = next(v for key, v in r.items() if key.startswith("gold_in_top"))
         vk = next(v for key, v in r.items() if key.endswith("_vote_acc"))
+        build = (report.get("selector_configs", {}).get(name) or {}).get("build_s")
         lines.append(f"| {name} | {m['n']} | {m['accuracy']:.4f} | {m['accuracy_ci95'][0]:.4f}-{m['accuracy_ci95'][1]:.4f} | "
-                     f"{m['macro_f1']:.4f} | {m['invalid_rate']:.4f} | {pk:.4f} | {gk:.4f} | {vk:.4f} | "
+                     f"{m['macro_f1']:.4f} | {m['invalid_rate']:.4f} | {r['1nn_acc']:.4f} | {vk:.4f} | {pk:.4f} | {gk:.4f} | "
+                     f"{m.get('answers_nearest_label', float('nan')):.4f} | {'' if build is None else build} | "
                      f"{m['latency_s_p50']:.2f} / {m['latency_s_p95']:.2f} |")
     if report["paired"]:
         lines += ["", "## Paired comparisons (same queries)", "",
@@ -59,6 +66,13 @@ def write_report(report: dict, out: Path, *, pool: tuple[list, list] | None = No
             fn()
         except Exception as err:  # noqa: BLE001 - reports must not fail a finished run
             logger.warning("%s not written: %s: %s", what, type(err).__name__, err)
+
+
+def _pool_line(settings: dict) -> list[str]:
+    """The few-shot pool, when the run drew one (``--per-label``)."""
+    if not settings.get("per_label"):
+        return []
+    return [f"- pool: {settings['per_label']} examples per label (seed {settings['pool_seed']}), {settings['pool_size']} examples"]
 
 
 def _plots(report: dict, out: Path) -> None:

@@ -73,6 +73,9 @@ def selector_metrics(recs: list[dict], chosen: Chosen, pool_labels: Sequence, go
         "per_class_accuracy": {str(c): v[0] / v[1] for c, v in sorted(per_class.items(), key=lambda kv: str(kv[0]))},
         "top_confusions": [{"gold": g, "predicted": p, "count": c} for (g, p), c in confusions.most_common(10)],
         "retrieval": retrieval_metrics(retrieved, scores, gold, min(k, len(retrieved[0])) if retrieved else k),
+        # a reader that copies the most similar example answers with its label: how often this one did
+        "answers_nearest_label": (sum(r["prediction"] == row[0] for r, row in zip(recs, retrieved, strict=True) if row) / n
+                                  if n else 0.0),
         "prompt_tokens": int(sum(r["prompt_tokens"] for r in recs)),
         "completion_tokens": int(sum(r["completion_tokens"] for r in recs)),
         "latency_s_p50": float(np.percentile(lat, 50)) if lat else 0.0,

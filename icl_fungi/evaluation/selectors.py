@@ -1,7 +1,8 @@
 """Example selectors of an evaluation run, from ``icl-fungi eval --selectors`` specs.
 
 A spec is a name, optionally ``=BASE;key=value;...``. BASE is ``fungi`` (FUNGI features),
-``embedding`` (the plain-embedding baseline) or ``random``. Keys: any :class:`FeatureConfig` field
+``embedding`` (the plain-embedding baseline), ``bm25`` (lexical BM25) or ``random``. Keys: ``model`` (the
+encoder: a sentence-transformers name or folder), any :class:`FeatureConfig` field
 (``kl_head=neighbors``, ``features=embedding+kl``), ``w.<block>`` block weights (``w.kl=0.5``),
 ``fit_weights``, the :class:`Selection` options (``selection=label_coverage``, ``n_labels``,
 ``max_per_label``, ``mmr_lambda``, ``fetch_k``, ``exclude_query``, ``dedup_threshold``,
@@ -28,7 +29,8 @@ from ..selection import Selection
 
 __all__ = ["BASES", "SelectorSpec", "parse_selector"]
 
-BASES = ("fungi", "embedding", "random")
+BASES = ("fungi", "embedding", "bm25", "random")
+FIXED = ("bm25", "random")  # bases that take only 'order'
 _NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 _FEATURE_KEYS = {f.name for f in dataclasses.fields(FeatureConfig)}
 
@@ -44,16 +46,17 @@ class SelectorSpec:
     fit_weights: str | None = DEFAULT_FIT_WEIGHTS
     selection: Selection = dataclasses.field(default_factory=Selection)
     order: str = "similar_last"
+    model: str | None = None
 
     def retriever_key(self) -> str:
         """Selectors with the same key share one retriever."""
-        return json.dumps({"base": self.base, "features": self.features, "weights": self.weights, "fit": self.fit_weights},
-                          sort_keys=True, default=str)
+        return json.dumps({"base": self.base, "features": self.features, "weights": self.weights, "fit": self.fit_weights,
+                           "model": self.model}, sort_keys=True, default=str)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for the report)."""
-        return {"base": self.base, "features": self.features, "weights": self.weights, "fit_weights": self.fit_weights,
-                "selection": self.selection.describe(), "order": self.order}
+        return {"base": self.base, "model": self.model, "features": self.features, "weights": self.weights,
+                "fit_weights": self.fit_weights, "selection": self.selection.describe(), "order": self.order}
 
 
 def _value(text: str) -> Any:
@@ -85,7 +88,7 @@ def parse_selector(text: str) -> SelectorSpec:
     features: dict[str, Any] = {}
     weights: dict[str, float] = {}
     selection: dict[str, Any] = {}
-    fit_weights, fit_given, order = DEFAULT_FIT_WEIGHTS, False, "similar_last"
+    fit_weights, fit_given, order, model = DEFAULT_FIT_WEIGHTS, False, "similar_last", None
     for part in parts:
         key, eq, raw = part.partition("=")
         key = key.strip()
@@ -110,16 +113,18 @@ def parse_selector(text: str) -> SelectorSpec:
             fit_weights, fit_given = value, True
         elif key == "features":
             features["features"] = tuple(f for f in str(raw).split("+") if f)
+        elif key == "model":
+            model = raw.strip()
         elif key in _FEATURE_KEYS:
             features[key] = value
         else:  # a Selection option (fetch_k, exclude_query, dedup_threshold) or the strategy's; Selection checks it
             selection[key] = value
-    if base == "random" and (features or weights or selection or fit_given):
-        raise ValueError(f"selector {name!r}: the random selector takes only 'order'")
+    if base in FIXED and (features or weights or selection or fit_given or model):
+        raise ValueError(f"selector {name!r}: the {base} selector takes only 'order'")
     try:
-        if base != "random":
+        if base not in FIXED:
             FeatureConfig(**features)  # checks the values now, not after a build
         chosen = Selection(**selection)
     except (TypeError, ValueError) as err:
         raise ValueError(f"selector {name!r}: {err}") from None
-    return SelectorSpec(name, base, features, weights, fit_weights, chosen, order)
+    return SelectorSpec(name, base, features, weights, fit_weights, chosen, order, model)

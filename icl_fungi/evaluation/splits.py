@@ -6,12 +6,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..data import load_pool
 
-__all__ = ["LABEL_COLUMNS", "load_splits"]
+__all__ = ["LABEL_COLUMNS", "load_splits", "sample_per_label"]
 
 LABEL_COLUMNS = ("label", "category", "intent")
 _SPLIT_FILES = ("csv", "tsv", "jsonl", "json")
@@ -69,3 +72,19 @@ def load_splits(data: str, text_column: str = "text", label_column: str | None =
     train = load_pool(sources[0], text_column=text_column, label_column=label_column)
     test = load_pool(sources[1], text_column=text_column, label_column=label_column)
     return train[0], train[1], test[0], test[1], label_column
+
+
+def sample_per_label(texts: Sequence[str], labels: Sequence, n: int, *, seed: int = 0) -> tuple[list[str], list]:
+    """A seeded sample of ``n`` examples per label (all of a label's examples when it has fewer), in pool order.
+
+    The few-shot pools of ``icl-fungi eval --per-label``: the same seed gives the same pool.
+
+    >>> sample_per_label(["a1", "a2", "a3", "b1"], ["a", "a", "a", "b"], 2, seed=0)[1]
+    ['a', 'a', 'b']
+    """
+    rng = np.random.default_rng(seed)
+    groups: dict[Any, list[int]] = {}
+    for i, lab in enumerate(labels):
+        groups.setdefault(lab, []).append(i)
+    rows = sorted(j for members in groups.values() for j in rng.choice(members, size=min(n, len(members)), replace=False))
+    return [texts[i] for i in rows], [labels[i] for i in rows]

@@ -1,0 +1,69 @@
+"""Few-shot pools (`--per-label`), the BM25 and other-encoder selectors, and the reader-in-the-loop figures."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from icl_fungi.cli import build_parser
+from icl_fungi.evaluation.harness import run_icl_eval
+from icl_fungi.evaluation.selectors import parse_selector
+from icl_fungi.evaluation.splits import sample_per_label
+
+from .conftest import DATA
+from .llm_fakes import FakeLLM
+from .llm_fakes import eval_settings as _settings
+
+
+def test_sample_per_label_is_seeded_and_keeps_small_labels_whole():
+    labels = ["a"] * 10 + ["b"] * 2 + ["c"] * 5
+    texts = [f"t{i}" for i in range(len(labels))]
+    t1, l1 = sample_per_label(texts, labels, 3, seed=0)
+    assert Counter(l1) == {"a": 3, "b": 2, "c": 3} and sample_per_label(texts, labels, 3, seed=0) == (t1, l1)
+    assert sample_per_label(texts, labels, 3, seed=1)[0] != t1  # another seed, another pool
+    assert t1 == sorted(t1, key=texts.index)  # pool order kept
+
+
+def test_per_label_pool_bm25_and_reader_figures(intent_data, tmp_path):
+    specs = ("fungi", "embedding", "bm25", "random")
+    with FakeLLM() as llm:  # answers with the label of the last example, i.e. the most similar one
+        report = run_icl_eval(_settings(intent_data, tmp_path / "few", llm.base_url, selectors=specs, per_label=3, pool_seed=1,
+                                        k=3, limit=12))
+        again = run_icl_eval(_settings(intent_data, tmp_path / "few2", llm.base_url, selectors=("embedding",), per_label=3,
+                                       pool_seed=1, k=3, limit=12))
+    s = report["settings"]
+    assert (s["per_label"], s["pool_seed"], s["pool_size"]) == (3, 1, 36) and report["data"]["n_test"] == 36
+    rec = [r for r in report["records"] if r["selector"] == "embedding"]
+    assert [r["examples"] for r in rec] == [r["examples"] for r in again["records"]]  # same pool, same queries
+    assert max(max(r["examples"]) for r in report["records"]) < 36  # indices into the 36-example pool
+    for name in specs:
+        m = report["selectors"][name]
+        assert {"1nn_acc", "p@3", "gold_in_top3", "knn3_vote_acc"} <= set(m["retrieval"])
+        assert m["answers_nearest_label"] == 1.0  # the fake copies the nearest example, and the figure says so
+    configs = report["selector_configs"]
+    assert configs["bm25"]["build_s"] >= 0 and configs["fungi"]["build_s"] > 0 and configs["random"] is None
+    assert configs["embedding"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    md = (tmp_path / "few" / "report.md").read_text()
+    assert "- pool: 3 examples per label (seed 1), 36 examples" in md and "| bm25 |" in md and "copies nearest" in md
+    assert json.loads((tmp_path / "few" / "report.json").read_text())["run_key"]["per_label"] == 3
+
+
+def test_bm25_ranks_by_words():
+    from icl_fungi.evaluation.bm25 import BM25Pool
+
+    pool = BM25Pool(["my card never arrived", "top up failed again", "how long does card delivery take", "exchange rate"])
+    (first,) = pool.retrieve_batch(["card delivery time"], k=2)
+    assert [i for i, _ in first] == [2, 0] and first[0][1] > first[1][1] > 0
+    (none,) = pool.retrieve_batch(["zzz qqq"], k=2)  # no known word: still k examples
+    assert len(none) == 2 and all(s == 0 for _, s in none)
+
+
+def test_selector_specs_for_baselines():
+    assert parse_selector("mp=embedding;model=some/folder").model == "some/folder"
+    assert parse_selector("bm25").base == "bm25"
+    with pytest.raises(ValueError, match="the bm25 selector takes only 'order'"):
+        parse_selector("x=bm25;w.kl=1")
+    args = build_parser().parse_args(["eval", "--data", str(DATA), "--out", "o", "--per-label", "5", "--pool-seed", "2"])
+    assert (args.per_label, args.pool_seed) == (5, 2)
