@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--selectors", required=True, help="icl-fungi eval selector specs; include 'embedding' for the paired column")
     ap.add_argument("--limit", default="300", help="dev queries (seeded sample), or 'all'")
     ap.add_argument("-k", type=int, default=20)
+    ap.add_argument("--per-label", type=int, default=None, help="few-shot pool: N dev-pool examples per label (icl-fungi eval --per-label)")
+    ap.add_argument("--cache", default=str(CACHE), help=f"response cache (default: {CACHE.relative_to(ROOT)})")
     ap.add_argument("--name", default="dev-icl", help="result file name under eval/results/icl_dev/")
     return ap.parse_args(argv)
 
@@ -78,7 +80,9 @@ def main() -> None:
     write_dev_folder(Path(args.data), folder)
     run_dir = ROOT / "runs" / f"icl-{args.name}"
     cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", str(folder), "--selectors", args.selectors,
-           "-k", str(args.k), "--limit", args.limit, "--seed", "0", "--cache", str(CACHE), "--out", str(run_dir)]
+           "-k", str(args.k), "--limit", args.limit, "--seed", "0", "--cache", args.cache, "--out", str(run_dir)]
+    if args.per_label:
+        cmd += ["--per-label", str(args.per_label)]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     report = json.loads((run_dir / "report.json").read_text())
@@ -91,7 +95,8 @@ def main() -> None:
     cols = ["selector", "queries", "accuracy", "vs embedding (95 % CI)", "nearest example gold", f"gold share of {args.k}", "spec"]
     meta = run_meta(eval_command=" ".join(cmd), settings=report.get("settings"), selector_configs=report["selector_configs"])
     write_results(RESULTS / "icl_dev" / f"{args.name}.json", {"meta": meta, "rows": rows},
-                  title=f"In-context accuracy on the dev split (Gemma 3 270M, k = {args.k}, {rows[next(iter(rows))]['n']} queries)",
+                  title=f"In-context accuracy on the dev split (Gemma 3 270M, k = {args.k}, {rows[next(iter(rows))]['n']} queries"
+                        + (f", {args.per_label} examples per label)" if args.per_label else ")"),
                   table=markdown_table(table, cols))
     print(markdown_table(table, cols))
 
