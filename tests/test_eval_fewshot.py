@@ -67,3 +67,24 @@ def test_selector_specs_for_baselines():
         parse_selector("x=bm25;w.kl=1")
     args = build_parser().parse_args(["eval", "--data", str(DATA), "--out", "o", "--per-label", "5", "--pool-seed", "2"])
     assert (args.per_label, args.pool_seed) == (5, 2)
+
+
+@pytest.mark.slow  # three eval runs in subprocesses (about a minute)
+def test_learning_curve_script_draws_every_size(intent_data, tmp_path):
+    """eval/learning_curve.py runs one eval per pool size on the same queries and draws them into one PNG and page."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    with FakeLLM() as llm:
+        subprocess.run([sys.executable, str(ROOT / "eval" / "learning_curve.py"), "--data", str(intent_data), "--selectors",
+                        "embedding,bm25", "--sizes", "2,5,all", "-k", "4", "--limit", "10", "--base-url", llm.base_url,
+                        "--cache", str(tmp_path / "cache.jsonl"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "curve")],
+                       check=True, capture_output=True, timeout=600)
+    rows = json.loads((tmp_path / "curve" / "curve.json").read_text())["rows"]
+    assert [(r["per label"], r["k"], r["selector"]) for r in rows] == [
+        ("2", 2, "embedding"), ("2", 2, "bm25"), ("5", 4, "embedding"), ("5", 4, "bm25"), ("all", 4, "embedding"), ("all", 4, "bm25")]
+    assert all(r["n"] == 10 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] for r in rows)
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (tmp_path / "curve" / "curve.html").read_text()

@@ -1,0 +1,141 @@
+"""The learning curve: in-context accuracy against examples per label, each selector with its 95 % band.
+
+Runs ``icl-fungi eval`` once per pool size (``--per-label N`` for N in ``--sizes``; ``all`` is the whole train
+split), on the same seeded test queries and one response cache, so a rerun sends only what is missing
+(``--cached-only`` draws from the cache alone). k is ``min(--k, N)``: a prompt never shows more examples than
+a label has. Then draws accuracy (and its 95 % Wilson band) against N into ``curve.png`` and writes
+``curve.json``, ``curve.md`` and ``curve.html`` (the plot and the table on one page) into ``--out``.
+
+    python eval/learning_curve.py --selectors embedding,fungi --sizes 5,10,20,all --limit 1000 \\
+        --cache eval/cache/banking77-gemma3-270m-fewshot-completion.jsonl --out eval/results/learning-curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, ROOT, markdown_table, run_meta, write_results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--selectors", default="embedding,fungi", help="icl-fungi eval selector specs")
+    ap.add_argument("--sizes", default="5,10,20,all", help="examples per label, 'all' for the whole train split")
+    ap.add_argument("-k", type=int, default=20, help="examples per prompt, at most N (default: 20)")
+    ap.add_argument("--limit", default="1000", help="seeded test queries (or 'all')")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool-seed", type=int, default=0)
+    ap.add_argument("--cache", default=str(ROOT / "eval" / "cache" / "banking77-gemma3-270m-fewshot-completion.jsonl"))
+    ap.add_argument("--cached-only", action="store_true", help="report what the cache holds; send nothing")
+    ap.add_argument("--base-url", default=None, help="an OpenAI-compatible endpoint (default: the embedded local LLM)")
+    ap.add_argument("--model", default=None, help="model name at --base-url")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "curve"), help="folder of the per-size eval runs")
+    ap.add_argument("--out", default=str(ROOT / "eval" / "results" / "learning-curve"))
+    args = ap.parse_args(argv)
+    for size in args.sizes.split(","):
+        if size != "all" and not (size.isdigit() and int(size) > 0):
+            ap.error(f"--sizes: {size!r} is not a positive number or 'all'")
+    return args
+
+
+def run_size(args: argparse.Namespace, size: str) -> dict:
+    """``icl-fungi eval`` at one pool size; returns its report."""
+    k = args.k if size == "all" else min(args.k, int(size))
+    out = Path(args.runs) / f"per-label-{size}"
+    cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", args.data, "--selectors", args.selectors, "-k", str(k),
+           "--limit", args.limit, "--seed", str(args.seed), "--cache", args.cache, "--out", str(out)]
+    if size != "all":
+        cmd += ["--per-label", size, "--pool-seed", str(args.pool_seed)]
+    if args.cached_only:
+        cmd.append("--cached-only")
+    if args.base_url:
+        cmd += ["--base-url", args.base_url, "--model", args.model or "model"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return json.loads((out / "report.json").read_text())
+
+
+def curve_rows(reports: dict[str, dict]) -> list[dict]:
+    """One row per pool size and selector: accuracy with its interval, the readers' figures, the paired difference."""
+    rows = []
+    for size, rep in reports.items():
+        k = rep["settings"]["k"]
+        for name, m in rep["selectors"].items():
+            r = m["retrieval"]
+            pair = rep["paired"].get(f"{name}_vs_embedding")
+            rows.append({"per label": size, "k": k, "selector": name, "n": m["n"], "accuracy": m["accuracy"],
+                         "ci95": m["accuracy_ci95"], "1-NN": r["1nn_acc"], "k-NN vote": r[f"knn{k}_vote_acc"], "P@k": r[f"p@{k}"],
+                         "gold in top-k": r[f"gold_in_top{k}"], "copies nearest": m.get("answers_nearest_label"),
+                         "build s": (rep["selector_configs"].get(name) or {}).get("build_s"),
+                         "vs embedding": None if pair is None else pair["difference"],
+                         "vs embedding ci95": None if pair is None else pair["ci95"],
+                         "mcnemar p": None if pair is None else pair["mcnemar_p"]})
+    return rows
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(dict.fromkeys(r["per label"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["selector"] for r in rows):
+        mine = [r for r in rows if r["selector"] == name]
+        x = [sizes.index(r["per label"]) for r in mine]
+        ax.plot(x, [r["accuracy"] for r in mine], marker="o", label=name)
+        ax.fill_between(x, [r["ci95"][0] for r in mine], [r["ci95"][1] for r in mine], alpha=0.2)
+    ax.set_xticks(range(len(sizes)), sizes)
+    ax.set_xlabel("examples per label in the pool")
+    ax.set_ylabel("accuracy (95 % band)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_html(path: Path, png: Path, table: str, title: str) -> None:
+    image = base64.b64encode(png.read_bytes()).decode()
+    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    cells = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{c.strip()}</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
+                    for i, row in enumerate(rows))
+    path.write_text(f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1>"
+                    f"<img alt='learning curve' src='data:image/png;base64,{image}'><table border=1 cellpadding=4>{cells}</table>\n")
+
+
+def main() -> None:
+    args = parse_args()
+    reports = {size: run_size(args, size) for size in args.sizes.split(",")}
+    rows = curve_rows(reports)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    first = next(iter(reports.values()))
+    title = f"{first['endpoint']['model']}, {rows[0]['n']} banking-77 test queries, k = min(20, N)"
+    plot(rows, out / "curve.png", title)
+    table_rows = [{**r, "ci95": f"{r['ci95'][0]:.4f}-{r['ci95'][1]:.4f}",
+                   "vs embedding": "" if r["vs embedding"] is None else
+                   f"{100 * r['vs embedding']:+.2f} pt ({100 * r['vs embedding ci95'][0]:+.2f} to {100 * r['vs embedding ci95'][1]:+.2f})"}
+                  for r in rows]
+    cols = ["per label", "k", "selector", "n", "accuracy", "ci95", "vs embedding", "mcnemar p", "1-NN", "k-NN vote", "P@k",
+            "gold in top-k", "copies nearest", "build s"]
+    table = markdown_table(table_rows, cols, digits=4)
+    write_results(out / "curve.json", {"meta": run_meta(sizes=args.sizes, selectors=args.selectors, limit=args.limit),
+                                       "rows": rows, "run_keys": {s: r["run_key"] for s, r in reports.items()}},
+                  title=f"Learning curve: {title}", table=table + "\n\n![learning curve](curve.png)")
+    write_html(out / "curve.html", out / "curve.png", table, f"Learning curve: {title}")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
