@@ -120,6 +120,11 @@ def retriever_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".icl")
 
 
+def _pool_matches(retriever: ICLRetriever, trainset: Sequence[Any], input_keys: Sequence[str]) -> bool:
+    """True when the retriever's pool is the trainset's input texts, in order (pool position = trainset index)."""
+    return retriever.texts == [query_text(ex, input_keys) for ex in trainset]
+
+
 def _check_settings(k: object, order: object, selection: object, seed: object) -> None:
     """Validate the per-call settings shared by :class:`FungiFewShot` and :class:`FungiKNNFewShot`."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -188,7 +193,7 @@ class FungiFewShot(dspy.Module):
         if not isinstance(retriever, ICLRetriever):
             raise TypeError(f"retriever must be an ICLRetriever, got {type(retriever).__name__}")
         keys = input_keys_of(trainset)
-        if retriever.texts != [query_text(ex, keys) for ex in trainset]:
+        if not _pool_matches(retriever, trainset, keys):
             raise ValueError(f"the retriever's pool ({len(retriever)} texts) is not this trainset's input texts "
                              f"({len(trainset)} examples, in order)")
         with self._add_lock:
@@ -269,7 +274,8 @@ class FungiFewShot(dspy.Module):
         return state
 
     def load_state(self, state: dict[str, Any], **kwargs: Any) -> FungiFewShot:
-        """Restore the predictors (DSPy) and the selector's settings; the retriever is :meth:`load`'s part."""
+        """Restore the predictors (DSPy) and the selector's settings and trainset. The retriever is :meth:`load`'s
+        part: one already attached is kept only if its pool is the restored trainset's."""
         fungi = state.get(STATE_KEY)
         if not isinstance(fungi, dict):
             raise ValueError(f"the state has no {STATE_KEY!r} entry: it was not saved by a FungiFewShot program")
@@ -281,10 +287,11 @@ class FungiFewShot(dspy.Module):
             raise ValueError("the state's trainset must be a list of objects")
         super().load_state(state, **kwargs)
         self._configure(**{name: fungi.get(name) for name in ("k", "order", "selection", "seed", "label_field")})
+        trainset = [dspy.Example(**r).with_inputs(*keys) for r in rows]
         with self._add_lock:
-            self.retriever = None  # load() attaches the retriever saved with this trainset
-            self.trainset = [dspy.Example(**r).with_inputs(*keys) for r in rows]
-            self.input_keys = tuple(keys)
+            if self.retriever is not None and not _pool_matches(self.retriever, trainset, keys):
+                self.retriever = None  # load() attaches the retriever saved with this trainset
+            self.trainset, self.input_keys = trainset, tuple(keys)
         self._retriever_checksum = fungi.get("retriever_checksum")
         return self
 

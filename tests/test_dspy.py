@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -81,36 +82,35 @@ def test_acall_equals_call(compiled):
     assert shown(lm.history[0]["messages"]) == shown(lm.history[1]["messages"])
 
 
-def test_save_and_load_restore_program_selector_and_retriever(trainset, st_model, tmp_path):
+def test_save_and_load_restore_program_selector_and_retriever(compiled, st_model, tmp_path):
     student = dspy.Predict(dspy.Signature("text -> label", "Name the banking intent."))
-    program = FungiKNNFewShot(k=5, order="similar_first", selection="label_cap;max_per_label=2", model=st_model,
-                              features=("embedding",), show_progress_bar=False).compile(student, trainset=trainset[::2])
+    program = FungiFewShot(student, retriever=compiled.retriever, trainset=compiled.trainset, k=5, order="similar_first",
+                           selection="label_cap;max_per_label=2", label_field="label")
     program.save(tmp_path / "intents.json")
     assert (tmp_path / "intents.icl" / "manifest.json").is_file()
     state = json.loads((tmp_path / "intents.json").read_text())
-    assert state["icl_fungi"]["selection"] == "label_cap;max_per_label=2" and len(state["icl_fungi"]["trainset"]) == 60
+    assert state["icl_fungi"]["selection"] == "label_cap;max_per_label=2" and len(state["icl_fungi"]["trainset"]) == 120
 
     loaded = FungiFewShot(dspy.Predict("text -> label")).load(tmp_path / "intents.json", model=st_model)
     assert (loaded.k, loaded.order, loaded.selection, loaded.label_field) == (5, "similar_first", "label_cap;max_per_label=2", "label")
     assert loaded.program.predictors()[0].signature.instructions == "Name the banking intent."
-    assert loaded.retriever.config.features == ("embedding",)
+    assert loaded.retriever is not compiled.retriever and loaded.retriever.block_weights == compiled.retriever.block_weights
     for q in QUERIES[:4]:
         demos = loaded.demos_for(text=q)
         assert [d.toDict() for d in demos] == [d.toDict() for d in program.demos_for(text=q)]
-        assert max(sum(d.label == lab for d in demos) for lab in {d.label for d in demos}) <= 2
+        assert len(demos) == 5 and max(sum(d.label == lab for d in demos) for lab in {d.label for d in demos}) <= 2
     assert list(loaded.demos_for(text=QUERIES[0])[0].inputs().keys()) == ["text"]
 
 
-def test_save_and_load_refuse_pickle_and_a_foreign_retriever(trainset, st_model, tmp_path):
-    build = FungiKNNFewShot(k=2, model=st_model, features=("embedding",), show_progress_bar=False)
-    a = build.compile(dspy.Predict("text -> label"), trainset=trainset[:30])
-    b = build.compile(dspy.Predict("text -> label"), trainset=trainset[30:60])
+def test_save_and_load_refuse_pickle_and_a_foreign_retriever(compiled, trainset, st_model, tmp_path):
+    other = FungiKNNFewShot(k=2, model=st_model, features=("embedding",), show_progress_bar=False).compile(
+        dspy.Predict("text -> label"), trainset=trainset[:12])
     with pytest.raises(ValueError, match="never as a pickle"):
-        a.save(tmp_path / "prog", save_program=True)
+        compiled.save(tmp_path / "prog", save_program=True)
     with pytest.raises(ValueError, match=r"must end with \.json"):
-        a.save(tmp_path / "prog.pkl")
-    a.save(tmp_path / "a.json")
-    b.save(tmp_path / "b.json")
+        compiled.save(tmp_path / "prog.pkl")
+    compiled.save(tmp_path / "a.json")
+    other.save(tmp_path / "b.json")
     with pytest.raises(ValueError, match="no pickle"):
         FungiFewShot(dspy.Predict("text -> label")).load(tmp_path / "a.json", allow_pickle=True)
     shutil.rmtree(retriever_path(tmp_path / "a.json"))
@@ -177,6 +177,62 @@ def test_copies_share_the_pool_and_nothing_else(compiled):
     copy = compiled.deepcopy()
     assert copy.retriever is compiled.retriever and copy.trainset is compiled.trainset
     assert copy.program is not compiled.program and copy.program.predictors()[0] is not compiled.program.predictors()[0]
+    # what optimizers do with candidate programs: a state round trip in memory keeps the retriever ...
+    state = compiled.dump_state()
+    copy.load_state(state)
+    assert copy.retriever is compiled.retriever and copy.demos_for(text=QUERIES[0]) == compiled.demos_for(text=QUERIES[0])
+    # ... unless the state's trainset is not the retriever's pool
+    state["icl_fungi"]["trainset"] = state["icl_fungi"]["trainset"][1:]
+    copy.load_state(state)
+    with pytest.raises(RuntimeError, match="no retriever yet"):
+        copy.demos_for(text=QUERIES[0])
+    assert compiled.retriever is not None and len(compiled.trainset) == len(compiled.retriever)
+
+
+# ------------------------------------------------------------------ over HTTP
+LABEL_TURN = re.compile(r"\[\[ ## label ## \]\]\n(\S+)")  # a demo's answer in the ChatAdapter's format
+
+
+def one_query_per_intent(intent_queries) -> dict[str, str]:
+    picked: dict[str, str] = {}
+    for text, label in zip(*intent_queries, strict=True):
+        picked.setdefault(label, text)
+    return picked
+
+
+def run_over_http(program: FungiFewShot, base_url: str, model: str, picked: dict[str, str]) -> int:
+    """Call ``program`` for each query through ``dspy.LM("openai/<model>")`` at ``base_url``; check that every request
+    carried its query's FUNGI demos; returns how many intents came back right (an unreadable answer is wrong)."""
+    from dspy.utils.exceptions import AdapterParseError
+
+    lm = dspy.LM(f"openai/{model}", api_base=base_url, api_key="local", temperature=0.0, max_tokens=48, cache=False)
+    correct = 0
+    with dspy.context(lm=lm):
+        for label, text in picked.items():
+            try:
+                correct += program(text=text).label.strip() == label
+            except AdapterParseError:
+                pass
+    asked = {shown(h["messages"])[1]: shown(h["messages"])[0] for h in lm.history}
+    assert set(picked.values()) <= set(asked)
+    for text in picked.values():
+        assert asked[text] == [d.text for d in program.demos_for(text=text)]
+    return correct
+
+
+def test_program_over_an_openai_compatible_endpoint(compiled, intent_queries):
+    """The slow test's path (litellm, HTTP, the ChatAdapter's parsing) against the fake server, which answers with the
+    label of the last demo: the nearest example, as order="similar_last" places it."""
+    from .llm_fakes import FakeLLM
+
+    def answer(prompt: str) -> str:
+        last = LABEL_TURN.findall(prompt)[-1]
+        return f"[[ ## label ## ]]\n{last}\n\n[[ ## completed ## ]]"
+
+    picked = one_query_per_intent(intent_queries)
+    with FakeLLM(answer=answer) as server:
+        correct = run_over_http(compiled, server.base_url, "fake", picked)
+    assert correct >= len(picked) - 2
 
 
 # ------------------------------------------------------------------ the real LLM
@@ -194,22 +250,7 @@ def test_real_dspy_program_against_the_embedded_llm(trainset, intent_queries, st
     student = dspy.Predict(dspy.Signature("text -> label", "Name the banking intent of the text."))
     FungiKNNFewShot(k=8, model=st_model, show_progress_bar=False).compile(student, trainset=trainset).save(tmp_path / "intents.json")
     program = FungiFewShot(dspy.Predict("text -> label")).load(tmp_path / "intents.json", model=st_model)
-    texts, labels = intent_queries
-    picked = {}
-    for text, label in zip(texts, labels, strict=True):
-        picked.setdefault(label, text)  # one query per intent
-    correct = 0
+    picked = one_query_per_intent(intent_queries)
     with LocalServer() as server:
-        lm = dspy.LM(f"openai/{server.model}", api_base=server.base_url, api_key="local", temperature=0.0, max_tokens=48,
-                     cache=False)
-        with dspy.context(lm=lm):
-            for label, text in picked.items():
-                try:
-                    correct += program(text=text).label.strip() == label
-                except dspy.utils.exceptions.AdapterParseError:
-                    pass  # an answer the adapter cannot read counts as wrong
-    asked = {shown(h["messages"])[1]: shown(h["messages"])[0] for h in lm.history}
-    assert set(picked.values()) <= set(asked)
-    for text in picked.values():
-        assert asked[text] == [d.text for d in program.demos_for(text=text)]
+        correct = run_over_http(program, server.base_url, server.model, picked)
     assert correct >= len(picked) // 3, f"{correct} of {len(picked)} intents right"
