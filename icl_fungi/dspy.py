@@ -39,6 +39,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("icl_fungi.dspy needs DSPy: pip install 'icl-fungi[dspy]'") from err
 
+from .features import DEFAULT_FEATURES
 from .features.heads import kl_head_class
 from .manifest import MANIFEST
 from .prompt import ORDERS, order_examples
@@ -261,12 +262,15 @@ class FungiFewShot(dspy.Module):
             new.__dict__[name] = value if name in _SHARED else copy.deepcopy(value, memo)
         return new
 
-    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
-        """The predictors' state (DSPy's) plus the selector's settings and trainset under ``"icl_fungi"``."""
-        state = super().dump_state(json_mode=json_mode)
+    def _check_savable(self) -> None:
         if isinstance(self.selection, Selection):
             raise ValueError(f"selection {self.selection!r} is an object: pass it as a spec string (e.g. "
                              "'label_cap;max_per_label=2') to save the program")
+
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        """The predictors' state (DSPy's) plus the selector's settings and trainset under ``"icl_fungi"``."""
+        self._check_savable()
+        state = super().dump_state(json_mode=json_mode)
         state[STATE_KEY] = {"k": self.k, "order": self.order, "selection": self.selection, "seed": self.seed,
                             "label_field": self.label_field, "input_keys": list(self.input_keys),
                             "trainset": [ex.toDict() for ex in self.trainset],
@@ -306,6 +310,7 @@ class FungiFewShot(dspy.Module):
         path = _check_json_path(path, "save")
         if self.retriever is None:
             raise RuntimeError("nothing to save: this FungiFewShot has no retriever (compile or load it first)")
+        self._check_savable()  # before anything is written
         target = self.retriever.save(retriever_path(path))
         self._retriever_checksum = json.loads((target / MANIFEST).read_text(encoding="utf-8"))["checksum"]
         super().save(path)
@@ -338,7 +343,7 @@ class FungiKNNFewShot(Teleprompter):
         k: demos per call.
         label_field: the output field whose values label the pool for the KL block; ``"auto"`` (default) takes
             the one output field whose values repeat, else none (the plain embedding is used); ``None``: none.
-        order, selection, seed: as in :class:`FungiFewShot`.
+        order, selection: as in :class:`FungiFewShot`; ``seed`` seeds the retriever's build and ``order="random"``.
         retriever_options: :meth:`ICLRetriever.from_texts` keywords (``model=``, ``features=``, ...).
     """
 
@@ -373,14 +378,12 @@ class FungiKNNFewShot(Teleprompter):
                 raise ValueError("the KL block with a label head needs labels: set label_field= to an output field, "
                                  "or use features=('embedding',) or a label-free kl_head")
             options["features"] = ("embedding",)  # no repeating output to label the pool: the plain embedding
-        options.setdefault("seed", self.seed)
+        options["seed"] = self.seed
         retriever = ICLRetriever.from_texts([query_text(ex, keys) for ex in trainset], _labels(trainset, field), **options)
         return FungiFewShot(student.reset_copy(), retriever=retriever, trainset=trainset, k=self.k, order=self.order,
                             selection=self.selection, seed=self.seed, label_field=field)
 
     @staticmethod
     def _needs_labels(options: Mapping[str, Any]) -> bool:
-        from .features import DEFAULT_FEATURES
-
         features = options.get("features", DEFAULT_FEATURES)
         return "kl" in features and kl_head_class(options.get("kl_head", "labels")).needs_labels

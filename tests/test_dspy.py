@@ -17,6 +17,7 @@ dspy = pytest.importorskip("dspy", reason="the DSPy tests need the dspy extra")
 
 from dspy.utils import DummyLM  # noqa: E402
 
+from icl_fungi import Selection  # noqa: E402
 from icl_fungi.dspy import FungiFewShot, FungiKNNFewShot, retriever_path  # noqa: E402
 
 from .conftest import QUERIES  # noqa: E402
@@ -117,6 +118,11 @@ def test_save_and_load_refuse_pickle_and_a_foreign_retriever(compiled, trainset,
     shutil.copytree(retriever_path(tmp_path / "b.json"), retriever_path(tmp_path / "a.json"))
     with pytest.raises(ValueError, match="not the retriever saved with"):
         FungiFewShot(dspy.Predict("text -> label")).load(tmp_path / "a.json", model=st_model)
+    with_object = FungiFewShot(dspy.Predict("text -> label"), retriever=compiled.retriever, trainset=compiled.trainset,
+                               selection=Selection("mmr"))
+    with pytest.raises(ValueError, match="spec string"):
+        with_object.save(tmp_path / "object.json")
+    assert not retriever_path(tmp_path / "object.json").exists()
     dspy.Predict("text -> label").save(tmp_path / "plain.json")
     with pytest.raises(ValueError, match="not saved by a FungiFewShot"):
         FungiFewShot(dspy.Predict("text -> label")).load(tmp_path / "plain.json")
