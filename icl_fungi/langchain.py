@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 try:
@@ -26,7 +25,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from .prompt import ORDERS, order_examples
-from .retriever import ICLRetriever
+from .retriever import ICLRetriever, RetrievedExample
 from .selection import Selection
 
 __all__ = ["ICLFungiExampleSelector", "ICLFungiRetriever"]
@@ -54,19 +53,18 @@ class ICLFungiRetriever(BaseRetriever):
     def model_post_init(self, __context: Any) -> None:
         _check(self.retriever, self.selection)
 
-    def _to_documents(self, query: str) -> list[Document]:
-        return [
-            Document(page_content=x.text, metadata={"label": x.label, "score": x.score, "index": x.index})
-            for x in self.retriever.retrieve(query, self.k, selection=self.selection)
-        ]
+    @staticmethod
+    def _to_documents(examples: list[RetrievedExample]) -> list[Document]:
+        return [Document(page_content=x.text, metadata={"label": x.label, "score": x.score, "index": x.index}) for x in examples]
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        return self._to_documents(query)
+        return self._to_documents(self.retriever.retrieve(query, self.k, selection=self.selection))
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
     ) -> list[Document]:
-        return await asyncio.get_running_loop().run_in_executor(None, self._to_documents, query)
+        """``ainvoke``: the retrieval runs in a worker thread (:meth:`ICLRetriever.aretrieve`); the loop keeps going."""
+        return self._to_documents(await self.retriever.aretrieve(query, self.k, selection=self.selection))
 
 
 class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
@@ -108,15 +106,27 @@ class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
             raise ValueError(f"several input variables {sorted(input_variables)}: set input_key to the query's")
         return next(iter(input_variables.values()))
 
+    def _as_dicts(self, examples: list[RetrievedExample]) -> list[dict]:
+        return [{self.text_key: x.text, self.label_key: x.label} for x in order_examples(examples, self.order, self.seed)]
+
     def select_examples(self, input_variables: dict[str, str]) -> list[dict]:
         """Examples for the query in ``input_variables``."""
-        res = self.retriever.retrieve(self._query(input_variables), self.k, selection=self.selection)
-        res = order_examples(res, self.order, self.seed)
-        return [{self.text_key: x.text, self.label_key: x.label} for x in res]
+        return self._as_dicts(self.retriever.retrieve(self._query(input_variables), self.k, selection=self.selection))
 
-    def add_example(self, example: dict[str, str]) -> Any:
-        """Add one example (a dict with ``text_key`` and ``label_key``) to the pool."""
+    async def aselect_examples(self, input_variables: dict[str, str]) -> list[dict]:
+        """:meth:`select_examples` with the retrieval in a worker thread (``FewShotPromptTemplate.aformat``)."""
+        return self._as_dicts(await self.retriever.aretrieve(self._query(input_variables), self.k, selection=self.selection))
+
+    def _split(self, example: dict[str, str]) -> tuple[list[str], list[Any]]:
         for key in (self.text_key, self.label_key):
             if key not in example:
                 raise ValueError(f"example lacks {key!r} (got {sorted(example)})")
-        return self.retriever.add_examples([example[self.text_key]], [example[self.label_key]])[0]
+        return [example[self.text_key]], [example[self.label_key]]
+
+    def add_example(self, example: dict[str, str]) -> Any:
+        """Add one example (a dict with ``text_key`` and ``label_key``) to the pool; returns its pool position."""
+        return self.retriever.add_examples(*self._split(example))[0]
+
+    async def aadd_example(self, example: dict[str, str]) -> Any:
+        """:meth:`add_example` with the encoding in a worker thread; queries meanwhile see the old or new pool."""
+        return (await self.retriever.aadd_examples(*self._split(example)))[0]

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -363,6 +364,34 @@ class ICLRetriever:
         """
         return _load(cls, Path(path), model=model, batch_size=batch_size, device=device,
                      show_progress_bar=show_progress_bar, allow_pickle_weights=allow_pickle_weights)
+
+    # --------------------------------------------------------------- async
+    # The encoder's forward pass and the index search are CPU work: each async method runs its sync twin in
+    # the event loop's default thread pool (bounded: min(32, CPUs + 4) threads), so the loop keeps serving
+    # while a query is encoded. Results are the sync method's; a cancelled await leaves its thread to finish.
+    async def aretrieve(self, query: str, k: int = 20, *, selection: Selection | str | None = None) -> list[RetrievedExample]:
+        """:meth:`retrieve` without blocking the event loop.
+
+        Example:
+            >>> examples = await r.aretrieve("where is my card?", k=5)  # doctest: +SKIP
+        """
+        return await asyncio.to_thread(self.retrieve, query, k, selection=selection)
+
+    async def aretrieve_batch(self, queries: Sequence[str], k: int = 20, *,
+                              selection: Selection | str | None = None) -> list[list[RetrievedExample]]:
+        """:meth:`retrieve_batch` without blocking the event loop (the queries are encoded together)."""
+        return await asyncio.to_thread(self.retrieve_batch, queries, k, selection=selection)
+
+    async def abuild_prompt(self, query: str, k: int = 20, *, template: str | PromptTemplate = "classification-completion",
+                            order: str = "similar_last", max_tokens: int | None = None, tokenizer: object = None,
+                            selection: Selection | str | None = None, seed: int = 0) -> Prompt:
+        """:meth:`build_prompt` without blocking the event loop (same arguments, same prompt)."""
+        return await asyncio.to_thread(self.build_prompt, query, k, template=template, order=order, max_tokens=max_tokens,
+                                       tokenizer=tokenizer, selection=selection, seed=seed)
+
+    async def aadd_examples(self, texts: Sequence[str], labels: Sequence[Label]) -> list[int]:
+        """:meth:`add_examples` without blocking the event loop (queries running meanwhile see the old or new pool)."""
+        return await asyncio.to_thread(self.add_examples, texts, labels)
 
 
 def _save(r: ICLRetriever, path: Path) -> Any:
