@@ -13,7 +13,7 @@ Example:
     ...                    {"n_examples": 2})
     >>> manifest = open_directory(d)
     >>> sorted(manifest["files"]), read_pool(d, manifest["n_examples"])
-    (['pool.json'], (['hi', 'bye'], ['a', 'b']))
+    (['pool.json'], (['hi', 'bye'], ['a', 'b'], None))
 """
 
 from __future__ import annotations
@@ -166,27 +166,37 @@ def open_directory(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def write_pool(root: Path, texts: list[str], labels: list) -> None:
-    """The pool's texts and labels as ``pool.json``."""
-    (root / "pool.json").write_text(json.dumps({"texts": texts, "labels": labels}, ensure_ascii=False), encoding="utf-8")
+def write_pool(root: Path, texts: list[str], labels: list | None, outputs: list[str] | None = None) -> None:
+    """The pool as ``pool.json``: its texts, labels (``null`` in a pool without labels) and, in a pool with
+    outputs, its outputs."""
+    pool: dict[str, Any] = {"texts": texts, "labels": labels}
+    if outputs is not None:
+        pool["outputs"] = outputs
+    (root / "pool.json").write_text(json.dumps(pool, ensure_ascii=False), encoding="utf-8")
 
 
-def read_pool(root: Path, n: int) -> tuple[list[str], list]:
-    """``pool.json`` checked: ``n`` non-empty string texts and ``n`` str/int labels."""
-    from .data import check_labels, check_texts
+def read_pool(root: Path, n: int) -> tuple[list[str], list | None, list[str] | None]:
+    """``pool.json`` checked: ``(texts, labels, outputs)``, ``n`` non-empty string texts, ``n`` str/int labels or
+    ``None`` (no labels), ``n`` non-empty string outputs or ``None`` (no outputs; also a pool saved before
+    outputs existed)."""
+    from .data import check_labels, check_outputs, check_texts
 
     try:
         pool = json.loads((root / "pool.json").read_text(encoding="utf-8"))
-        texts, labels = pool["texts"], pool["labels"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        texts, labels, outputs = pool["texts"], pool["labels"], pool.get("outputs")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"{root}: pool.json is unreadable: {err!r}") from None
     try:
-        texts, labels = check_texts(texts), check_labels(labels, len(texts) if isinstance(texts, list) else -1)
+        if not all(isinstance(v, list) for v in (texts, labels if labels is not None else [], outputs if outputs is not None else [])):
+            raise TypeError("texts, labels and outputs must be JSON lists (labels and outputs may be null)")
+        texts = check_texts(texts)
+        labels = None if labels is None else check_labels(labels, len(texts))
+        outputs = None if outputs is None else check_outputs(outputs, len(texts))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{root}: pool.json is invalid: {err}") from None
     if len(texts) != n:
         raise ValueError(f"{root}: pool.json holds {len(texts)} examples, the manifest says {n}")
-    return texts, labels
+    return texts, labels, outputs
 
 
 def library_versions() -> dict[str, str]:

@@ -126,6 +126,16 @@ class FungiEncoder:
         return ("simclr" in cfg.features and not self.simclr.fitted) or (self.head is not None and not self.head.fitted)
 
     # ------------------------------------------------------------- fitting
+    def for_pool(self, has_labels: bool) -> FungiEncoder:
+        """Adopt :meth:`FeatureConfig.for_pool` before fitting: on a pool without labels, a head that needs labels
+        becomes the label-free head (logged at INFO; nothing else changes). Returns ``self``."""
+        config = self.config.for_pool(has_labels)
+        if config is not self.config:
+            logger.info("the pool has no labels: the KL head is %r instead of %r", config.kl_head, self.config.kl_head)
+            self.config = config
+            self.head = self._new_head(config.kl_head)
+        return self
+
     def _fit_head(self, emb: torch.Tensor, labels: list | None) -> None:
         """Fit the KL head on the sample's embeddings; label heads fall back to k-means prototypes when
         the labels are not categories."""
