@@ -75,6 +75,11 @@ def check_outputs(outputs: object, n: int) -> list[str]:
             raise TypeError(f"output #{i} must be a str, got {type(o).__name__}: {o!r:.60}")
         if not o.strip():
             raise ValueError(f"output #{i} is empty or only whitespace")
+        if not o.isascii():
+            try:
+                o.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"output #{i} is not valid Unicode text (a lone surrogate): it could not be saved") from None
     return out
 
 
