@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -33,8 +34,8 @@ import numpy as np
 
 from .parts import PLAIN_NAME
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "file_sha256", "library_versions", "manifest_checksum", "manifest_model",
-           "open_directory", "read_pool", "save_directory", "write_pool"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "SavedRetriever", "file_sha256", "library_versions", "manifest_checksum",
+           "manifest_model", "open_directory", "read_pool", "read_retriever", "save_directory", "write_pool", "write_retriever"]
 
 FORMAT = "icl-fungi-retriever"
 FORMAT_VERSION = 2
@@ -231,3 +232,60 @@ def manifest_model(name: object, root: Path) -> str:
         raise ValueError(f"{root}: the manifest names the local model path {name!r}; a saved retriever never chooses "
                          f"local files to load. If you trust that model, pass ICLRetriever.load(path, model={name!r})")
     return name
+
+
+# ---------------------------------------------------------------- a retriever's parts
+@dataclasses.dataclass(frozen=True)
+class SavedRetriever:
+    """The parts of a saved retriever, each read and checked (what ``ICLRetriever.load`` assembles)."""
+
+    encoder: Any
+    combiner: Any
+    pca: Any
+    index: Any
+    pool: Any  # an icl_fungi.pool.ExamplePool
+    fit_weights: str | None
+    n_truncated: int
+
+
+def write_retriever(path: Path, parts: dict[str, Any], texts: list[str], labels: list | None, outputs: list[str] | None,
+                    info: dict[str, Any]) -> Path:
+    """Save a retriever into the directory ``path``: each of ``parts`` (name -> an object with ``save(folder)``) in
+    its own folder, the pool as ``pool.json``, and the manifest (``info`` plus versions and the pool's size)."""
+
+    def write(tmp: Path) -> None:
+        for name, part in parts.items():
+            part.save(tmp / name)
+        write_pool(tmp, texts, labels, outputs)
+
+    return save_directory(path, write, {"versions": library_versions(), "n_examples": len(texts), **info})
+
+
+def read_retriever(path: Path, *, model: Any, **encoder_options: Any) -> SavedRetriever:
+    """Read a retriever saved by :func:`write_retriever` from its verified directory: encoder (on ``model``, or the
+    one the manifest names, see :func:`manifest_model`), combiner, PCA, index and pool, each checked against the others."""
+    from .combine import FIT_WEIGHTS, BlockCombiner
+    from .features import FungiEncoder
+    from .index import load_index
+    from .pca import PCA
+    from .pool import ExamplePool
+
+    manifest = open_directory(path)  # every file checked before anything is read
+    n = manifest.get("n_examples")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{path}: the manifest's n_examples must be a positive int, got {n!r}")
+    fit_weights = manifest.get("fit_weights")
+    if fit_weights not in FIT_WEIGHTS:
+        raise ValueError(f"{path}: the manifest's fit_weights must be one of {FIT_WEIGHTS}, got {fit_weights!r}")
+    source = model if model is not None else manifest_model(manifest.get("model"), path)
+    encoder = FungiEncoder.load(path / "encoder", model=source, **encoder_options)
+    dims = {f: encoder.block_dim(f) for f in encoder.config.features}
+    combiner = BlockCombiner.load(path / "combiner", features=encoder.config.features, dims=dims)
+    pca = PCA.load(path / "pca", n_features=sum(dims.values()))
+    index = load_index(path / "index", dim=pca.n_components_)
+    texts, labels, outputs = read_pool(path, n)
+    if len(index) != n:
+        raise ValueError(f"{path}: the index holds {len(index)} vectors, the pool {n} examples")
+    truncated = manifest.get("n_truncated", 0)
+    truncated = truncated if isinstance(truncated, int) and not isinstance(truncated, bool) and 0 <= truncated <= n else 0
+    return SavedRetriever(encoder, combiner, pca, index, ExamplePool(texts, labels, outputs), fit_weights, truncated)

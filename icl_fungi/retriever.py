@@ -29,8 +29,8 @@ from .combine import DEFAULT_FIT_WEIGHTS, FIT_WEIGHTS, BlockCombiner
 from .data import Label, check_texts, load_examples
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder
 from .features.config import LABEL_FREE_KL_HEAD
-from .index import Index, VectorIndex, index_class, load_index, registered_indexes
-from .manifest import check_save_target
+from .index import Index, VectorIndex, index_class, registered_indexes
+from .manifest import check_save_target, read_retriever, write_retriever
 from .pca import PCA
 from .pool import ExamplePool, RetrievedExample
 from .prompt import compose_prompt, default_template, get_template, sorted_labels
@@ -133,7 +133,7 @@ class ICLRetriever:
         Example:
             >>> r = ICLRetriever.from_pairs(["2 + 2?", "3 + 5?", "capital of France?", "capital of Spain?"],
             ...                             ["4", "8", "Paris", "Madrid"], show_progress_bar=False)
-            >>> [(x.text, x.output) for x in r.retrieve("capital of Italy?", k=1)]
+            >>> [(x.text, x.output) for x in r.retrieve("what is the capital of Spain?", k=1)]
             [('capital of Spain?', 'Madrid')]
         """
         if outputs is None:
@@ -154,8 +154,8 @@ class ICLRetriever:
             executor: Any = None) -> ICLRetriever:
         """Encode the pool, fit the block combiner, weights and PCA, and build the index (replaces any pool).
 
-        ``labels=None``: a pool without labels; the encoder's KL head becomes the label-free one if it needed labels
-        (:meth:`~icl_fungi.features.FeatureConfig.for_pool`) and ``fit_weights="auto"`` uses its label-free rule.
+        ``labels=None``: a pool without labels (a KL head that needs labels becomes the label-free one,
+        :meth:`~icl_fungi.features.FeatureConfig.for_pool`; ``fit_weights="auto"`` takes its label-free rule).
         ``outputs``: one per text, carried with the examples. ``executor``: ``None`` (this process) or ``"ray"`` /
         a :class:`~icl_fungi.distributed.RayExecutor`, which encodes the batches this method plans on Ray Data actors
         (the fitted parts are fitted here). The index backend and the executor are checked before anything is encoded.
@@ -252,14 +252,12 @@ class ICLRetriever:
     @property
     def labels(self) -> list[Label] | None:
         """Pool labels (a copy); ``None`` for a pool without labels."""
-        labels = self._pool.labels
-        return None if labels is None else list(labels)
+        return None if (labels := self._pool.labels) is None else list(labels)
 
     @property
     def outputs(self) -> list[str] | None:
         """Pool outputs (a copy); ``None`` for a pool without outputs."""
-        outputs = self._pool.outputs
-        return None if outputs is None else list(outputs)
+        return None if (outputs := self._pool.outputs) is None else list(outputs)
 
     @property
     def has_labels(self) -> bool:
@@ -399,8 +397,11 @@ class ICLRetriever:
         if backend not in registered_indexes() or index_class(backend) is not type(self.index):
             raise ValueError(f"the index backend {backend!r} ({type(self.index).__name__}) is not registered, so a saved retriever "
                              "could not be loaded: call icl_fungi.register_index on its class first")
-        with self._write_lock:
-            return _save(self, path)
+        with self._write_lock:  # the parts and the pool of one moment
+            pool = self._pool
+            parts = {"encoder": self.encoder, "combiner": self.combiner, "pca": self.pca, "index": self.index}
+            return write_retriever(path, parts, pool.texts, pool.labels, pool.outputs, {
+                "model": self.encoder.model_name, "n_truncated": self.n_truncated_, "fit_weights": self.fit_weights})
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, model: Any = None, batch_size: int = 32, device: str | None = None,
@@ -411,50 +412,9 @@ class ICLRetriever:
         name; a local model path is used only when passed as ``model=`` (a saved directory never
         chooses which files run). ``model`` must have the weights the retriever was built with.
         """
-        return _load(cls, Path(path), model=model, batch_size=batch_size, device=device,
-                     show_progress_bar=show_progress_bar, allow_pickle_weights=allow_pickle_weights)
-
-
-def _save(r: ICLRetriever, path: Path) -> Any:
-    """Write the parts (encoder, combiner, PCA, index, pool) and the manifest; the caller holds the write lock."""
-    from .manifest import library_versions, save_directory, write_pool
-
-    pool = r._pool
-
-    def write(tmp: Path) -> None:
-        r.encoder.save(tmp / "encoder")
-        r.combiner.save(tmp / "combiner")
-        r.pca.save(tmp / "pca")
-        r.index.save(tmp / "index")
-        write_pool(tmp, pool.texts, pool.labels, pool.outputs)
-
-    info = {"versions": library_versions(), "model": r.encoder.model_name, "n_examples": len(pool),
-            "n_truncated": r.n_truncated_, "fit_weights": r.fit_weights}
-    return save_directory(path, write, info)
-
-
-def _load(cls: type[ICLRetriever], path: Path, *, model: Any, **encoder_options: Any) -> ICLRetriever:
-    """Compose a saved retriever from its verified directory: encoder, combiner, PCA, index, pool."""
-    from .manifest import manifest_model, open_directory, read_pool
-
-    manifest = open_directory(path)  # every file checked before anything is read
-    n = manifest.get("n_examples")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{path}: the manifest's n_examples must be a positive int, got {n!r}")
-    fit_weights = manifest.get("fit_weights")
-    if fit_weights not in FIT_WEIGHTS:
-        raise ValueError(f"{path}: the manifest's fit_weights must be one of {FIT_WEIGHTS}, got {fit_weights!r}")
-    source = model if model is not None else manifest_model(manifest.get("model"), path)
-    encoder = FungiEncoder.load(path / "encoder", model=source, **encoder_options)
-    dims = {f: encoder.block_dim(f) for f in encoder.config.features}
-    retriever = cls(encoder, fit_weights=fit_weights)
-    retriever.combiner = BlockCombiner.load(path / "combiner", features=encoder.config.features, dims=dims)
-    retriever.pca = PCA.load(path / "pca", n_features=sum(dims.values()))
-    retriever.index = load_index(path / "index", dim=retriever.pca.n_components_)
-    texts, labels, outputs = read_pool(path, n)
-    if len(retriever.index) != n:
-        raise ValueError(f"{path}: the index holds {len(retriever.index)} vectors, the pool {n} examples")
-    retriever._pool = ExamplePool(texts, labels, outputs)
-    truncated = manifest.get("n_truncated", 0)
-    retriever.n_truncated_ = truncated if isinstance(truncated, int) and 0 <= truncated <= n else 0
-    return retriever
+        saved = read_retriever(Path(path), model=model, batch_size=batch_size, device=device,
+                               show_progress_bar=show_progress_bar, allow_pickle_weights=allow_pickle_weights)
+        retriever = cls(saved.encoder, fit_weights=saved.fit_weights)
+        retriever.combiner, retriever.pca, retriever.index = saved.combiner, saved.pca, saved.index
+        retriever._pool, retriever.n_truncated_ = saved.pool, saved.n_truncated
+        return retriever
