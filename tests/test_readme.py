@@ -15,10 +15,10 @@ LIBRARY = str(Path(icl_fungi.__file__).parent)
 
 
 def test_readme_examples_run(capsys, caplog):
-    """The README's API and LangChain examples run as pasted, and the library warns about nothing in them
+    """The README's API, pairs and LangChain examples run as pasted, and the library warns about nothing in them
     (the quick start needs banking-77: slow tier)."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert len(blocks) == 3 and "banking77/train.csv" in blocks[0]
+    assert len(blocks) == 4 and "banking77/train.csv" in blocks[0]
     ns: dict = {}
     caplog.set_level(logging.WARNING)
     with warnings.catch_warnings(record=True) as caught:
@@ -30,6 +30,7 @@ def test_readme_examples_run(capsys, caplog):
     assert isinstance(ns["messages"], list) and ns["messages"][0]["role"] == "system"
     assert len({x.label for x in ns["picked"]}) == 3
     assert ns["docs"][0].metadata["label"] == "card_arrival"
+    assert "Output: Tap 'Forgot password'.\n\nInput: I forgot my password\nOutput:" in out  # the pairs example
     assert [r.getMessage() for r in caplog.records if r.name.startswith("icl_fungi")] == []
     assert [str(w.message) for w in caught if w.filename.startswith(LIBRARY)] == []
 
