@@ -163,11 +163,10 @@ class ICLRetriever:
         pool = ExamplePool.checked(texts, labels, outputs)
         if not len(pool):
             raise ValueError("the example pool is empty")
-        if not pool.has_labels:
-            if self.fit_weights == "loo":
-                raise ValueError("fit_weights='loo' searches the weights by the pool's labels, and the pool has none: "
-                                 "use fit_weights='auto' or None")
-            self.encoder.for_pool(has_labels=False)
+        if not pool.has_labels and self.fit_weights == "loo":
+            raise ValueError("fit_weights='loo' searches the weights by the pool's labels, and the pool has none: "
+                             "use fit_weights='auto' or None")
+        self.encoder.for_pool(pool.has_labels)
         n_dup = len(pool) - len(set(pool.texts))
         if n_dup:
             logger.warning("the pool holds %d duplicate text(s); they are kept as separate examples", n_dup)

@@ -89,6 +89,17 @@ def test_plain_texts_are_quiet_and_use_the_label_free_parts(intent_pool, st_mode
     assert all(x.label is None and x.output is None for x in r.retrieve("my card has not arrived", k=5))
 
 
+def test_the_label_free_head_is_the_one_asked_for_and_a_labelled_refit_restores_the_default(intent_pool, st_model):
+    texts, labels = intent_pool[0][:40], intent_pool[1][:40]
+    switched = ICLRetriever.from_texts(texts, model=st_model, show_progress_bar=False)
+    asked = ICLRetriever.from_texts(texts, model=st_model, show_progress_bar=False, kl_head=LABEL_FREE_KL_HEAD)
+    assert switched.config == asked.config
+    np.testing.assert_array_equal(switched.vectors(texts[:5]), asked.vectors(texts[:5]))
+    switched.fit(texts, labels)
+    assert (switched.config.kl_head, switched.encoder.head.name, switched.has_labels) == ("labels", "labels", True)
+    assert switched.weight_search_[0]["loo_p@k"] is not None  # the labelled rule again
+
+
 def test_label_free_features_still_group_intents(unlabelled, intent_pool, intent_queries):
     """Labels hidden from the retriever, used here only to score: same-intent neighbours come first."""
     labels = intent_pool[1]
