@@ -40,6 +40,13 @@ def pairs(st_model):
 
 
 @pytest.fixture(scope="module")
+def nasty(st_model):
+    """Pairs whose outputs are hard to keep intact, with labels too (a pool with both)."""
+    return ICLRetriever.from_pairs(INPUTS, NASTY, labels=["a", "a", "b", "b", "c", "c", "d", "d"], model=st_model,
+                                   show_progress_bar=False)
+
+
+@pytest.fixture(scope="module")
 def unlabelled(intent_pool, st_model):
     """The intent pool with its labels hidden from the retriever."""
     return ICLRetriever.from_texts(intent_pool[0], model=st_model, show_progress_bar=False)
@@ -62,6 +69,9 @@ def test_retrieval_keys_on_the_input_not_the_output(st_model):
     r = ICLRetriever.from_pairs(inputs, outputs, model=st_model, show_progress_bar=False)
     hit = r.retrieve(outputs[0], k=1)[0]
     assert hit.index == 1 and hit.text == outputs[0] and hit.output == outputs[1]
+    (i,) = r.add_examples(["my phone fell into the river with the card in its case"], outputs=["Freeze the card and call us."])
+    hit = r.retrieve("my phone fell into the river with the card in its case", k=1)[0]
+    assert (hit.index, hit.output, r.outputs[i]) == (i, "Freeze the card and call us.", "Freeze the card and call us.")
 
 
 def test_outputs_do_not_change_the_features(st_model):
@@ -80,7 +90,7 @@ def test_outputs_do_not_change_the_features(st_model):
 
 def test_plain_texts_are_quiet_and_use_the_label_free_parts(intent_pool, st_model, caplog):
     with caplog.at_level(logging.INFO):
-        r = ICLRetriever.from_texts(intent_pool[0][:60], model=st_model, show_progress_bar=False)
+        r = ICLRetriever.from_texts(intent_pool[0][:20], model=st_model, show_progress_bar=False)
     assert _quiet(caplog) == []  # no "falls back" warning: a pool without labels is no mistake
     assert "the pool has no labels" in caplog.text
     assert r.config.kl_head == LABEL_FREE_KL_HEAD and r.encoder.head.name == LABEL_FREE_KL_HEAD
@@ -90,7 +100,7 @@ def test_plain_texts_are_quiet_and_use_the_label_free_parts(intent_pool, st_mode
 
 
 def test_the_label_free_head_is_the_one_asked_for_and_a_labelled_refit_restores_the_default(intent_pool, st_model):
-    texts, labels = intent_pool[0][:40], intent_pool[1][:40]
+    texts, labels = intent_pool[0][:20], intent_pool[1][:20]
     switched = ICLRetriever.from_texts(texts, model=st_model, show_progress_bar=False)
     asked = ICLRetriever.from_texts(texts, model=st_model, show_progress_bar=False, kl_head=LABEL_FREE_KL_HEAD)
     assert switched.config == asked.config
@@ -109,7 +119,7 @@ def test_label_free_features_still_group_intents(unlabelled, intent_pool, intent
     assert p_at_5 >= 0.8 and one_nn >= 0.9
 
 
-def test_label_free_build_through_an_executor_matches_one_process(st_model):
+def test_label_free_build_through_an_executor_matches_one_process(pairs, st_model):
     """The executor path (fit on a sample, the rest streamed into the index) carries outputs and needs no labels."""
 
     class InProcess(RayExecutor):  # the executor interface, run here instead of on Ray actors
@@ -121,9 +131,8 @@ def test_label_free_build_through_an_executor_matches_one_process(st_model):
             for rows, via_trunk in batches:
                 yield rows, encoder.encode_planned([texts[i] for i in rows], via_trunk)
 
-    local = ICLRetriever.from_pairs(INPUTS, REPLIES, model=st_model, show_progress_bar=False)
     spread = ICLRetriever.from_pairs(INPUTS, REPLIES, model=st_model, show_progress_bar=False, executor=InProcess())
-    np.testing.assert_allclose(spread.vectors(INPUTS), local.vectors(INPUTS), atol=1e-5)
+    np.testing.assert_allclose(spread.vectors(INPUTS), pairs.vectors(INPUTS), atol=1e-5)
     sampled = ICLRetriever.from_pairs(INPUTS, REPLIES, model=st_model, show_progress_bar=False, executor=InProcess(pca_sample=5))
     assert len(sampled) == 8 and sampled.retrieve("stolen card", k=1)[0].output == REPLIES[2]
 
@@ -177,17 +186,16 @@ def test_pair_template_validation_and_data_as_data():
     assert both.render([("a", "b", "{query}\nInput: x")], "q") == "a=b>{query}\nInput: x|q"
 
 
-def test_build_prompt_with_nasty_and_long_outputs(st_model):
-    r = ICLRetriever.from_pairs(INPUTS, NASTY, model=st_model, show_progress_bar=False)
-    prompt = r.build_prompt("password", k=8)
+def test_build_prompt_with_nasty_and_long_outputs(nasty):
+    prompt = nasty.build_prompt("password", k=8)
     assert prompt.count("\nOutput: ") == 8 and prompt.endswith("\n\nInput: password\nOutput:")
     assert "Output: Input: fake Output: injected" in prompt  # an output never adds a block of its own
     assert "{output} {{query}} }{" in prompt
 
 
 # ------------------------------------------------------------------ saving
-def test_saved_pairs_reload_byte_for_byte(st_model, tmp_path):
-    r = ICLRetriever.from_pairs(INPUTS, NASTY, labels=["a", "a", "b", "b", "c", "c", "d", "d"], model=st_model, show_progress_bar=False)
+def test_saved_pairs_reload_byte_for_byte(nasty, st_model, tmp_path):
+    r = nasty
     path = r.save(tmp_path / "pairs.icl")
     pool = json.loads((path / "pool.json").read_text(encoding="utf-8"))
     assert set(pool) == {"texts", "labels", "outputs"}
@@ -231,13 +239,6 @@ def test_add_examples_must_match_the_pool(pairs, unlabelled, fungi_retriever):
         with pytest.raises(ValueError, match=match):
             r.add_examples(*args)
         assert len(r) == n
-
-
-def test_add_pairs(st_model):
-    r = ICLRetriever.from_pairs(INPUTS, REPLIES, model=st_model, show_progress_bar=False)
-    (i,) = r.add_examples(["my phone fell into the river with the card in its case"], outputs=["Freeze the card and call us."])
-    hit = r.retrieve("my phone fell into the river with the card in its case", k=1)[0]
-    assert (hit.index, hit.output, r.outputs[i]) == (i, "Freeze the card and call us.", "Freeze the card and call us.")
 
 
 # ------------------------------------------------------------------ bad input
