@@ -2,6 +2,7 @@
 
 Example:
     $ icl-fungi build ../shared/data/banking77/train.csv --label-column category --out banking77.icl
+    $ icl-fungi build qa.jsonl --text-column question --output-column answer --no-labels --out qa.icl
     $ icl-fungi query banking77.icl "I still haven't received my card" -k 5 --prompt
     $ icl-fungi eval --data ../shared/data/banking77 --limit 100 --out eval/results/run
 """
@@ -41,11 +42,15 @@ def _limit(value: str) -> int | None:
 
 
 def _build_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
-    b = sub.add_parser("build", parents=[quiet], help="build a retriever from a labelled pool and save it")
+    b = sub.add_parser("build", parents=[quiet], help="build a retriever from a pool (labelled texts, pairs or plain texts) and save it")
     b.add_argument("data", help="CSV/TSV/JSONL/JSON file, or a hub dataset name")
     b.add_argument("--out", required=True, help="directory to save the retriever in (new, empty, or a saved retriever)")
-    b.add_argument("--text-column", default="text", help="column holding the example text (default: text)")
-    b.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    b.add_argument("--text-column", default="text", help="column holding the example text, a pair's input (default: text)")
+    labels = b.add_mutually_exclusive_group()
+    labels.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    labels.add_argument("--no-labels", action="store_true", help="the pool has no labels (e.g. input -> output pairs, plain texts)")
+    b.add_argument("--output-column", default=None,
+                   help="column holding each example's output (pairs: answer, reply, SQL...), shown in prompts (default: none)")
     b.add_argument("--split", default=None, help="split of a hub dataset (default: train)")
     b.add_argument("--model", default=DEFAULT_MODEL, help=f"sentence-transformers name or path (default: {DEFAULT_MODEL})")
     b.add_argument("--features", default=",".join(DEFAULT_FEATURES),
@@ -77,8 +82,9 @@ def _query_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     q.add_argument("-k", type=int, default=20, help="number of examples (default: 20)")
     q.add_argument("--selection", default=None,
                    help="selection strategy and options, e.g. 'label_cap;max_per_label=2' or 'mmr;mmr_lambda=0.3' (default: topk)")
-    q.add_argument("--template", default="classification-completion",
-                   help="prompt template name or JSON file (default: classification-completion)")
+    q.add_argument("--template", default=None,
+                   help="prompt template name or JSON file (default: pairs-completion for a pool with outputs, "
+                        "else classification-completion)")
     q.add_argument("--order", choices=ORDERS, default="similar_last",
                    help="example order in the prompt (default: similar_last, the most similar next to the query)")
     q.add_argument("--prompt", action="store_true", help="also print the rendered prompt")
@@ -166,13 +172,15 @@ def _build(args: argparse.Namespace) -> None:
         executor = RayExecutor(args.ray_address, workers=args.workers)
     feature_options = parse_options(args.feature_option, what="--feature-option")
     r = ICLRetriever.from_dataset(
-        args.data, text_column=args.text_column, label_column=args.label_column, split=args.split,
+        args.data, text_column=args.text_column, label_column=None if args.no_labels else args.label_column,
+        output_column=args.output_column, split=args.split,
         model=args.model, features=tuple(f.strip() for f in args.features.split(",") if f.strip()),
         batch_size=args.batch_size, device=args.device, seed=args.seed, index=index, executor=executor,
         fit_weights=None if args.fit_weights == "none" else args.fit_weights, **feature_options,
     )
     path = r.save(args.out)
-    print(f"saved a retriever over {len(r)} examples to {path}")
+    kind = " and ".join(what for what, has in (("labels", r.has_labels), ("outputs", r.has_outputs)) if has)
+    print(f"saved a retriever over {len(r)} examples {f'with {kind}' if kind else 'of plain text'} to {path}")
 
 
 def _query(args: argparse.Namespace) -> None:
@@ -186,11 +194,12 @@ def _query(args: argparse.Namespace) -> None:
     if args.prompt:
         prompt = r.build_prompt(args.query, k=args.k, template=args.template, order=args.order, selection=selection)
     if args.json:
-        print(json.dumps({"examples": [{"index": x.index, "score": x.score, "label": x.label, "text": x.text} for x in res],
+        print(json.dumps({"examples": [{"index": x.index, "score": x.score, "label": x.label, "text": x.text, "output": x.output}
+                                       for x in res],
                           "prompt": prompt}, ensure_ascii=False, indent=2))
         return
-    for x in res:
-        print(f"{x.score:.3f}\t{x.label}\t{x.text}")
+    for x in res:  # score, label (when the pool has labels), text, output (when it has outputs)
+        print("\t".join([f"{x.score:.3f}", *([str(x.label)] if r.has_labels else []), x.text, *([x.output] if r.has_outputs else [])]))
     if prompt is not None:
         print("\n--- prompt ---")
         print(prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, indent=2))

@@ -18,7 +18,7 @@ import numpy as np
 
 from .parts import SavedPart
 
-__all__ = ["AUTO_KL_ANCHORS", "DEFAULT_BLOCK_WEIGHTS", "DEFAULT_FIT_WEIGHTS", "FIT_WEIGHTS", "BlockCombiner"]
+__all__ = ["AUTO_KL_ANCHORS", "DEFAULT_BLOCK_WEIGHTS", "DEFAULT_FIT_WEIGHTS", "FIT_WEIGHTS", "LABEL_FREE_KL_WEIGHT", "BlockCombiner"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ DEFAULT_FIT_WEIGHTS = "auto"
 # less label pull it needs: on banking-77 dev pools (eval/results/ablate_quality/dev-weights.md) the best KL weight
 # was 1 where the embedding's P@k was about 0.50 (5 and 20 examples per label) and 0.3 at 0.79 (the full pool).
 AUTO_KL_ANCHORS = ((0.60, 1.0), (0.78, 0.3))
+# fit_weights="auto" on a pool without labels (no leave-one-out P@k to read): a fixed KL weight. A placeholder rule
+# (the labelled default's weight) until the label-free features are tuned by measurement with the labels hidden
+LABEL_FREE_KL_WEIGHT = 0.3
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -92,14 +95,27 @@ class BlockCombiner(SavedPart):
             parts.append(weights[f] * b)
         return np.concatenate(parts, axis=1)
 
-    def choose_weights(self, how: str, blocks: dict[str, np.ndarray], labels: Sequence, *, seed: int = 0) -> list[dict[str, Any]]:
-        """Set the weights from the labelled pool itself: ``"loo"`` (:meth:`search_weights`) or ``"auto"``
-        (:meth:`auto_weights`); returns the trials made."""
+    def choose_weights(self, how: str, blocks: dict[str, np.ndarray], labels: Sequence | None, *,
+                       seed: int = 0) -> list[dict[str, Any]]:
+        """Set the weights from the pool itself: ``"loo"`` (:meth:`search_weights`, needs labels) or ``"auto"``
+        (:meth:`auto_weights`; ``labels=None``: :meth:`label_free_weights`); returns the trials made."""
+        if labels is None and how in FIT_WEIGHTS:
+            if how == "loo":
+                raise ValueError("fit_weights='loo' searches the weights by the pool's labels, and the pool has none: "
+                                 "use fit_weights='auto' or None")
+            return [self.label_free_weights()]
         if how == "loo":
             return self.search_weights(blocks, labels, seed=seed)
         if how == "auto":
             return [self.auto_weights(blocks, labels, seed=seed)]
         raise ValueError(f"fit_weights must be one of {FIT_WEIGHTS}, got {how!r}")
+
+    def label_free_weights(self) -> dict[str, Any]:
+        """``fit_weights="auto"`` on a pool without labels: the KL weight is :data:`LABEL_FREE_KL_WEIGHT` (unless
+        the caller gave it); returns ``{"weights", "loo_p@k": None, "k": None, "rule": "label-free"}``."""
+        if "kl" in self.features and "kl" not in self.fixed:
+            self.weights["kl"] = LABEL_FREE_KL_WEIGHT
+        return {"weights": dict(self.weights), "loo_p@k": None, "k": None, "rule": "label-free"}
 
     def auto_weights(self, blocks: dict[str, np.ndarray], labels: Sequence, *, k: int = 20, n_queries: int = 2000,
                      seed: int = 0) -> dict[str, Any]:

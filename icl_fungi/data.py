@@ -1,9 +1,12 @@
-"""Loading a labelled example pool from files, datasets, data frames or records.
+"""Loading an example pool (texts, and per text an optional label and an optional output) from files,
+datasets, data frames or records.
 
 Example:
     >>> texts, labels = load_pool([{"text": "hi", "label": "greet"}], text_column="text", label_column="label")
     >>> texts, labels
     (['hi'], ['greet'])
+    >>> load_examples([{"q": "2+2?", "a": "4"}], text_column="q", label_column=None, output_column="a")
+    (['2+2?'], None, ['4'])
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_labels", "check_texts", "load_pool", "read_records"]
+__all__ = ["check_labels", "check_outputs", "check_texts", "load_examples", "load_pool", "read_records"]
 
 Label = str | int
 
@@ -47,6 +50,8 @@ def check_labels(labels: object, n: int) -> list[Label]:
             lab = lab.item()
         if isinstance(lab, float) and math.isnan(lab):
             raise ValueError(f"label #{i} is missing (NaN)")
+        if lab is None:
+            raise TypeError(f"label #{i} is missing (None); for a pool without labels pass labels=None")
         if isinstance(lab, bool) or not isinstance(lab, str | int):
             raise TypeError(f"label #{i} must be a str or int, got {type(lab).__name__}: {lab!r:.60}")
         if isinstance(lab, str) and not lab.strip():
@@ -55,17 +60,48 @@ def check_labels(labels: object, n: int) -> list[Label]:
     return clean
 
 
-def _columns_from_records(records: Sequence[Mapping[str, Any]], text_column: str, label_column: str) -> tuple[list, list]:
-    texts, labels = [], []
+def check_outputs(outputs: object, n: int) -> list[str]:
+    """Validate outputs (what each example's input maps to: an answer, a reply, a query): one non-empty ``str``
+    per text, kept exactly as given (no stripping), long or repeated ones included."""
+    if isinstance(outputs, str | bytes) or not isinstance(outputs, Iterable):
+        raise TypeError(f"expected a list of output strings, got {type(outputs).__name__}")
+    out = list(outputs)
+    if len(out) != n:
+        raise ValueError(f"got {n} inputs but {len(out)} outputs: give one output per input")
+    for i, o in enumerate(out):
+        if o is None or (isinstance(o, float) and math.isnan(o)):
+            raise ValueError(f"output #{i} is missing ({o!r})")
+        if not isinstance(o, str):
+            raise TypeError(f"output #{i} must be a str, got {type(o).__name__}: {o!r:.60}")
+        if not o.strip():
+            raise ValueError(f"output #{i} is empty or only whitespace")
+        if not o.isascii():
+            try:
+                o.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"output #{i} is not valid Unicode text (a lone surrogate): it could not be saved") from None
+    return out
+
+
+_NO_LABELS_HINT = "for a pool without labels pass label_column=None (icl-fungi build: --no-labels)"
+
+
+def _missing(col: str, roles: dict[str, str], columns: list[str], where: str = "") -> ValueError:
+    hint = f"; {_NO_LABELS_HINT}" if roles.get(col) == "label" else ""
+    return ValueError(f"{where}no column {col!r} (columns: {columns}){hint}")
+
+
+def _columns_from_records(records: Sequence[Mapping[str, Any]], roles: dict[str, str]) -> dict[str, list]:
+    """The values of the columns ``roles`` names (column -> "text" / "label" / "output"), one list per column."""
+    values: dict[str, list] = {col: [] for col in roles}
     for i, rec in enumerate(records):
         if not isinstance(rec, Mapping):
             raise TypeError(f"record #{i} must be a dict, got {type(rec).__name__}")
-        for col in (text_column, label_column):
+        for col in roles:
             if col not in rec:
-                raise ValueError(f"record #{i} has no column {col!r} (columns: {sorted(rec)})")
-        texts.append(rec[text_column])
-        labels.append(rec[label_column])
-    return texts, labels
+                raise _missing(col, roles, sorted(rec), f"record #{i} has ")
+            values[col].append(rec[col])
+    return values
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -101,59 +137,79 @@ def _map_int_labels(dataset: Any, label_column: str, labels: list) -> list:
     return labels
 
 
-def load_pool(
-    data: Any,
-    *,
-    text_column: str = "text",
-    label_column: str = "label",
-    split: str | None = None,
-) -> tuple[list[str], list[Label]]:
-    """Read ``(texts, labels)`` from any supported source.
-
-    ``data`` may be a CSV/TSV/JSONL/JSON path, a ``datasets.Dataset``, a
-    ``datasets.DatasetDict`` with ``split``, a pandas ``DataFrame``, a list of
-    dicts, or a Hugging Face hub dataset name (needs the hub; ``split`` defaults
-    to ``"train"``). Texts and labels are validated; an empty pool is an error.
-    """
-    texts: list
-    labels: list
+def _read_columns(data: Any, roles: dict[str, str], split: str | None) -> dict[str, list]:
+    """The values of the columns ``roles`` names, from any supported source (see :func:`load_examples`)."""
     if isinstance(data, str | os.PathLike):
         path = Path(data)
         if path.is_file():
-            texts, labels = _columns_from_records(read_records(path), text_column, label_column)
-        elif path.exists():
+            return _columns_from_records(read_records(path), roles)
+        if path.exists():
             raise ValueError(f"{path} is a directory; pass a file (e.g. {path / 'train.csv'})")
-        elif isinstance(data, str) and not data.endswith((".csv", ".tsv", ".jsonl", ".json", ".ndjson")):
+        if isinstance(data, str) and not data.endswith((".csv", ".tsv", ".jsonl", ".json", ".ndjson")):
             import datasets
 
             try:
                 ds = datasets.load_dataset(data, split=split or "train")
             except Exception as err:
                 raise ValueError(f"{data!r} is neither a local file nor a loadable hub dataset: {err}") from err
-            return load_pool(ds, text_column=text_column, label_column=label_column)
-        else:
-            raise ValueError(f"file not found: {path}")
-    elif type(data).__name__ == "DatasetDict":
+            return _read_columns(ds, roles, None)
+        raise ValueError(f"file not found: {path}")
+    if type(data).__name__ == "DatasetDict":
         if split is None:
             raise ValueError(f"a DatasetDict needs split= (one of {sorted(data)})")
         if split not in data:
             raise ValueError(f"split {split!r} not in the DatasetDict (splits: {sorted(data)})")
-        return load_pool(data[split], text_column=text_column, label_column=label_column)
-    elif type(data).__name__ in ("Dataset", "DataFrame"):
+        return _read_columns(data[split], roles, None)
+    if type(data).__name__ in ("Dataset", "DataFrame"):
         columns = list(data.column_names) if hasattr(data, "column_names") else list(data.columns)
-        for col in (text_column, label_column):
+        for col in roles:
             if col not in columns:
-                raise ValueError(f"no column {col!r} (columns: {columns})")
-        texts, labels = list(data[text_column]), list(data[label_column])
+                raise _missing(col, roles, columns)
+        values = {col: list(data[col]) for col in roles}
         if type(data).__name__ == "Dataset":
-            labels = _map_int_labels(data, label_column, labels)
-    elif isinstance(data, Sequence) and not isinstance(data, str | bytes):
-        texts, labels = _columns_from_records(data, text_column, label_column)
-    else:
-        raise TypeError(
-            "data must be a file path, datasets.Dataset/DatasetDict, pandas.DataFrame, "
-            f"list of dicts or hub dataset name, got {type(data).__name__}"
-        )
-    if not texts:
+            values.update({col: _map_int_labels(data, col, values[col]) for col, role in roles.items() if role == "label"})
+        return values
+    if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        return _columns_from_records(data, roles)
+    raise TypeError("data must be a file path, datasets.Dataset/DatasetDict, pandas.DataFrame, "
+                    f"list of dicts or hub dataset name, got {type(data).__name__}")
+
+
+def _check_column(name: str, value: object, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a column name (a non-empty str){' or None' if optional else ''}, got {value!r}")
+
+
+def load_examples(data: Any, *, text_column: str = "text", label_column: str | None = "label", output_column: str | None = None,
+                  split: str | None = None) -> tuple[list[str], list[Label] | None, list[str] | None]:
+    """Read ``(texts, labels, outputs)`` from any supported source; ``labels`` is ``None`` when ``label_column``
+    is ``None`` (a pool without labels), ``outputs`` is ``None`` unless ``output_column`` names a column.
+
+    ``data`` may be a CSV/TSV/JSONL/JSON path, a ``datasets.Dataset``, a ``datasets.DatasetDict`` with
+    ``split``, a pandas ``DataFrame``, a list of dicts, or a Hugging Face hub dataset name (needs the hub;
+    ``split`` defaults to ``"train"``). Every value is validated; an empty pool is an error.
+    """
+    _check_column("text_column", text_column, optional=False)
+    _check_column("label_column", label_column, optional=True)
+    _check_column("output_column", output_column, optional=True)
+    roles = {text_column: "text"}
+    for col, role in ((label_column, "label"), (output_column, "output")):
+        if col is not None:
+            roles.setdefault(col, role)
+    values = _read_columns(data, roles, split)
+    if not values[text_column]:
         raise ValueError("the example pool is empty")
-    return check_texts(texts), check_labels(labels, len(texts))
+    texts = check_texts(values[text_column])
+    labels = None if label_column is None else check_labels(values[label_column], len(texts))
+    outputs = None if output_column is None else check_outputs(values[output_column], len(texts))
+    return texts, labels, outputs
+
+
+def load_pool(data: Any, *, text_column: str = "text", label_column: str | None = "label",
+              split: str | None = None) -> tuple[list[str], list[Label] | None]:
+    """Read ``(texts, labels)`` from any supported source (see :func:`load_examples`; ``label_column=None``
+    gives ``labels=None``)."""
+    texts, labels, _ = load_examples(data, text_column=text_column, label_column=label_column, split=split)
+    return texts, labels

@@ -8,9 +8,9 @@ sets them; nothing is bootstrapped). ``program.save("prog.json")`` writes the DS
 beside it (``prog.icl/``); ``FungiFewShot(student).load("prog.json")`` restores both, with no pickle.
 
 Retrieval is keyed on the input fields' text: the value itself for one input field, ``"key: value | ..."``
-(as ``dspy.KNN`` writes it) for several. The KL block needs labels: an output field whose values repeat
-(classification: on average at least twice per value) is used; otherwise (question → answer pairs) the
-retriever uses the plain embedding, ``features=("embedding",)``. ``label_field=`` chooses explicitly.
+(as ``dspy.KNN`` writes it) for several. An output field whose values repeat (classification: on average at
+least twice per value) labels the pool for the KL head; otherwise (question → answer pairs) the pool has no
+labels and the retriever uses the label-free KL head. ``label_field=`` chooses explicitly.
 
 Needs the ``dspy`` extra (``pip install "icl-fungi[dspy]"``).
 
@@ -102,10 +102,10 @@ def _repeating_field(trainset: Sequence[Any], input_keys: Sequence[str]) -> str 
     return field if 2 * len(set(values)) <= len(values) else None
 
 
-def _labels(trainset: Sequence[Any], label_field: str | None) -> list[Any]:
-    """One label per example: the ``label_field`` value, or the example's position when there is none."""
+def _labels(trainset: Sequence[Any], label_field: str | None) -> list[Any] | None:
+    """One label per example (the ``label_field`` value), or ``None``: a pool without labels."""
     if label_field is None:
-        return list(range(len(trainset)))
+        return None
     missing = [i for i, ex in enumerate(trainset) if label_field not in ex]
     if missing:
         raise ValueError(f"trainset #{missing[0]} lacks the label field {label_field!r}")
@@ -248,8 +248,6 @@ class FungiFewShot(dspy.Module):
         texts = [query_text(ex, self.input_keys) for ex in examples]
         labels = _labels(examples, self.label_field)
         with self._add_lock:
-            if self.label_field is None:
-                labels = [len(self.trainset) + i for i in range(len(examples))]
             self.trainset.extend(examples)  # before the retriever can return their positions
             return retriever.add_examples(texts, labels)
 
@@ -372,12 +370,9 @@ class FungiKNNFewShot(Teleprompter):
         keys = input_keys_of(trainset)
         field = _repeating_field(trainset, keys) if self.label_field == AUTO else self.label_field
         options = dict(self.retriever_options)
-        needs_labels = self._needs_labels(options)
-        if field is None and needs_labels:
-            if "features" in self.retriever_options:
-                raise ValueError("the KL block with a label head needs labels: set label_field= to an output field, "
-                                 "or use features=('embedding',) or a label-free kl_head")
-            options["features"] = ("embedding",)  # no repeating output to label the pool: the plain embedding
+        if field is None and "kl_head" in options and self._needs_labels(options):
+            raise ValueError(f"kl_head={options['kl_head']!r} needs labels: set label_field= to an output field, or leave "
+                             "kl_head unset (a pool without labels uses the label-free KL head)")
         options["seed"] = self.seed
         retriever = ICLRetriever.from_texts([query_text(ex, keys) for ex in trainset], _labels(trainset, field), **options)
         return FungiFewShot(student.reset_copy(), retriever=retriever, trainset=trainset, k=self.k, order=self.order,

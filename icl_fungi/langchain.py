@@ -38,7 +38,8 @@ def _check(retriever: Any, selection: Any) -> None:
 
 
 class ICLFungiRetriever(BaseRetriever):
-    """A LangChain retriever returning ``Document(page_content=text, metadata={label, score, index})``.
+    """A LangChain retriever returning ``Document(page_content=text, metadata={label, score, index})``; in a pool
+    with outputs (pairs) the metadata also holds ``output``, and in a pool without labels ``label`` is ``None``.
 
     Example:
         >>> ICLFungiRetriever(retriever=r, k=4).invoke("where is my card?")  # doctest: +SKIP
@@ -55,7 +56,9 @@ class ICLFungiRetriever(BaseRetriever):
 
     @staticmethod
     def _to_documents(examples: list[RetrievedExample]) -> list[Document]:
-        return [Document(page_content=x.text, metadata={"label": x.label, "score": x.score, "index": x.index}) for x in examples]
+        return [Document(page_content=x.text, metadata={"label": x.label, "score": x.score, "index": x.index,
+                                                        **({"output": x.output} if x.output is not None else {})})
+                for x in examples]
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         return self._to_documents(self.retriever.retrieve(query, self.k, selection=self.selection))
@@ -70,7 +73,8 @@ class ICLFungiRetriever(BaseRetriever):
 class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
     """A LangChain example selector for ``FewShotPromptTemplate`` / ``FewShotChatMessagePromptTemplate``.
 
-    Selected examples are dicts ``{text_key: text, label_key: label}`` in ``order`` (as in
+    Selected examples are dicts ``{text_key: text, label_key: label}`` (in a pool of pairs
+    ``{text_key: input, output_key: output}``, with ``label_key`` too when the pool also has labels) in ``order`` (as in
     ``ICLRetriever.build_prompt``: ``"similar_last"``, the default, puts the most similar next to
     the query; ``"similar_first"``; ``"random"`` seeded by ``seed``). The query is
     ``input_variables[input_key]``, or the only input variable when ``input_key`` is ``None``.
@@ -86,6 +90,7 @@ class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
     input_key: str | None = None
     text_key: str = "text"
     label_key: str = "label"
+    output_key: str = "output"
     selection: Any = None
     order: str = "similar_last"
     seed: int = 0
@@ -107,7 +112,7 @@ class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
         return next(iter(input_variables.values()))
 
     def _as_dicts(self, examples: list[RetrievedExample]) -> list[dict]:
-        return [{self.text_key: x.text, self.label_key: x.label} for x in order_examples(examples, self.order, self.seed)]
+        return [self._as_dict(x) for x in order_examples(examples, self.order, self.seed)]
 
     def select_examples(self, input_variables: dict[str, str]) -> list[dict]:
         """Examples for the query in ``input_variables``."""
@@ -117,14 +122,29 @@ class ICLFungiExampleSelector(BaseExampleSelector, BaseModel):
         """:meth:`select_examples` with the retrieval in a worker thread (``FewShotPromptTemplate.aformat``)."""
         return self._as_dicts(await self.retriever.aretrieve(self._query(input_variables), self.k, selection=self.selection))
 
-    def _split(self, example: dict[str, str]) -> tuple[list[str], list[Any]]:
-        for key in (self.text_key, self.label_key):
+    def _as_dict(self, x: Any) -> dict:
+        """One example as the dict a LangChain prompt formats: its text, and its label and output when the pool has them."""
+        out = {self.text_key: x.text}
+        if x.label is not None:
+            out[self.label_key] = x.label
+        if x.output is not None:
+            out[self.output_key] = x.output
+        return out
+
+    def _split(self, example: dict[str, str]) -> tuple[list[str], list[Any] | None, list[str] | None]:
+        """``(texts, labels, outputs)`` of one example dict, checked against what the pool holds."""
+        r = self.retriever
+        keys = [self.text_key] + [self.label_key] * r.has_labels + [self.output_key] * r.has_outputs
+        for key in keys:
             if key not in example:
                 raise ValueError(f"example lacks {key!r} (got {sorted(example)})")
-        return [example[self.text_key]], [example[self.label_key]]
+        labels = [example[self.label_key]] if self.label_key in example else None  # refused by a pool without labels
+        outputs = [example[self.output_key]] if self.output_key in example else None
+        return [example[self.text_key]], labels, outputs
 
     def add_example(self, example: dict[str, str]) -> Any:
-        """Add one example (a dict with ``text_key`` and ``label_key``) to the pool; returns its pool position."""
+        """Add one example (a dict with ``text_key``, and ``label_key`` / ``output_key`` when the pool has labels /
+        outputs) to the pool; returns its pool position."""
         return self.retriever.add_examples(*self._split(example))[0]
 
     async def aadd_example(self, example: dict[str, str]) -> Any:

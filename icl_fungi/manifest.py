@@ -13,11 +13,12 @@ Example:
     ...                    {"n_examples": 2})
     >>> manifest = open_directory(d)
     >>> sorted(manifest["files"]), read_pool(d, manifest["n_examples"])
-    (['pool.json'], (['hi', 'bye'], ['a', 'b']))
+    (['pool.json'], (['hi', 'bye'], ['a', 'b'], None))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -33,8 +34,8 @@ import numpy as np
 
 from .parts import PLAIN_NAME
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "file_sha256", "library_versions", "manifest_checksum", "manifest_model",
-           "open_directory", "read_pool", "save_directory", "write_pool"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "SavedRetriever", "file_sha256", "library_versions", "manifest_checksum",
+           "manifest_model", "open_directory", "read_pool", "read_retriever", "save_directory", "write_pool", "write_retriever"]
 
 FORMAT = "icl-fungi-retriever"
 FORMAT_VERSION = 2
@@ -166,27 +167,37 @@ def open_directory(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def write_pool(root: Path, texts: list[str], labels: list) -> None:
-    """The pool's texts and labels as ``pool.json``."""
-    (root / "pool.json").write_text(json.dumps({"texts": texts, "labels": labels}, ensure_ascii=False), encoding="utf-8")
+def write_pool(root: Path, texts: list[str], labels: list | None, outputs: list[str] | None = None) -> None:
+    """The pool as ``pool.json``: its texts, labels (``null`` in a pool without labels) and, in a pool with
+    outputs, its outputs."""
+    pool: dict[str, Any] = {"texts": texts, "labels": labels}
+    if outputs is not None:
+        pool["outputs"] = outputs
+    (root / "pool.json").write_text(json.dumps(pool, ensure_ascii=False), encoding="utf-8")
 
 
-def read_pool(root: Path, n: int) -> tuple[list[str], list]:
-    """``pool.json`` checked: ``n`` non-empty string texts and ``n`` str/int labels."""
-    from .data import check_labels, check_texts
+def read_pool(root: Path, n: int) -> tuple[list[str], list | None, list[str] | None]:
+    """``pool.json`` checked: ``(texts, labels, outputs)``, ``n`` non-empty string texts, ``n`` str/int labels or
+    ``None`` (no labels), ``n`` non-empty string outputs or ``None`` (no outputs; also a pool saved before
+    outputs existed)."""
+    from .data import check_labels, check_outputs, check_texts
 
     try:
         pool = json.loads((root / "pool.json").read_text(encoding="utf-8"))
-        texts, labels = pool["texts"], pool["labels"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        texts, labels, outputs = pool["texts"], pool["labels"], pool.get("outputs")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"{root}: pool.json is unreadable: {err!r}") from None
     try:
-        texts, labels = check_texts(texts), check_labels(labels, len(texts) if isinstance(texts, list) else -1)
+        if not all(isinstance(v, list) for v in (texts, labels if labels is not None else [], outputs if outputs is not None else [])):
+            raise TypeError("texts, labels and outputs must be JSON lists (labels and outputs may be null)")
+        texts = check_texts(texts)
+        labels = None if labels is None else check_labels(labels, len(texts))
+        outputs = None if outputs is None else check_outputs(outputs, len(texts))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{root}: pool.json is invalid: {err}") from None
     if len(texts) != n:
         raise ValueError(f"{root}: pool.json holds {len(texts)} examples, the manifest says {n}")
-    return texts, labels
+    return texts, labels, outputs
 
 
 def library_versions() -> dict[str, str]:
@@ -221,3 +232,60 @@ def manifest_model(name: object, root: Path) -> str:
         raise ValueError(f"{root}: the manifest names the local model path {name!r}; a saved retriever never chooses "
                          f"local files to load. If you trust that model, pass ICLRetriever.load(path, model={name!r})")
     return name
+
+
+# ---------------------------------------------------------------- a retriever's parts
+@dataclasses.dataclass(frozen=True)
+class SavedRetriever:
+    """The parts of a saved retriever, each read and checked (what ``ICLRetriever.load`` assembles)."""
+
+    encoder: Any
+    combiner: Any
+    pca: Any
+    index: Any
+    pool: Any  # an icl_fungi.pool.ExamplePool
+    fit_weights: str | None
+    n_truncated: int
+
+
+def write_retriever(path: Path, parts: dict[str, Any], texts: list[str], labels: list | None, outputs: list[str] | None,
+                    info: dict[str, Any]) -> Path:
+    """Save a retriever into the directory ``path``: each of ``parts`` (name -> an object with ``save(folder)``) in
+    its own folder, the pool as ``pool.json``, and the manifest (``info`` plus versions and the pool's size)."""
+
+    def write(tmp: Path) -> None:
+        for name, part in parts.items():
+            part.save(tmp / name)
+        write_pool(tmp, texts, labels, outputs)
+
+    return save_directory(path, write, {"versions": library_versions(), "n_examples": len(texts), **info})
+
+
+def read_retriever(path: Path, *, model: Any, **encoder_options: Any) -> SavedRetriever:
+    """Read a retriever saved by :func:`write_retriever` from its verified directory: encoder (on ``model``, or the
+    one the manifest names, see :func:`manifest_model`), combiner, PCA, index and pool, each checked against the others."""
+    from .combine import FIT_WEIGHTS, BlockCombiner
+    from .features import FungiEncoder
+    from .index import load_index
+    from .pca import PCA
+    from .pool import ExamplePool
+
+    manifest = open_directory(path)  # every file checked before anything is read
+    n = manifest.get("n_examples")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{path}: the manifest's n_examples must be a positive int, got {n!r}")
+    fit_weights = manifest.get("fit_weights")
+    if fit_weights not in FIT_WEIGHTS:
+        raise ValueError(f"{path}: the manifest's fit_weights must be one of {FIT_WEIGHTS}, got {fit_weights!r}")
+    source = model if model is not None else manifest_model(manifest.get("model"), path)
+    encoder = FungiEncoder.load(path / "encoder", model=source, **encoder_options)
+    dims = {f: encoder.block_dim(f) for f in encoder.config.features}
+    combiner = BlockCombiner.load(path / "combiner", features=encoder.config.features, dims=dims)
+    pca = PCA.load(path / "pca", n_features=sum(dims.values()))
+    index = load_index(path / "index", dim=pca.n_components_)
+    texts, labels, outputs = read_pool(path, n)
+    if len(index) != n:
+        raise ValueError(f"{path}: the index holds {len(index)} vectors, the pool {n} examples")
+    truncated = manifest.get("n_truncated", 0)
+    truncated = truncated if isinstance(truncated, int) and not isinstance(truncated, bool) and 0 <= truncated <= n else 0
+    return SavedRetriever(encoder, combiner, pca, index, ExamplePool(texts, labels, outputs), fit_weights, truncated)

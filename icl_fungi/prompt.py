@@ -25,7 +25,8 @@ import numpy as np
 
 from .template import Prompt, PromptTemplate
 
-__all__ = ["ORDERS", "compose_prompt", "get_template", "make_token_counter", "order_examples", "render_prompt", "sorted_labels"]
+__all__ = ["ORDERS", "compose_prompt", "default_template", "get_template", "make_token_counter", "order_examples", "render_prompt",
+           "sorted_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ ORDERS = ("similar_last", "similar_first", "random")
 
 
 class Example(Protocol):
-    """What a prompt needs of a retrieved example (``RetrievedExample`` has it)."""
+    """What a prompt needs of a retrieved example (``RetrievedExample`` has it); an ``output`` attribute, when
+    present, is the example's output (pairs)."""
 
     text: str
     label: Any
@@ -104,7 +106,7 @@ def count_prompt_tokens(prompt: Prompt, counter: Callable[[str], int]) -> int:
 
 def render_prompt(
     template: PromptTemplate,
-    examples: Sequence[tuple[str, object]],
+    examples: Sequence[tuple[object, ...]],
     query: str,
     *,
     labels: Sequence[object] = (),
@@ -112,7 +114,8 @@ def render_prompt(
     counter: Callable[[str], int] | None = None,
     drop_order: Sequence[int] | None = None,
 ) -> tuple[Prompt, int]:
-    """Render, dropping examples until the prompt fits ``max_tokens``.
+    """Render ``(text, label)`` or ``(text, label, output)`` examples, dropping examples until the prompt fits
+    ``max_tokens``.
 
     ``drop_order`` lists example positions from least to most similar (dropped in that
     order; default: the given order). Returns ``(prompt, number of examples kept)``.
@@ -158,6 +161,12 @@ def get_template(template: str | Path | PromptTemplate) -> PromptTemplate:
     raise TypeError(f"template must be a name, a path or a PromptTemplate, got {type(template).__name__}")
 
 
+def default_template(*, has_outputs: bool) -> str:
+    """The shipped template a pool gets when none is named: ``"pairs-completion"`` for a pool with outputs (pairs),
+    else ``"classification-completion"``."""
+    return "pairs-completion" if has_outputs else "classification-completion"
+
+
 def sorted_labels(labels: Sequence[object]) -> list[object]:
     """Distinct labels in the order prompts list them: case-insensitive, then exact."""
     return sorted(set(labels), key=lambda lab: (str(lab).casefold(), str(lab)))
@@ -192,10 +201,13 @@ def compose_prompt(
     This is the one place prompts are made: ``ICLRetriever.build_prompt`` and the evaluation both call it.
     """
     tpl = get_template(template)
+    if tpl.uses_labels and not labels:
+        raise ValueError(f"prompt template {tpl.name!r} shows the label list, and no labels were given (a pool without labels?)")
     ordered = order_examples(examples, order, seed)
     drop_order = sorted(range(len(ordered)), key=lambda i: (ordered[i].score, -ordered[i].index))
     counter = make_token_counter(tokenizer) if max_tokens is not None else None
-    prompt, _ = render_prompt(tpl, [(x.text, x.label) for x in ordered], query,
+    rows = [(x.text, x.label, getattr(x, "output", None)) for x in ordered]
+    prompt, _ = render_prompt(tpl, rows, query,
                               labels=sorted_labels(labels) if tpl.uses_labels else (),
                               max_tokens=max_tokens, counter=counter, drop_order=drop_order)
     return prompt

@@ -2,7 +2,8 @@
 
 A retriever composes a :class:`~icl_fungi.features.FungiEncoder` (feature blocks), a
 :class:`~icl_fungi.combine.BlockCombiner` (centre, weight, concatenate), a PCA and a
-:class:`~icl_fungi.index.VectorIndex`; each part saves and loads its own state.
+:class:`~icl_fungi.index.VectorIndex`; each part saves and loads its own state. The pool
+(:class:`~icl_fungi.pool.ExamplePool`) holds texts with labels, outputs (pairs), both or neither.
 
 Example:
     >>> from icl_fungi import ICLRetriever
@@ -15,12 +16,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import threading
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,28 +27,20 @@ from typing import Any
 import numpy as np
 
 from .combine import DEFAULT_FIT_WEIGHTS, FIT_WEIGHTS, BlockCombiner
-from .data import Label, check_labels, check_texts, load_pool
+from .data import Label, check_texts, load_examples
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder
-from .index import Index, VectorIndex, index_class, load_index, registered_indexes
-from .manifest import check_save_target
+from .features.config import LABEL_FREE_KL_HEAD
+from .index import Index, VectorIndex, index_class, registered_indexes
+from .manifest import check_save_target, read_retriever, write_retriever
 from .pca import PCA
-from .prompt import compose_prompt, sorted_labels
+from .pool import ExamplePool, RetrievedExample
+from .prompt import compose_prompt, default_template, get_template, sorted_labels
 from .selection import Selection, select_from_index
 from .template import Prompt, PromptTemplate
 
 __all__ = ["ICLRetriever", "RetrievedExample"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class RetrievedExample:
-    """One retrieved pool example: ``index`` is its position in the pool."""
-
-    text: str
-    label: Label
-    score: float
-    index: int
 
 
 def _check_k(k: object) -> int:
@@ -61,12 +52,13 @@ def _check_k(k: object) -> int:
 
 
 class ICLRetriever:
-    """A labelled example pool, its FUNGI feature vectors and a cosine index.
+    """An example pool, its FUNGI feature vectors and a cosine index.
 
-    Build one with :meth:`from_texts` or :meth:`from_dataset` (or construct it with an encoder and
-    call :meth:`fit`), query it with :meth:`retrieve` / :meth:`build_prompt`, persist it with
-    :meth:`save` / :meth:`load`. ``features=("embedding",)`` gives a plain-embedding retriever
-    through the same code path (PCA included), for fair comparisons.
+    Build one with :meth:`from_texts`, :meth:`from_pairs` or :meth:`from_dataset` (or construct it with an
+    encoder and call :meth:`fit`), query it with :meth:`retrieve` / :meth:`build_prompt`, persist it with
+    :meth:`save` / :meth:`load`. Retrieval keys on the texts (a pair's input); labels, when the pool has them,
+    drive the KL head, the weights and label selections; outputs travel with their texts into prompts.
+    ``features=("embedding",)`` gives a plain-embedding retriever through the same code path (PCA included).
 
     Args:
         encoder: the :class:`~icl_fungi.features.FungiEncoder` producing feature blocks.
@@ -98,8 +90,7 @@ class ICLRetriever:
         self.combiner = BlockCombiner(encoder.config.features, weights=block_weights, center=encoder.config.center_blocks)
         self.pca = PCA(pca_components or encoder.dim, whiten=whiten)
         self.index = index if index is not None else VectorIndex(random_state=encoder.config.seed)
-        self._texts: list[str] = []
-        self._labels: list[Label] = []
+        self._pool = ExamplePool()  # replaced whole, never changed in place: readers see one consistent pool
         self._write_lock = threading.Lock()
         self._label_cache: tuple[list | None, list] = (None, [])
         self.n_truncated_ = 0
@@ -107,60 +98,93 @@ class ICLRetriever:
 
     # ------------------------------------------------------------ building
     @classmethod
-    def from_texts(cls, texts: Sequence[str], labels: Sequence[Label], *, model: Any = DEFAULT_MODEL,
-                   features: Sequence[str] = DEFAULT_FEATURES, pca_components: int | None = None, whiten: bool = False,
-                   block_weights: dict[str, float] | None = None, fit_weights: str | None = DEFAULT_FIT_WEIGHTS,
-                   index: Index | None = None, executor: Any = None, batch_size: int = 32, device: str | None = None,
-                   show_progress_bar: bool | None = None, seed: int = 0, **feature_options: Any) -> ICLRetriever:
-        """Build a retriever over ``texts`` and their ``labels``.
+    def from_texts(cls, texts: Sequence[str], labels: Sequence[Label] | None = None, *, outputs: Sequence[str] | None = None,
+                   model: Any = DEFAULT_MODEL, features: Sequence[str] = DEFAULT_FEATURES, pca_components: int | None = None,
+                   whiten: bool = False, block_weights: dict[str, float] | None = None,
+                   fit_weights: str | None = DEFAULT_FIT_WEIGHTS, index: Index | None = None, executor: Any = None,
+                   batch_size: int = 32, device: str | None = None, show_progress_bar: bool | None = None, seed: int = 0,
+                   **feature_options: Any) -> ICLRetriever:
+        """Build a retriever over ``texts``, with their ``labels`` (``None``: a pool without labels) and ``outputs``
+        (what each text maps to, shown in prompts; ``None``: no outputs).
 
         ``feature_options`` are :class:`~icl_fungi.features.FeatureConfig` fields (e.g. ``kl_head``);
         ``executor="ray"`` (or a :class:`~icl_fungi.distributed.RayExecutor`) builds the features with Ray Data.
+        Without labels the KL head is :data:`~icl_fungi.features.config.LABEL_FREE_KL_HEAD` unless ``kl_head``
+        names one that needs no labels.
         """
         if isinstance(features, str):
             raise TypeError("features must be a sequence of block names, e.g. ('embedding', 'kl'), not a string")
+        pool = ExamplePool.checked(texts, labels, outputs)  # bad input fails before the model loads
         config = FeatureConfig(features=tuple(features), seed=seed, **feature_options)
+        if not pool.has_labels and "kl_head" in feature_options and config.head_needs_labels:
+            raise ValueError(f"kl_head={config.kl_head!r} is fitted on the pool's labels, and the pool has none: leave "
+                             f"kl_head unset (a pool without labels gets {LABEL_FREE_KL_HEAD!r}) or pick a head without labels")
         encoder = FungiEncoder(model, config, batch_size=batch_size, device=device, show_progress_bar=show_progress_bar)
         retriever = cls(encoder, pca_components=pca_components, whiten=whiten, block_weights=block_weights, index=index,
                         fit_weights=fit_weights)
-        return retriever.fit(texts, labels, executor=executor)
+        return retriever.fit(pool.texts, pool.labels, pool.outputs, executor=executor)
 
     @classmethod
-    def from_dataset(cls, data: Any, *, text_column: str = "text", label_column: str = "label", split: str | None = None,
-                     **kwargs: Any) -> ICLRetriever:
-        """Load a pool (a file, ``datasets`` object, data frame, records or hub name; see
-        :func:`~icl_fungi.data.load_pool`) and build the retriever; ``kwargs`` as in :meth:`from_texts`."""
-        texts, labels = load_pool(data, text_column=text_column, label_column=label_column, split=split)
-        return cls.from_texts(texts, labels, **kwargs)
+    def from_pairs(cls, inputs: Sequence[str], outputs: Sequence[str], *, labels: Sequence[Label] | None = None,
+                   **kwargs: Any) -> ICLRetriever:
+        """Build a retriever over input -> output pairs (question -> answer, ticket -> reply, ...): retrieval keys on
+        the inputs, each output travels with its input into prompts (template ``"pairs-completion"`` or
+        ``"pairs-chat"``); ``kwargs`` as in :meth:`from_texts`.
 
-    def fit(self, texts: Sequence[str], labels: Sequence[Label], *, executor: Any = None) -> ICLRetriever:
+        Example:
+            >>> r = ICLRetriever.from_pairs(["2 + 2?", "3 + 5?", "capital of France?", "capital of Spain?"],
+            ...                             ["4", "8", "Paris", "Madrid"], show_progress_bar=False)
+            >>> [(x.text, x.output) for x in r.retrieve("what is the capital of Spain?", k=1)]
+            [('capital of Spain?', 'Madrid')]
+        """
+        if outputs is None:
+            raise ValueError("from_pairs needs outputs, one per input (for a pool of plain texts use from_texts(texts))")
+        return cls.from_texts(inputs, labels, outputs=outputs, **kwargs)
+
+    @classmethod
+    def from_dataset(cls, data: Any, *, text_column: str = "text", label_column: str | None = "label",
+                     output_column: str | None = None, split: str | None = None, **kwargs: Any) -> ICLRetriever:
+        """Load a pool (a file, ``datasets`` object, data frame, records or hub name; see
+        :func:`~icl_fungi.data.load_examples`) and build the retriever; ``label_column=None``: a pool without labels,
+        ``output_column``: the outputs of a pool of pairs; ``kwargs`` as in :meth:`from_texts`."""
+        texts, labels, outputs = load_examples(data, text_column=text_column, label_column=label_column,
+                                               output_column=output_column, split=split)
+        return cls.from_texts(texts, labels, outputs=outputs, **kwargs)
+
+    def fit(self, texts: Sequence[str], labels: Sequence[Label] | None = None, outputs: Sequence[str] | None = None, *,
+            executor: Any = None) -> ICLRetriever:
         """Encode the pool, fit the block combiner, weights and PCA, and build the index (replaces any pool).
 
-        ``executor``: ``None`` (this process) or ``"ray"`` / a :class:`~icl_fungi.distributed.RayExecutor`, which
-        encodes the batches this method plans on Ray Data actors (the fitted parts are fitted here). The index
-        backend and the executor are checked before anything is encoded.
+        ``labels=None``: a pool without labels (a KL head that needs labels becomes the label-free one,
+        :meth:`~icl_fungi.features.FeatureConfig.for_pool`; ``fit_weights="auto"`` takes its label-free rule).
+        ``outputs``: one per text, carried with the examples. ``executor``: ``None`` (this process) or ``"ray"`` /
+        a :class:`~icl_fungi.distributed.RayExecutor`, which encodes the batches this method plans on Ray Data actors
+        (the fitted parts are fitted here). The index backend and the executor are checked before anything is encoded.
         """
-        texts = check_texts(texts)
-        if not texts:
+        pool = ExamplePool.checked(texts, labels, outputs)
+        if not len(pool):
             raise ValueError("the example pool is empty")
-        labels = check_labels(labels, len(texts))
-        n_dup = len(texts) - len(set(texts))
+        if not pool.has_labels and self.fit_weights == "loo":
+            raise ValueError("fit_weights='loo' searches the weights by the pool's labels, and the pool has none: "
+                             "use fit_weights='auto' or None")
+        self.encoder.for_pool(pool.has_labels)
+        n_dup = len(pool) - len(set(pool.texts))
         if n_dup:
             logger.warning("the pool holds %d duplicate text(s); they are kept as separate examples", n_dup)
         check = getattr(self.index, "check", None)
         if callable(check):
             check()  # e.g. a Milvus server that cannot be reached fails now, not after the encoding
         if executor is None:
-            blocks = self.encoder.fit_encode(texts, labels)  # fits the head on the trunk pass it then reuses
+            blocks = self.encoder.fit_encode(pool.texts, pool.labels)  # fits the head on the trunk pass it then reuses
             self._set_truncated(self.encoder.n_truncated_)
-            vectors = self._fit_parts(blocks, labels)
-            self._install(texts, labels, lambda: self.index.build(vectors, labels=[str(lab) for lab in labels]))
+            vectors = self._fit_parts(blocks, pool.labels)
+            self._install(pool, lambda: self.index.build(vectors, labels=pool.index_labels()))
             return self
         from .distributed import as_executor
 
         runner = as_executor(executor)
         with runner.session(self.encoder):
-            self._fit_with(runner, texts, labels)
+            self._fit_with(runner, pool)
         return self
 
     def _set_truncated(self, n: int) -> None:
@@ -168,17 +192,17 @@ class ICLRetriever:
         if n:
             logger.warning("%d pool text(s) exceed the model's %d-token limit and were truncated", n, self.encoder.max_seq_length)
 
-    def _fit_parts(self, blocks: dict[str, np.ndarray], labels: Sequence[Label]) -> np.ndarray:
+    def _fit_parts(self, blocks: dict[str, np.ndarray], labels: Sequence[Label] | None) -> np.ndarray:
         """Fit the combiner, the block weights and the PCA on ``blocks``; returns these rows' PCA output."""
         self.combiner.fit(blocks)
         if self.fit_weights is not None:
             self.weight_search_ = self.combiner.choose_weights(self.fit_weights, blocks, labels, seed=self.encoder.config.seed)
         return self.pca.fit_transform(self.combiner.transform(blocks))
 
-    def _fit_with(self, runner: Any, texts: list[str], labels: list[Label]) -> None:
+    def _fit_with(self, runner: Any, pool: ExamplePool) -> None:
         """:meth:`fit` with an executor: the encoder's parts here, the sample's blocks from ``runner``, the combiner,
         weights and PCA on the sample here, then the rest of the pool's blocks from ``runner`` into the index."""
-        enc, n = self.encoder, len(texts)
+        enc, n, texts, labels = self.encoder, len(pool), pool.texts, pool.labels
         lengths = np.asarray(enc.token_lengths(texts))
         self._set_truncated(int((lengths > enc.max_seq_length).sum()))
         enc.fit(texts, labels)
@@ -190,11 +214,11 @@ class ICLRetriever:
         for rows, got in runner.encode(enc, texts, enc.plan_batches(texts, labels, sample, lengths=lengths)):
             for f in blocks:
                 blocks[f][position[rows]] = got[f]
-        vectors = self._fit_parts(blocks, [labels[i] for i in sample])
-        str_labels = [str(lab) for lab in labels]
+        vectors = self._fit_parts(blocks, None if labels is None else [labels[i] for i in sample])
+        str_labels = pool.index_labels()
         rest = np.flatnonzero(position < 0)
         if not len(rest):
-            self._install(texts, labels, lambda: self.index.build(vectors, labels=str_labels))
+            self._install(pool, lambda: self.index.build(vectors, labels=str_labels))
             return
 
         def chunks() -> Any:
@@ -202,12 +226,12 @@ class ICLRetriever:
             for rows, got in runner.encode(enc, texts, enc.plan_batches(texts, labels, rest, lengths=lengths)):
                 yield rows, self.vectors_from_blocks(got), [str_labels[i] for i in rows]
 
-        self._install(texts, labels, lambda: self.index.build_from(chunks(), n, vectors.shape[1]))
+        self._install(pool, lambda: self.index.build_from(chunks(), n, vectors.shape[1]))
 
-    def _install(self, texts: list[str], labels: list[Label], build_index: Any) -> None:
+    def _install(self, pool: ExamplePool, build_index: Any) -> None:
         """Publish a new pool and build its index (``build_index()``) as one step for concurrent readers."""
         with self._write_lock:
-            self._texts, self._labels = texts, labels
+            self._pool = pool
             build_index()
 
     def vectors_from_blocks(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
@@ -223,12 +247,27 @@ class ICLRetriever:
     @property
     def texts(self) -> list[str]:
         """Pool texts (a copy)."""
-        return list(self._texts)
+        return list(self._pool.texts)
 
     @property
-    def labels(self) -> list[Label]:
-        """Pool labels (a copy)."""
-        return list(self._labels)
+    def labels(self) -> list[Label] | None:
+        """Pool labels (a copy); ``None`` for a pool without labels."""
+        return None if (labels := self._pool.labels) is None else list(labels)
+
+    @property
+    def outputs(self) -> list[str] | None:
+        """Pool outputs (a copy); ``None`` for a pool without outputs."""
+        return None if (outputs := self._pool.outputs) is None else list(outputs)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when the pool's examples have labels."""
+        return self._pool.has_labels
+
+    @property
+    def has_outputs(self) -> bool:
+        """True when the pool's examples have outputs (a pool of pairs)."""
+        return self._pool.has_outputs
 
     @property
     def config(self) -> FeatureConfig:
@@ -273,6 +312,8 @@ class ICLRetriever:
         k = _check_k(k)
         sel = Selection.coerce(selection)
         queries = check_texts(queries, what="query")
+        if sel.needs_labels and len(self) and not self._pool.has_labels:
+            raise ValueError(f"the selection {sel!r} reads the examples' labels, and the pool has none")
         if k > len(self) and len(self) and not self._told_k_capped:
             self._told_k_capped = True  # said once per retriever
             logger.warning("k=%d is larger than the pool (%d examples): every example is returned", k, len(self))
@@ -282,58 +323,64 @@ class ICLRetriever:
         if sel.is_plain:
             ids, scores = self.index.query(vectors, k, labels=sel.allowed_labels)
             picked = [[(a, b) for a, b in zip(i.tolist(), s.tolist(), strict=True) if a >= 0] for i, s in zip(ids, scores, strict=True)]
-            texts, labels = self._texts, self._labels  # read after the query: texts are published before ids
+            pool = self._pool  # read after the query: a pool is published before its ids
         else:
             with self._write_lock:  # one consistent snapshot of the pool
-                texts, labels = self._texts, self._labels
-            picked = [select_from_index(self.index, v, k, sel, len(texts), labels, texts=texts, query=q)
+                pool = self._pool
+            picked = [select_from_index(self.index, v, k, sel, len(pool), pool.label_list(), texts=pool.texts, query=q)
                       for q, v in zip(queries, vectors, strict=True)]
-        return [sorted((RetrievedExample(texts[i], labels[i], float(s), int(i)) for i, s in row), key=lambda x: (-x.score, x.index))
-                for row in picked]
+        return [sorted((pool.example(i, s) for i, s in row), key=lambda x: (-x.score, x.index)) for row in picked]
 
-    def build_prompt(self, query: str, k: int = 20, *, template: str | PromptTemplate = "classification-completion",
+    def build_prompt(self, query: str, k: int = 20, *, template: str | PromptTemplate | None = None,
                      order: str = "similar_last", max_tokens: int | None = None, tokenizer: object = None,
                      selection: Selection | str | None = None, seed: int = 0) -> Prompt:
         """A ready prompt for ``query`` with ``k`` retrieved examples.
 
         Returns a string for completion templates and a list of ``{"role", "content"}`` messages for
-        chat templates. ``order``: ``"similar_last"`` (most similar example next to the query),
-        ``"similar_first"`` or ``"random"`` (seeded). With ``max_tokens``, the least similar examples
-        are dropped until the prompt fits, counting with ``tokenizer`` (see
+        chat templates. ``template``: a name, file or :class:`PromptTemplate` (default: ``"pairs-completion"``
+        for a pool with outputs, else ``"classification-completion"``); one showing what the pool lacks
+        (labels, outputs) is a ``ValueError``. ``order``: ``"similar_last"`` (most similar example next to
+        the query), ``"similar_first"`` or ``"random"`` (seeded). With ``max_tokens``, the least similar
+        examples are dropped until the prompt fits, counting with ``tokenizer`` (see
         :func:`icl_fungi.prompt.make_token_counter`; default: ``ceil(characters / 4)``).
         """
+        pool = self._pool
+        tpl = get_template(template if template is not None else default_template(has_outputs=pool.has_outputs))
+        tpl.check_pool(has_labels=pool.has_labels, has_outputs=pool.has_outputs)
         examples = self.retrieve(query, k, selection=selection)
-        return compose_prompt(template, examples, query, labels=self.label_set(), order=order, seed=seed,
+        return compose_prompt(tpl, examples, query, labels=self.label_set(), order=order, seed=seed,
                               max_tokens=max_tokens, tokenizer=tokenizer)
 
     def label_set(self) -> list[Label]:
-        """The pool's distinct labels, sorted as prompts list them."""
-        labels = self._labels
+        """The pool's distinct labels, sorted as prompts list them (empty for a pool without labels)."""
+        labels = self._pool.labels
+        if labels is None:
+            return []
         if self._label_cache[0] is not labels:
             self._label_cache = (labels, sorted_labels(labels))
         return list(self._label_cache[1])
 
-    def add_examples(self, texts: Sequence[str], labels: Sequence[Label]) -> list[int]:
-        """Add labelled examples to the pool (the PCA and the KL head fitted on the pool are kept).
+    def add_examples(self, texts: Sequence[str], labels: Sequence[Label] | None = None,
+                     outputs: Sequence[str] | None = None) -> list[int]:
+        """Add examples to the pool (the PCA and the KL head fitted on the pool are kept): with labels exactly
+        when the pool has labels, with outputs exactly when it has outputs.
 
         Returns the new examples' pool positions. Safe while other threads query.
         """
         self._check_built()
-        texts = check_texts(texts)
-        labels = check_labels(labels, len(texts))
-        if not texts:
+        new = ExamplePool.checked(texts, labels, outputs)
+        self._pool.check_same_kind(new)
+        if not len(new):
             return []
-        vectors = self.vectors_from_blocks(self.encoder.encode(texts))
+        vectors = self.vectors_from_blocks(self.encoder.encode(new.texts))
         with self._write_lock:
-            # publish the texts before the index can return their ids
-            self._texts = self._texts + texts
-            self._labels = self._labels + labels
-            ids = self.index.add(vectors, labels=[str(lab) for lab in labels])
+            self._pool = self._pool.extended(new)  # published before the index can return the new ids
+            ids = self.index.add(vectors, labels=new.index_labels())
         return [int(i) for i in ids]
 
     def label_counts(self) -> dict[Label, int]:
-        """Examples per label in the pool."""
-        return dict(Counter(self._labels))
+        """Examples per label in the pool (empty for a pool without labels)."""
+        return self._pool.label_counts()
 
     # --------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
@@ -350,8 +397,11 @@ class ICLRetriever:
         if backend not in registered_indexes() or index_class(backend) is not type(self.index):
             raise ValueError(f"the index backend {backend!r} ({type(self.index).__name__}) is not registered, so a saved retriever "
                              "could not be loaded: call icl_fungi.register_index on its class first")
-        with self._write_lock:
-            return _save(self, path)
+        with self._write_lock:  # the parts and the pool of one moment
+            pool = self._pool
+            parts = {"encoder": self.encoder, "combiner": self.combiner, "pca": self.pca, "index": self.index}
+            return write_retriever(path, parts, pool.texts, pool.labels, pool.outputs, {
+                "model": self.encoder.model_name, "n_truncated": self.n_truncated_, "fit_weights": self.fit_weights})
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, model: Any = None, batch_size: int = 32, device: str | None = None,
@@ -362,8 +412,12 @@ class ICLRetriever:
         name; a local model path is used only when passed as ``model=`` (a saved directory never
         chooses which files run). ``model`` must have the weights the retriever was built with.
         """
-        return _load(cls, Path(path), model=model, batch_size=batch_size, device=device,
-                     show_progress_bar=show_progress_bar, allow_pickle_weights=allow_pickle_weights)
+        saved = read_retriever(Path(path), model=model, batch_size=batch_size, device=device,
+                               show_progress_bar=show_progress_bar, allow_pickle_weights=allow_pickle_weights)
+        retriever = cls(saved.encoder, fit_weights=saved.fit_weights)
+        retriever.combiner, retriever.pca, retriever.index = saved.combiner, saved.pca, saved.index
+        retriever._pool, retriever.n_truncated_ = saved.pool, saved.n_truncated
+        return retriever
 
     # --------------------------------------------------------------- async
     # The encoder's forward pass and the index search are CPU work: each async method runs its sync twin in
@@ -382,58 +436,14 @@ class ICLRetriever:
         """:meth:`retrieve_batch` without blocking the event loop (the queries are encoded together)."""
         return await asyncio.to_thread(self.retrieve_batch, queries, k, selection=selection)
 
-    async def abuild_prompt(self, query: str, k: int = 20, *, template: str | PromptTemplate = "classification-completion",
+    async def abuild_prompt(self, query: str, k: int = 20, *, template: str | PromptTemplate | None = None,
                             order: str = "similar_last", max_tokens: int | None = None, tokenizer: object = None,
                             selection: Selection | str | None = None, seed: int = 0) -> Prompt:
         """:meth:`build_prompt` without blocking the event loop (same arguments, same prompt)."""
         return await asyncio.to_thread(self.build_prompt, query, k, template=template, order=order, max_tokens=max_tokens,
                                        tokenizer=tokenizer, selection=selection, seed=seed)
 
-    async def aadd_examples(self, texts: Sequence[str], labels: Sequence[Label]) -> list[int]:
+    async def aadd_examples(self, texts: Sequence[str], labels: Sequence[Label] | None = None,
+                            outputs: Sequence[str] | None = None) -> list[int]:
         """:meth:`add_examples` without blocking the event loop (queries running meanwhile see the old or new pool)."""
-        return await asyncio.to_thread(self.add_examples, texts, labels)
-
-
-def _save(r: ICLRetriever, path: Path) -> Any:
-    """Write the parts (encoder, combiner, PCA, index, pool) and the manifest; the caller holds the write lock."""
-    from .manifest import library_versions, save_directory, write_pool
-
-    texts, labels = r._texts, r._labels
-
-    def write(tmp: Path) -> None:
-        r.encoder.save(tmp / "encoder")
-        r.combiner.save(tmp / "combiner")
-        r.pca.save(tmp / "pca")
-        r.index.save(tmp / "index")
-        write_pool(tmp, texts, labels)
-
-    info = {"versions": library_versions(), "model": r.encoder.model_name, "n_examples": len(texts),
-            "n_truncated": r.n_truncated_, "fit_weights": r.fit_weights}
-    return save_directory(path, write, info)
-
-
-def _load(cls: type[ICLRetriever], path: Path, *, model: Any, **encoder_options: Any) -> ICLRetriever:
-    """Compose a saved retriever from its verified directory: encoder, combiner, PCA, index, pool."""
-    from .manifest import manifest_model, open_directory, read_pool
-
-    manifest = open_directory(path)  # every file checked before anything is read
-    n = manifest.get("n_examples")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{path}: the manifest's n_examples must be a positive int, got {n!r}")
-    fit_weights = manifest.get("fit_weights")
-    if fit_weights not in FIT_WEIGHTS:
-        raise ValueError(f"{path}: the manifest's fit_weights must be one of {FIT_WEIGHTS}, got {fit_weights!r}")
-    source = model if model is not None else manifest_model(manifest.get("model"), path)
-    encoder = FungiEncoder.load(path / "encoder", model=source, **encoder_options)
-    dims = {f: encoder.block_dim(f) for f in encoder.config.features}
-    retriever = cls(encoder, fit_weights=fit_weights)
-    retriever.combiner = BlockCombiner.load(path / "combiner", features=encoder.config.features, dims=dims)
-    retriever.pca = PCA.load(path / "pca", n_features=sum(dims.values()))
-    retriever.index = load_index(path / "index", dim=retriever.pca.n_components_)
-    texts, labels = read_pool(path, n)
-    if len(retriever.index) != n:
-        raise ValueError(f"{path}: the index holds {len(retriever.index)} vectors, the pool {n} examples")
-    retriever._texts, retriever._labels = texts, labels
-    truncated = manifest.get("n_truncated", 0)
-    retriever.n_truncated_ = truncated if isinstance(truncated, int) and 0 <= truncated <= n else 0
-    return retriever
+        return await asyncio.to_thread(self.add_examples, texts, labels, outputs)

@@ -146,6 +146,11 @@ class Selection:
         return isinstance(self.strategy, TopK) and all(isinstance(s, LabelFilter) for s in self.steps)
 
     @property
+    def needs_labels(self) -> bool:
+        """True when a part reads the pool's labels (label strategies, label filters)."""
+        return self.strategy.needs_labels or any(s.needs_labels for s in self.steps)
+
+    @property
     def needs_vectors(self) -> bool:
         """True when choosing needs the candidates' vectors (MMR, near-duplicate removal)."""
         return self.strategy.needs_vectors or any(s.needs_vectors for s in self.steps)

@@ -63,6 +63,7 @@ class _Part:
 
     name: ClassVar[str] = ""
     needs_vectors: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False  # reads context.labels: refused on a pool without labels
 
     def options(self) -> dict[str, Any]:
         """The part's options (JSON-ready), as passed to its constructor."""
@@ -195,6 +196,7 @@ class LabelCap(SelectionStrategy):
     """By similarity, at most ``max_per_label`` examples of each label."""
 
     name = "label_cap"
+    needs_labels = True
 
     def __init__(self, max_per_label: int) -> None:
         self.max_per_label = _positive_int("max_per_label", max_per_label)
@@ -220,6 +222,7 @@ class LabelCoverage(SelectionStrategy):
     candidates, then the rest by similarity."""
 
     name = "label_coverage"
+    needs_labels = True
 
     def __init__(self, n_labels: int) -> None:
         self.n_labels = _positive_int("n_labels", n_labels)
@@ -245,6 +248,7 @@ class LabelFilter(SelectionStep):
     """Only examples with these labels (compared as strings); the index applies it inside the engine."""
 
     name = "labels"
+    needs_labels = True
 
     def __init__(self, labels: Collection[Any]) -> None:
         if isinstance(labels, str) or not hasattr(labels, "__iter__"):

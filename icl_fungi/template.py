@@ -2,9 +2,10 @@
 
 A template is a JSON file. Completion templates have ``"template"``; chat templates
 have ``"messages"``. Placeholders are ``{labels}``, ``{examples}``, ``{query}`` in the
-prompt and ``{text}``, ``{label}`` in an example; ``{{`` and ``}}`` are literal braces.
-Values are inserted as data: braces, newlines or role-like text in an example or
-query never change the prompt's structure.
+prompt and ``{text}`` with ``{label}`` (classification) and/or ``{output}`` (pairs:
+input -> output) in an example; ``{{`` and ``}}`` are literal braces. Values are
+inserted as data: braces, newlines or role-like text in an example or query never
+change the prompt's structure.
 
 Example:
     >>> t = PromptTemplate.load("classification-completion")
@@ -14,6 +15,12 @@ Example:
     <BLANKLINE>
     Query: where is my card?
     Intent:
+    >>> print(PromptTemplate.load("pairs-completion").render([("2 + 2?", None, "4")], "3 + 5?"))
+    Input: 2 + 2?
+    Output: 4
+    <BLANKLINE>
+    Input: 3 + 5?
+    Output:
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ __all__ = ["Message", "Prompt", "PromptTemplate", "available_templates"]
 logger = logging.getLogger(__name__)
 
 PROMPT_FIELDS = ("labels", "examples", "query")
-EXAMPLE_FIELDS = ("text", "label")
+EXAMPLE_FIELDS = ("text", "label", "output")
+SHOWN_FIELDS = ("label", "output")  # an example shows its text and at least one of these
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|\{|\}")
 _KNOWN_KEYS = {"name", "kind", "description", "template", "messages", "example", "example_separator",
                "example_messages", "label_separator", "single_line", "stop"}
@@ -128,14 +136,17 @@ def _check_placeholders(source: str, names: set[str], messages: tuple, example: 
     if "examples" in names:
         if example is None:
             raise ValueError(f"{source}: {{examples}} needs an 'example' format")
-        for ph in EXAMPLE_FIELDS:
-            if ph not in example.names:
-                raise ValueError(f"{source}: example: missing placeholder {{{ph}}}")
+        _check_example_fields(f"{source}: example", example.names)
     if slot:
-        used = set().union(*(p.names for _, p in ex_msgs))
-        for ph in EXAMPLE_FIELDS:
-            if ph not in used:
-                raise ValueError(f"{source}: example_messages: missing placeholder {{{ph}}}")
+        _check_example_fields(f"{source}: example_messages", set().union(*(p.names for _, p in ex_msgs)))
+
+
+def _check_example_fields(where: str, used: set[str]) -> None:
+    """An example format shows the text and its label or its output (or both)."""
+    if "text" not in used:
+        raise ValueError(f"{where}: missing placeholder {{text}}")
+    if not used & set(SHOWN_FIELDS):
+        raise ValueError(f"{where}: missing placeholder {{label}} (classification) or {{output}} (pairs)")
 
 
 @dataclass(frozen=True)
@@ -229,27 +240,69 @@ class PromptTemplate:
             return "labels" in self.template.names
         return any(p is not None and "labels" in p.names for _, p in self.messages)
 
+    @property
+    def example_fields(self) -> frozenset[str]:
+        """The example fields (``text``, ``label``, ``output``) the template shows."""
+        parts = ([self.example] if self.example is not None else []) + [p for _, p in self.example_messages]
+        return frozenset().union(*(p.names for p in parts))
+
+    @property
+    def needs_labels(self) -> bool:
+        """True when the template shows the label list or each example's label."""
+        return self.uses_labels or "label" in self.example_fields
+
+    @property
+    def needs_outputs(self) -> bool:
+        """True when the template shows each example's output."""
+        return "output" in self.example_fields
+
+    def check_pool(self, *, has_labels: bool, has_outputs: bool) -> None:
+        """Refuse (``ValueError``) a pool that lacks what the template shows: labels or outputs.
+
+        Example:
+            >>> PromptTemplate.load("classification-completion").check_pool(has_labels=False, has_outputs=True)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ValueError: prompt template 'classification-completion' shows the examples' labels, and the pool has none (...)
+        """
+        missing = [what for what, need, have in (("labels", self.needs_labels, has_labels), ("outputs", self.needs_outputs, has_outputs))
+                   if need and not have]
+        if not missing:
+            return
+        if not has_labels and not has_outputs:
+            hint = "a pool of plain texts (no labels, no outputs) can be retrieved from, but a prompt needs one of them to show"
+        elif has_outputs:
+            hint = "for a pool of pairs use template='pairs-completion' or 'pairs-chat'"
+        else:
+            hint = "for a labelled pool use template='classification-completion' or another that shows {label}"
+        raise ValueError(f"prompt template {self.name!r} shows the examples' {' and '.join(missing)}, and the pool has none ({hint})")
+
     def _clean(self, value: object) -> str:
         text = str(value)
         return " ".join(text.split()) if self.single_line else text
 
-    def render(self, examples: Sequence[tuple[str, object]], query: str, *, labels: Sequence[object] = ()) -> Prompt:
-        """Render ``examples`` (``(text, label)`` pairs, in prompt order) and ``query``."""
+    def _example_values(self, i: int, example: Sequence[object]) -> dict[str, str]:
+        """The cleaned ``text``/``label``/``output`` of an example tuple; a field the template shows must not be missing."""
+        if not isinstance(example, tuple | list) or len(example) not in (2, 3):
+            raise TypeError(f"example #{i} must be a (text, label) or (text, label, output) tuple, got {example!r:.80}")
+        values = dict(zip(EXAMPLE_FIELDS, example, strict=False))
+        for f in self.example_fields:
+            if values.get(f) is None:
+                raise ValueError(f"prompt template {self.name!r} shows each example's {{{f}}}, and example #{i} has none")
+        return {f: self._clean(v) for f, v in values.items() if v is not None}
+
+    def render(self, examples: Sequence[Sequence[object]], query: str, *, labels: Sequence[object] = ()) -> Prompt:
+        """Render ``examples`` (``(text, label)`` or ``(text, label, output)`` tuples, in prompt order) and ``query``."""
         label_list = self.label_separator.join(str(lab) for lab in labels)
-        rendered = (
-            self.example_separator.join(self.example.fill({"text": self._clean(t), "label": self._clean(lab)})
-                                        for t, lab in examples)
-            if self.example is not None else ""
-        )
+        ex_values = [self._example_values(i, ex) for i, ex in enumerate(examples)]
+        rendered = self.example_separator.join(self.example.fill(v) for v in ex_values) if self.example is not None else ""
         values = {"labels": label_list, "examples": rendered, "query": self._clean(query)}
         if self.kind == "completion":
             return self.template.fill(values)
         out: list[Message] = []
         for role, parsed in self.messages:
             if role == "examples":
-                for t, lab in examples:
-                    ex_vals = {"text": self._clean(t), "label": self._clean(lab)}
-                    out.extend({"role": r, "content": p.fill(ex_vals)} for r, p in self.example_messages)
+                for v in ex_values:
+                    out.extend({"role": r, "content": p.fill(v)} for r, p in self.example_messages)
             else:
                 out.append({"role": role, "content": parsed.fill(values)})
         return out

@@ -132,14 +132,15 @@ def test_save_and_load_refuse_pickle_and_a_foreign_retriever(compiled, trainset,
         FungiFewShot(dspy.Predict("text -> label")).load(tmp_path / "plain.json")
 
 
-def test_question_answer_pairs_use_the_plain_embedding(st_model, tmp_path):
+def test_question_answer_pairs_are_a_pool_without_labels(st_model, tmp_path):
     qa = examples(QA, inputs=("question",), outputs=("answer",))
     program = FungiKNNFewShot(k=2, model=st_model, show_progress_bar=False).compile(dspy.ChainOfThought("question -> answer"),
                                                                                   trainset=qa)
-    assert program.label_field is None and program.retriever.config.features == ("embedding",)
+    assert program.label_field is None and program.retriever.labels is None
+    assert program.retriever.config.features == ("embedding", "kl") and program.retriever.config.kl_head == "prototypes"
     assert {d.answer for d in program.demos_for(question="Who wrote Macbeth?")} == {"Shakespeare", "Goethe"}
     with pytest.raises(ValueError, match="needs labels"):
-        FungiKNNFewShot(k=2, model=st_model, features=("embedding", "kl")).compile(dspy.Predict("question -> answer"), trainset=qa)
+        FungiKNNFewShot(k=2, model=st_model, kl_head="labels").compile(dspy.Predict("question -> answer"), trainset=qa)
     # added examples are retrieved, shown and saved
     ids = program.add_examples(examples([("What is the capital of Spain?", "Madrid")], inputs=("question",), outputs=("answer",)))
     assert ids == [len(QA)] and program.demos_for(question="capital of Spain")[-1].answer == "Madrid"

@@ -15,10 +15,10 @@ LIBRARY = str(Path(icl_fungi.__file__).parent)
 
 
 def test_readme_examples_run(capsys, caplog, tmp_path, monkeypatch):
-    """The README's API, LangChain and DSPy examples run as pasted (the DSPy one up to the LLM call), and the
+    """The README's API, pairs, LangChain and DSPy examples run as pasted (the DSPy one up to the LLM call), and the
     library warns about nothing in them (the quick start needs banking-77: slow tier)."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert len(blocks) == 4 and "banking77/train.csv" in blocks[0]
+    assert len(blocks) == 5 and "banking77/train.csv" in blocks[0]
     monkeypatch.chdir(tmp_path)  # the DSPy example saves a program
     ns: dict = {}
     caplog.set_level(logging.WARNING)
@@ -32,6 +32,7 @@ def test_readme_examples_run(capsys, caplog, tmp_path, monkeypatch):
     assert len({x.label for x in ns["picked"]}) == 3
     assert ns["docs"][0].metadata["label"] == "card_arrival"
     assert ns["demos"][-1].label == "card_arrival" and (tmp_path / "intents.icl" / "manifest.json").is_file()
+    assert "Output: Tap 'Forgot password'.\n\nInput: I forgot my password\nOutput:" in out  # the pairs example
     assert [r.getMessage() for r in caplog.records if r.name.startswith("icl_fungi")] == []
     assert [str(w.message) for w in caught if w.filename.startswith(LIBRARY)] == []
 

@@ -14,13 +14,17 @@ from typing import Any
 from .heads import kl_head_class, registered_kl_heads
 from .views import view_kind_class
 
-__all__ = ["DEFAULT_FEATURES", "FEATURES", "FeatureConfig"]
+__all__ = ["DEFAULT_FEATURES", "FEATURES", "LABEL_FREE_KL_HEAD", "FeatureConfig"]
 
 FEATURES = ("embedding", "kl", "simclr")
 # SimCLR is computed on request only: across the variants in eval/README.md ("Quality round 2") it moved dev-split
 # P@20 by at most 0.1 pt over KL alone with MiniLM and lost with Gemma 3 270M, at 12 % more build time
 DEFAULT_FEATURES = ("embedding", "kl")
 PROJECTIONS = ("tensor_sketch", "sketch", "dense")
+# The KL head of a pool without labels, where the default "labels" head (and "neighbors") cannot be fitted: the
+# one place this choice is made (FeatureConfig.for_pool). "prototypes" (k-means of the pool's embeddings) is a
+# placeholder until the label-free features are chosen by measurement on banking-77 with the labels hidden
+LABEL_FREE_KL_HEAD = "prototypes"
 
 
 def _number(name: str, value: object, *, integer: bool = False, optional: bool = False) -> None:
@@ -156,6 +160,18 @@ class FeatureConfig:
     def head_needs_labels(self) -> bool:
         """True when fitting needs the pool's labels (the label heads)."""
         return self.fitted_head and kl_head_class(self.kl_head).needs_labels
+
+    def for_pool(self, has_labels: bool) -> FeatureConfig:
+        """This config for a pool with or without labels: without labels, a head that needs them is replaced by
+        :data:`LABEL_FREE_KL_HEAD` (every other field kept); otherwise the config itself.
+
+        Example:
+            >>> FeatureConfig().for_pool(has_labels=False).kl_head, FeatureConfig().for_pool(has_labels=True).kl_head
+            ('prototypes', 'labels')
+        """
+        if has_labels or not self.head_needs_labels:
+            return self
+        return dataclasses.replace(self, kl_head=LABEL_FREE_KL_HEAD)
 
     @property
     def gradient_features(self) -> tuple[str, ...]:

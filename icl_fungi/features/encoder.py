@@ -104,6 +104,7 @@ class FungiEncoder:
         self.target = TargetLayer.locate(self.model, cfg.target_layer)
         self.gradients = GradientPass(self)
         self.head: KLHead | None = self._new_head(cfg.kl_head) if "kl" in cfg.features else None
+        self._undo_label_free: tuple[FeatureConfig, FeatureConfig] | None = None  # see for_pool()
         self.simclr = SimCLRLoss(temperature=cfg.simclr_temperature, n_negatives=cfg.simclr_negatives, seed=cfg.seed)
         self.views: Views = view_kind_class(cfg.simclr_view_mode).create(self)
         self.projection_dim = cfg.projection_dim or self.dim
@@ -126,6 +127,25 @@ class FungiEncoder:
         return ("simclr" in cfg.features and not self.simclr.fitted) or (self.head is not None and not self.head.fitted)
 
     # ------------------------------------------------------------- fitting
+    def for_pool(self, has_labels: bool) -> FungiEncoder:
+        """Adopt :meth:`FeatureConfig.for_pool` before fitting: on a pool without labels a head that needs labels
+        becomes the label-free head (logged at INFO); a later labelled pool gets the head asked for back. Nothing
+        else changes. Returns ``self``."""
+        undo, self._undo_label_free = self._undo_label_free, None  # (the label-free config set here, the one it replaced)
+        if undo is not None and undo[0] is self.config:
+            self._use_config(undo[1])
+        config = self.config.for_pool(has_labels)
+        if config is not self.config:
+            logger.info("the pool has no labels: the KL head is %r instead of %r", config.kl_head, self.config.kl_head)
+            self._undo_label_free = (config, self.config)
+            self._use_config(config)
+        return self
+
+    def _use_config(self, config: FeatureConfig) -> None:
+        """Switch to ``config`` (differing in the KL head only) with a new, unfitted head built from it."""
+        self.config = config
+        self.head = self._new_head(config.kl_head)
+
     def _fit_head(self, emb: torch.Tensor, labels: list | None) -> None:
         """Fit the KL head on the sample's embeddings; label heads fall back to k-means prototypes when
         the labels are not categories."""
