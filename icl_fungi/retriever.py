@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .aio import AsyncMethods
 from .combine import DEFAULT_FIT_WEIGHTS, FIT_WEIGHTS, BlockCombiner
 from .data import Label, check_texts, load_examples
 from .features import DEFAULT_FEATURES, DEFAULT_MODEL, FeatureConfig, FungiEncoder
@@ -51,7 +51,7 @@ def _check_k(k: object) -> int:
     return int(k)
 
 
-class ICLRetriever:
+class ICLRetriever(AsyncMethods):
     """An example pool, its FUNGI feature vectors and a cosine index.
 
     Build one with :meth:`from_texts`, :meth:`from_pairs` or :meth:`from_dataset` (or construct it with an
@@ -418,32 +418,3 @@ class ICLRetriever:
         retriever.combiner, retriever.pca, retriever.index = saved.combiner, saved.pca, saved.index
         retriever._pool, retriever.n_truncated_ = saved.pool, saved.n_truncated
         return retriever
-
-    # --------------------------------------------------------------- async
-    # The encoder's forward pass and the index search are CPU work: each async method runs its sync twin in
-    # the event loop's default thread pool (bounded: min(32, CPUs + 4) threads), so the loop keeps serving
-    # while a query is encoded. Results are the sync method's; a cancelled await leaves its thread to finish.
-    async def aretrieve(self, query: str, k: int = 20, *, selection: Selection | str | None = None) -> list[RetrievedExample]:
-        """:meth:`retrieve` without blocking the event loop.
-
-        Example:
-            >>> examples = await r.aretrieve("where is my card?", k=5)  # doctest: +SKIP
-        """
-        return await asyncio.to_thread(self.retrieve, query, k, selection=selection)
-
-    async def aretrieve_batch(self, queries: Sequence[str], k: int = 20, *,
-                              selection: Selection | str | None = None) -> list[list[RetrievedExample]]:
-        """:meth:`retrieve_batch` without blocking the event loop (the queries are encoded together)."""
-        return await asyncio.to_thread(self.retrieve_batch, queries, k, selection=selection)
-
-    async def abuild_prompt(self, query: str, k: int = 20, *, template: str | PromptTemplate | None = None,
-                            order: str = "similar_last", max_tokens: int | None = None, tokenizer: object = None,
-                            selection: Selection | str | None = None, seed: int = 0) -> Prompt:
-        """:meth:`build_prompt` without blocking the event loop (same arguments, same prompt)."""
-        return await asyncio.to_thread(self.build_prompt, query, k, template=template, order=order, max_tokens=max_tokens,
-                                       tokenizer=tokenizer, selection=selection, seed=seed)
-
-    async def aadd_examples(self, texts: Sequence[str], labels: Sequence[Label] | None = None,
-                            outputs: Sequence[str] | None = None) -> list[int]:
-        """:meth:`add_examples` without blocking the event loop (queries running meanwhile see the old or new pool)."""
-        return await asyncio.to_thread(self.add_examples, texts, labels, outputs)
