@@ -11,13 +11,17 @@ Heads: ``prototypes`` (spherical k-means centroids, K rows), ``random`` (the FUN
 library, as a user would).
 
     python eval/explore_label_free.py [--split dev] [--per-label 5,20,0] [--heads proto64,proto256,...]
+    python eval/explore_label_free.py --split test --library-default
 
-Writes eval/results/label_free/<split>-label-free.{json,md}.
+Writes eval/results/label_free/<split>-label-free.{json,md}. ``--library-default`` instead builds the library's
+own retrievers on the pool's texts alone (``ICLRetriever.from_texts(texts, labels=None)``, the label-free
+default, against ``features=("embedding",)``) and writes <split>-default.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -76,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--simclr", default="", help="heads (from --heads) also run with a SimCLR block, swept over its weight")
     ap.add_argument("--kl-weights", default=",".join(f"{w:g}" for w in KL_WEIGHTS))
     ap.add_argument("--queries", type=int, default=0, help="seeded query sample (0: all)")
+    ap.add_argument("--library-default", action="store_true",
+                    help="score the library's label-free default retriever against the plain embedding (no sweep)")
     ap.add_argument("--out", default=None, help="default: eval/results/label_free/<split>-label-free.json")
     args = ap.parse_args(argv)
     unknown = [h for h in args.heads.split(",") + [s for s in args.simclr.split(",") if s] if h not in HEADS]
@@ -123,12 +129,51 @@ def table_rows(rows: dict) -> list[dict]:
     return out
 
 
+def library_default(args: argparse.Namespace, pool_t: list, pool_l: list, q_t: list, q_l: list) -> None:
+    """The library's retrievers built without labels; labels only score what they return."""
+    from icl_fungi import ICLRetriever
+    from icl_fungi.evaluation import retrieval_metrics
+
+    path = Path(args.out or RESULTS / "label_free" / f"{args.split}-default.json")
+    rows, table = {}, []
+    for per in (int(x) for x in args.per_label.split(",")):
+        setting = f"{per or 'all'}/label"
+        p_t, p_l = (pool_t, pool_l) if per == 0 else small_pool(pool_t, pool_l, per, np.random.default_rng(0))
+        k = min(20, per) if per else 20
+        for name, options in (("embedding", {"features": ("embedding",)}), ("label-free default", {})):
+            t0 = time.perf_counter()
+            r = ICLRetriever.from_texts(p_t, None, show_progress_bar=False, **options)
+            seconds = time.perf_counter() - t0
+            hits = r.retrieve_batch(q_t, k)
+            m = retrieval_metrics([[p_l[x.index] for x in row] for row in hits], [[x.score for x in row] for row in hits], q_l, k)
+            rows[f"{setting}: {name}"] = {**m, "k": k, "setting": setting, "retriever": name, "build_s": round(seconds, 1),
+                                          "kl_head": r.config.kl_head if "kl" in r.config.features else None,
+                                          "block_weights": r.block_weights}
+            print(f"{setting:<10} {name:<20} P@{k} {m[f'p@{k}']:.4f}  1-NN {m['1nn_acc']:.4f}  vote {m[f'knn{k}_vote_acc']:.4f}",
+                  flush=True)
+        base, mine = rows[f"{setting}: embedding"], rows[f"{setting}: label-free default"]
+        for r_ in (base, mine):
+            table.append({"setting": setting, "retriever": r_["retriever"], "k": k, "P@k": r_[f"p@{k}"],
+                          "vs embedding": 100 * (r_[f"p@{k}"] - base[f"p@{k}"]), "1-NN": r_["1nn_acc"],
+                          "1-NN vs embedding": 100 * (r_["1nn_acc"] - base["1nn_acc"]), "k-NN vote": r_[f"knn{k}_vote_acc"],
+                          "weights": json.dumps(r_["block_weights"]), "build s": r_["build_s"]})
+    cols = ["setting", "retriever", "k", "P@k", "vs embedding", "1-NN", "1-NN vs embedding", "k-NN vote", "weights", "build s"]
+    write_results(path, {"meta": run_meta(split=args.split, queries=len(q_t)), "rows": rows},
+                  title=f"The label-free default against the plain embedding ({args.split} split; labels hidden from the "
+                        "retriever, used only to score)", table=markdown_table(table, cols, digits=4),
+                  notes="'vs embedding' columns are percentage points. Both retrievers are ICLRetriever.from_texts(texts, None).")
+    print(markdown_table(table, cols, digits=4))
+
+
 def main() -> None:
     args = parse_args()
     pool_t, pool_l, q_t, q_l = pool_and_queries(args.data, args.split)
     if args.queries:
         pick = np.sort(np.random.default_rng(0).choice(len(q_t), args.queries, replace=False))
         q_t, q_l = [q_t[i] for i in pick], [q_l[i] for i in pick]
+    if args.library_default:
+        library_default(args, pool_t, pool_l, q_t, q_l)
+        return
     path = Path(args.out or RESULTS / "label_free" / f"{args.split}-label-free.json")
     rows = read_results(path).get("rows", {})
     model = FungiEncoder(show_progress_bar=False).model

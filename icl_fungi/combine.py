@@ -18,7 +18,16 @@ import numpy as np
 
 from .parts import SavedPart
 
-__all__ = ["AUTO_KL_ANCHORS", "DEFAULT_BLOCK_WEIGHTS", "DEFAULT_FIT_WEIGHTS", "FIT_WEIGHTS", "LABEL_FREE_KL_WEIGHT", "BlockCombiner"]
+__all__ = [
+    "AUTO_KL_ANCHORS",
+    "DEFAULT_BLOCK_WEIGHTS",
+    "DEFAULT_FIT_WEIGHTS",
+    "FIT_WEIGHTS",
+    "LABEL_FREE_KL_WEIGHT",
+    "LABEL_FREE_KL_WEIGHT_CLUSTERED",
+    "LABEL_FREE_MIN_PER_ROW",
+    "BlockCombiner",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +42,14 @@ DEFAULT_FIT_WEIGHTS = "auto"
 # less label pull it needs: on banking-77 dev pools (eval/results/ablate_quality/dev-weights.md) the best KL weight
 # was 1 where the embedding's P@k was about 0.50 (5 and 20 examples per label) and 0.3 at 0.79 (the full pool).
 AUTO_KL_ANCHORS = ((0.60, 1.0), (0.78, 0.3))
-# fit_weights="auto" on a pool without labels (no leave-one-out P@k to read): a fixed KL weight. A placeholder rule
-# (the labelled default's weight) until the label-free features are tuned by measurement with the labels hidden
+# fit_weights="auto" on a pool without labels (no leave-one-out P@k to read): the KL weight from the texts per row of
+# the label-free head (k-means prototypes). Under LABEL_FREE_MIN_PER_ROW texts per prototype the prototypes sit on
+# single texts and their gradient mostly re-encodes the text: weight 0.3; with more, they carry the pool's clusters:
+# 0.5. On banking-77 dev pools with the labels hidden (eval/results/label_free/dev-label-free.md) these were the best
+# P@k weights that keep 1-NN: 5 per label (1.5 texts per prototype) 0.3, 20 per label (6) and the full pool (31) 0.5.
 LABEL_FREE_KL_WEIGHT = 0.3
+LABEL_FREE_KL_WEIGHT_CLUSTERED = 0.5
+LABEL_FREE_MIN_PER_ROW = 4.0
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -96,26 +110,35 @@ class BlockCombiner(SavedPart):
         return np.concatenate(parts, axis=1)
 
     def choose_weights(self, how: str, blocks: dict[str, np.ndarray], labels: Sequence | None, *,
-                       seed: int = 0) -> list[dict[str, Any]]:
+                       seed: int = 0, texts_per_row: float | None = None) -> list[dict[str, Any]]:
         """Set the weights from the pool itself: ``"loo"`` (:meth:`search_weights`, needs labels) or ``"auto"``
-        (:meth:`auto_weights`; ``labels=None``: :meth:`label_free_weights`); returns the trials made."""
+        (:meth:`auto_weights`; ``labels=None``: :meth:`label_free_weights` with ``texts_per_row``, the pool's texts
+        per row of the label-free KL head); returns the trials made."""
         if labels is None and how in FIT_WEIGHTS:
             if how == "loo":
                 raise ValueError("fit_weights='loo' searches the weights by the pool's labels, and the pool has none: "
                                  "use fit_weights='auto' or None")
-            return [self.label_free_weights()]
+            return [self.label_free_weights(texts_per_row)]
         if how == "loo":
             return self.search_weights(blocks, labels, seed=seed)
         if how == "auto":
             return [self.auto_weights(blocks, labels, seed=seed)]
         raise ValueError(f"fit_weights must be one of {FIT_WEIGHTS}, got {how!r}")
 
-    def label_free_weights(self) -> dict[str, Any]:
-        """``fit_weights="auto"`` on a pool without labels: the KL weight is :data:`LABEL_FREE_KL_WEIGHT` (unless
-        the caller gave it); returns ``{"weights", "loo_p@k": None, "k": None, "rule": "label-free"}``."""
+    def label_free_weights(self, texts_per_row: float | None = None) -> dict[str, Any]:
+        """``fit_weights="auto"`` on a pool without labels (unless the caller gave the KL weight):
+        :data:`LABEL_FREE_KL_WEIGHT_CLUSTERED` with at least :data:`LABEL_FREE_MIN_PER_ROW` pool texts per row of the
+        KL head, else :data:`LABEL_FREE_KL_WEIGHT`; returns ``{"weights", "loo_p@k": None, "k": None, "rule": "label-free",
+        "texts_per_row"}``.
+
+        Example:
+            >>> BlockCombiner(("embedding", "kl")).label_free_weights(31.3)["weights"]["kl"]
+            0.5
+        """
         if "kl" in self.features and "kl" not in self.fixed:
-            self.weights["kl"] = LABEL_FREE_KL_WEIGHT
-        return {"weights": dict(self.weights), "loo_p@k": None, "k": None, "rule": "label-free"}
+            clustered = texts_per_row is not None and texts_per_row >= LABEL_FREE_MIN_PER_ROW
+            self.weights["kl"] = LABEL_FREE_KL_WEIGHT_CLUSTERED if clustered else LABEL_FREE_KL_WEIGHT
+        return {"weights": dict(self.weights), "loo_p@k": None, "k": None, "rule": "label-free", "texts_per_row": texts_per_row}
 
     def auto_weights(self, blocks: dict[str, np.ndarray], labels: Sequence, *, k: int = 20, n_queries: int = 2000,
                      seed: int = 0) -> dict[str, Any]:

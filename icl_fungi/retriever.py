@@ -196,7 +196,9 @@ class ICLRetriever(AsyncMethods):
         """Fit the combiner, the block weights and the PCA on ``blocks``; returns these rows' PCA output."""
         self.combiner.fit(blocks)
         if self.fit_weights is not None:
-            self.weight_search_ = self.combiner.choose_weights(self.fit_weights, blocks, labels, seed=self.encoder.config.seed)
+            cfg, n = self.encoder.config, len(next(iter(blocks.values())))
+            self.weight_search_ = self.combiner.choose_weights(self.fit_weights, blocks, labels, seed=cfg.seed,
+                                                               texts_per_row=n / max(1, min(cfg.kl_head_dim, n)))
         return self.pca.fit_transform(self.combiner.transform(blocks))
 
     def _fit_with(self, runner: Any, pool: ExamplePool) -> None:
