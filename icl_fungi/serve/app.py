@@ -75,8 +75,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse(error_body("body: malformed JSON", "body", "malformed_json"), 400)
-        field = _field(tuple(errors[0].get("loc", ()))) if errors else "body"
-        messages = list(dict.fromkeys(str(e.get("msg", "invalid")) for e in errors if _field(tuple(e.get("loc", ()))) == field))
+        # of a union's errors, the member that got furthest into the input says most ("query[1]" over "query")
+        fields = [_field(tuple(e.get("loc", ()))) for e in errors]
+        field = max(fields, key=lambda f: f.count("["), default="body")
+        messages = list(dict.fromkeys(str(e.get("msg", "invalid")) for e, f in zip(errors, fields, strict=True) if f == field))
         return JSONResponse(error_body(f"{field}: {'; or '.join(messages)}", field), 422)
 
     @app.exception_handler(InputError)
