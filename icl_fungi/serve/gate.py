@@ -59,9 +59,11 @@ class Gate:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self._handle(scope, receive, sending)
         finally:
+            self.metrics.in_flight.dec()
             self.metrics.observe(scope.get("path", ""), scope.get("method", ""), status, time.perf_counter() - started)
 
     def _authorized(self, scope: Scope) -> bool:

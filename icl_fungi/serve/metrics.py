@@ -24,6 +24,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -38,6 +39,7 @@ class Metrics:
                               ["route", "method", "status"], registry=r)
         self.latency = Histogram("icl_fungi_request_seconds", "Time from request to response", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("icl_fungi_requests_in_flight", "HTTP requests being answered now (this scrape included)", registry=r)
         self.pool_size = Gauge("icl_fungi_pool_size", "Examples in the pool", registry=r)
         self.ready = Gauge("icl_fungi_ready", "1 once the retriever is loaded and its add log replayed", registry=r)
         self.batch_queries = Histogram("icl_fungi_batch_queries", "Queries per forward pass", buckets=BATCH_BUCKETS, registry=r)
@@ -45,13 +47,17 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.adds = Counter("icl_fungi_examples_added", "Examples added and acknowledged (durable)", registry=r)
 
+    def method(self, method: str) -> str:
+        """The method label: a standard HTTP method, else ``other`` (a client cannot make up label values)."""
+        return method if method in _METHODS else "other"
+
     def route(self, path: str) -> str:
         """The route label of a request path: the path itself when the app has it, else ``other``."""
         return path if path in self.routes else "other"
 
     def observe(self, path: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request."""
-        route = self.route(path)
+        route, method = self.route(path), self.method(method)
         self.requests.labels(route, method, str(status)).inc()
         if status >= 400:
             self.errors.labels(route, method, str(status)).inc()
