@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -229,3 +232,45 @@ def test_metrics_count_requests_errors_latency_and_pool_size(server, client, loc
     text = client.get("/metrics").text
     assert 'route="other"' in text and "/some/random/path" not in text
     assert KEY not in text and KEY not in server.output()
+
+
+def _wait_ready(client, timeout: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while (r := client.get("/readyz")).json()["status"] == "loading" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return r
+
+
+def test_read_only_refuses_adds_and_a_broken_retriever_never_gets_ready(fungi_retriever, st_model, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from icl_fungi.serve import ServeSettings, create_app, log_dir
+
+    path = fungi_retriever.save(tmp_path / "ro.icl")
+    with TestClient(create_app(ServeSettings(path, read_only=True, model=st_model))) as c:
+        assert _wait_ready(c).status_code == 200
+        refused = c.post("/v1/examples", json={"texts": ["new"], "labels": ["x"]})
+        assert refused.status_code == 403 and "read-only" in refused.json()["error"]["message"]
+        assert len(c.post("/v1/retrieve", json={"query": "card", "k": 2}).json()["examples"]) == 2
+    assert not log_dir(path).exists()
+    with (path / "pool.json").open("a") as fh:
+        fh.write(" ")
+    with TestClient(create_app(ServeSettings(path, model=st_model))) as c:
+        ready = _wait_ready(c)
+        assert ready.status_code == 503 and ready.json()["status"] == "failed" and "pool.json" in ready.json()["error"]
+        down = c.post("/v1/retrieve", json={"query": "card"})
+        assert down.status_code == 503 and down.json()["error"]["type"] == "not_ready"
+
+
+def test_serve_command_refuses_bad_arguments_before_binding(saved, tmp_path, capsys, monkeypatch):
+    from icl_fungi.cli import main
+
+    monkeypatch.delenv("ICL_UNSET_KEY_VAR", raising=False)
+    assert main(["-q", "serve", str(tmp_path / "missing")]) == 2
+    assert "not a saved retriever" in capsys.readouterr().err
+    assert main(["-q", "serve", str(saved), "--api-key-env", "ICL_UNSET_KEY_VAR"]) == 2
+    assert "ICL_UNSET_KEY_VAR" in capsys.readouterr().err
+    assert main(["-q", "serve", str(saved), "--gather-ms", "5000"]) == 2
+    assert "gather_ms" in capsys.readouterr().err
+    probe = "import sys, icl_fungi.cli; print(sorted(m for m in ('fastapi', 'uvicorn', 'icl_fungi.serve') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
