@@ -1,10 +1,11 @@
 """Gathering concurrent queries into one forward pass.
 
-The first query of a batch waits at most ``window_s`` for others (or until ``max_batch`` queries are
-gathered); the batch then runs on one worker thread, split into groups of equal ``k`` and selection, each
-one ``retrieve_batch`` call. Queries that arrive while a batch runs form the next one, so under load a
-batch holds everything that queued meanwhile: throughput grows with the number of clients, while a single
-client pays at most the window. Results equal single in-process calls (padding in a batch moves scores by
+A batch takes every query already queued; it waits for more only while it holds fewer queries than the
+previous batch did (the clients of that batch are coming back), and then at most ``window_s`` once the
+worker is free, and never past ``max_batch`` queries. The batch runs on one worker thread, split into
+groups of equal ``k`` and selection, each one ``retrieve_batch`` call; queries that arrive meanwhile form the
+next batch. Throughput grows with the number of clients, while a lone client pays at most the window
+(usually nothing: its previous batch held one query). Results equal single in-process calls (padding in a batch moves scores by
 ~1e-7; ``tests/test_serve.py`` checks ids and scores against ``retrieve``).
 
 Example:
@@ -42,7 +43,6 @@ class _Job:
     selection: Any
     key: Hashable  # jobs with equal (k, key) share one retrieve_batch call
     future: asyncio.Future
-    arrived: float
 
 
 class Batcher:
@@ -58,6 +58,7 @@ class Batcher:
         self.max_batch = max_batch
         self.on_batch = on_batch
         self.batches = 0
+        self._expected = 1  # queries in the previous batch: worth waiting for until this one holds as many
         self._queue: asyncio.Queue[_Job | None] | None = None
         self._task: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-fungi-batch")
@@ -83,22 +84,22 @@ class Batcher:
         if self._queue is None or self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
-        job = _Job(list(queries), k, selection, key, loop.create_future(), time.monotonic())
+        job = _Job(list(queries), k, selection, key, loop.create_future())
         self._queue.put_nowait(job)
         return await job.future
 
     async def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
-        """``first`` and the jobs that arrive within its window (or until the batch is full); True when the stop
-        sentinel was taken."""
+        """``first``, the jobs already queued, and those arriving within its window while the batch is smaller than
+        the previous one (never past ``max_batch`` queries); True when the stop sentinel was taken."""
         assert self._queue is not None
         jobs, n = [first], len(first.queries)
-        deadline = first.arrived + self.window_s
+        deadline = time.monotonic() + self.window_s  # from when the worker is free: queued clients' peers get their window too
         while n < self.max_batch:
             try:
                 nxt = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if n >= self._expected or remaining <= 0:
                     break
                 try:
                     nxt = await asyncio.wait_for(self._queue.get(), remaining)
@@ -119,6 +120,7 @@ class Batcher:
             if first is None:
                 break
             jobs, stopping = await self._gather(first)
+            self._expected = sum(len(j.queries) for j in jobs)
             outcomes = await loop.run_in_executor(self._worker, self._run, jobs)
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if job.future.done():  # the client went away
