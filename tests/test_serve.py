@@ -88,7 +88,7 @@ def test_retrieve_equals_in_process_calls(client, local):
 
 
 def test_concurrent_queries_share_forward_passes_and_equal_single_calls(server, client, local, intent_queries):
-    queries = (QUERIES + intent_queries[0])[:24]
+    queries = (QUERIES + intent_queries[0])[:16]
     before = _metric(client, "icl_fungi_batch_queries_count")
     barrier = threading.Barrier(len(queries))
     answers: dict[int, dict] = {}
