@@ -102,6 +102,14 @@ def test_replay_applies_each_logged_add_exactly_once(tmp_path):
         replay(Pool(["a"]), records)
 
 
+def test_compact_needs_a_saved_retriever_and_leaves_a_never_served_one_alone(fungi_retriever, tmp_path, capsys):
+    assert main(["-q", "compact", str(tmp_path / "nothing")]) == 2
+    assert "not a saved retriever" in capsys.readouterr().err and not log_dir(tmp_path / "nothing").exists()
+    path, _ = _saved_copy(fungi_retriever, tmp_path)
+    assert main(["-q", "compact", str(path)]) == 0
+    assert "folded 0 add record(s)" in capsys.readouterr().out and not log_dir(path).exists()
+
+
 def _saved_copy(fungi_retriever, tmp_path: Path) -> tuple[Path, int]:
     path = fungi_retriever.save(tmp_path / "pool.icl")
     return path, len(json.loads((path / "pool.json").read_text())["texts"])

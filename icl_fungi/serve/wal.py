@@ -253,10 +253,16 @@ def replay(retriever: Any, records: Sequence[AddRecord]) -> int:
 def compact(retriever_dir: str | os.PathLike, *, model: Any = None, device: str | None = None) -> tuple[int, int]:
     """Fold the add log of ``retriever_dir`` into it: load, replay, save atomically, then empty the log.
 
-    Returns ``(records folded, examples added)``. Refused while a server holds the log.
+    Returns ``(records folded, examples added)``; ``(0, 0)`` when the retriever was never served (no log is
+    created then). Refused while a server holds the log.
     """
+    from ..manifest import MANIFEST
     from ..retriever import ICLRetriever
 
+    if not (Path(retriever_dir) / MANIFEST).is_file():
+        raise ValueError(f"{retriever_dir} is not a saved retriever (no {MANIFEST})")
+    if not (log_dir(retriever_dir) / LOG_NAME).is_file():
+        return 0, 0
     with AddLog.open(retriever_dir) as log:
         records = log.pending()
         if not records:
