@@ -234,6 +234,22 @@ def soak(url: str, pid: int, minutes: float, n_clients: int, queries: list[str],
             "rss_growth": round(end / after_1min - 1, 4) if after_1min else None, "rss_samples": samples[::6]}
 
 
+def batch_cost(r: Any, queries: list[str], sizes: list[int], k: int, repeats: int = 9) -> dict[int, float]:
+    """Median ms of one in-process ``retrieve_batch`` of ``n`` queries (after one untimed call): the floor of a
+    batched server's latency."""
+    cost = {}
+    for n in sizes:
+        r.retrieve_batch(queries[:n], k)
+        times = []
+        for j in range(repeats):
+            batch = [queries[(j * n + i) % len(queries)] for i in range(n)]
+            t0 = time.perf_counter()
+            r.retrieve_batch(batch, k)
+            times.append(time.perf_counter() - t0)
+        cost[n] = round(float(np.median(times)) * 1000, 1)
+    return cost
+
+
 def measure(url: str, r: Any, queries: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Served and in-process throughput and latency per route and concurrency level (after a warm-up)."""
     rows = []
@@ -262,7 +278,8 @@ def criteria(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def report(args: argparse.Namespace, rows: list, identity: dict, soaked: dict | None, r: Any, shutdown_s: float) -> None:
+def report(args: argparse.Namespace, rows: list, identity: dict, soaked: dict | None, r: Any, shutdown_s: float,
+           cost: dict[int, float]) -> None:
     stats = ("rps", "p50_ms", "p99_ms")
     table_rows = [{"route": row["route"], "clients": row["clients"], **{f"served {k}": row["served"][k] for k in stats},
                    "errors": row["served"]["errors"], **{f"in process {k}": row["in_process"][k] for k in stats}} for row in rows]
@@ -273,6 +290,9 @@ def report(args: argparse.Namespace, rows: list, identity: dict, soaked: dict | 
              f"load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other work shared the machine).",
              f"Served vs in process ({identity['queries']} queries, sent 16 at a time): ids identical for {identity['ids_identical']}, "
              f"prompts identical for {identity['prompts_identical']}, max |score difference| {identity['max_score_diff']:.2e}."]
+    notes.append("One in-process forward pass (retrieve_batch) of n queries, median: "
+                 + ", ".join(f"{n}: {ms} ms" for n, ms in cost.items()) + " (a batching server answers 8 clients no faster "
+                 "than one pass of 8 queries).")
     notes += [f"{route}: 32 clients / 1 client throughput {b['rps_32_over_1']}x; p99 at 8 clients / p50 at 1 client "
               f"{b['p99_8_over_p50_1']}x ({'passes' if b['passes'] else 'misses'} the bars 1.5x and 3x)." for route, b in bars.items()]
     if soaked:
@@ -283,7 +303,8 @@ def report(args: argparse.Namespace, rows: list, identity: dict, soaked: dict | 
     notes.append(f"SIGTERM to exit (drain, fold the add log into the saved retriever): {shutdown_s:.1f} s.")
     payload = {"meta": run_meta(seed=args.seed, pool_size=len(r), k=args.k, gather_ms=args.gather_ms, seconds=args.seconds,
                                 retriever=retriever_config(r)),
-               "results": rows, "criteria": bars, "identity": identity, "soak": soaked, "shutdown_s": round(shutdown_s, 2)}
+               "results": rows, "criteria": bars, "identity": identity, "batch_cost_ms": cost, "soak": soaked,
+               "shutdown_s": round(shutdown_s, 2)}
     write_results(Path(args.out), payload, title="bench_serve: icl-fungi serve under load",
                   table=markdown_table(table_rows, columns, digits=1), notes="\n\n".join(notes))
     print("\n\n".join(notes))
@@ -305,13 +326,14 @@ def main() -> None:
         try:
             identity = check_identity(url, r, queries[:100], args.k)
             rows = measure(url, r, queries, args)
+            cost = batch_cost(r, queries, [int(c) for c in args.clients.split(",")], args.k)
             soaked = soak(url, proc.pid, args.soak_minutes, args.soak_clients, queries, query_labels, args.k) if args.soak_minutes else None
         finally:
             t0 = time.perf_counter()
             proc.send_signal(signal.SIGTERM)
             proc.wait(300)
             shutdown_s = time.perf_counter() - t0
-        report(args, rows, identity, soaked, r, shutdown_s)
+        report(args, rows, identity, soaked, r, shutdown_s, cost)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
