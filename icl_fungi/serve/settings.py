@@ -38,7 +38,7 @@ class ServeSettings:
             gets a 4xx naming the field).
         read_only: refuse ``POST /v1/examples`` (no add log is opened).
         compact_on_exit: fold the add log into the saved retriever on a clean shutdown.
-        model, device: as ``ICLRetriever.load``'s (a local model path must be named here).
+        model, device: as ``ICLRetriever.load``'s (a local model path, or a loaded model, must be given here).
         shutdown_timeout: seconds a SIGTERM waits for requests in flight.
     """
 
@@ -55,7 +55,7 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20
     read_only: bool = False
     compact_on_exit: bool = True
-    model: str | None = None
+    model: Any = None
     device: str | None = None
     shutdown_timeout: float = 30.0
 
