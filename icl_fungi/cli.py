@@ -1,10 +1,11 @@
-"""Command line: ``icl-fungi build``, ``icl-fungi query`` and ``icl-fungi eval``.
+"""Command line: ``icl-fungi build``, ``query``, ``eval``, ``serve`` and ``compact``.
 
 Example:
     $ icl-fungi build ../shared/data/banking77/train.csv --label-column category --out banking77.icl
     $ icl-fungi build qa.jsonl --text-column question --output-column answer --no-labels --out qa.icl
     $ icl-fungi query banking77.icl "I still haven't received my card" -k 5 --prompt
     $ icl-fungi eval --data ../shared/data/banking77 --limit 100 --out eval/results/run
+    $ ICL_FUNGI_API_KEY=... icl-fungi serve banking77.icl --port 8080 --api-key-env ICL_FUNGI_API_KEY
 """
 
 from __future__ import annotations
@@ -127,6 +128,36 @@ def _eval_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
                    help="output folder for report.json, report.md, report.html and plots (new, or holding this same run)")
 
 
+def _serve_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("serve", parents=[quiet], help="serve a saved retriever over HTTP (needs the serve extra)")
+    s.add_argument("retriever", help="directory of a saved retriever (its add log is the sibling RETRIEVER.wal)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    s.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="require 'Authorization: Bearer KEY' on every route but /healthz and /readyz, KEY read from "
+                        "the environment variable VAR (never from the command line)")
+    s.add_argument("--gather-ms", type=float, default=3.0, help="how long a query waits for others to share its forward pass (default: 3)")
+    s.add_argument("--max-batch", type=int, default=32, help="queries per forward pass at most (default: 32)")
+    s.add_argument("--max-k", type=int, default=100, help="largest k a request may ask for (default: 100)")
+    s.add_argument("--max-queries", type=int, default=64, help="queries per /v1/retrieve request at most (default: 64)")
+    s.add_argument("--max-text-chars", type=int, default=4000, help="characters per query or example at most (default: 4000)")
+    s.add_argument("--max-examples", type=int, default=256, help="examples per /v1/examples request at most (default: 256)")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size limit (default: 1048576)")
+    s.add_argument("--read-only", action="store_true", help="refuse adds (and open no add log)")
+    s.add_argument("--no-compact-on-exit", dest="compact_on_exit", action="store_false",
+                   help="keep the add log on shutdown instead of folding it into the saved retriever")
+    s.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds a SIGTERM waits for requests in flight (default: 30)")
+    s.add_argument("--model", default=None, help="the encoder, when the saved retriever names a local path (you trust)")
+    s.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def _compact_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
+    c = sub.add_parser("compact", parents=[quiet], help="fold a served retriever's add log into the saved retriever")
+    c.add_argument("retriever", help="directory of a saved retriever (not while `icl-fungi serve` runs on it)")
+    c.add_argument("--model", default=None, help="the encoder, when the saved retriever names a local path (you trust)")
+    c.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="icl-fungi", description="Pick in-context examples with FUNGI features.")
     p.add_argument("--version", action="version", version=f"icl-fungi {__version__}")
@@ -140,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     _build_parser(sub, quiet)
     _query_parser(sub, quiet)
     _eval_parser(sub, quiet)
+    _serve_parser(sub, quiet)
+    _compact_parser(sub, quiet)
     return p
 
 
@@ -223,6 +256,38 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.out) / 'report.md'}  (wall time {report['wall_time_s']} s)")
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .manifest import MANIFEST
+
+    if not (Path(args.retriever) / MANIFEST).is_file():
+        raise ValueError(f"{args.retriever} is not a saved retriever (no {MANIFEST})")
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env, "")
+        if not key.strip():
+            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is empty or not set")
+    try:
+        from .serve import ServeSettings, run_server
+    except ImportError as err:
+        raise RuntimeError(f"icl-fungi serve needs the serve extra: pip install 'icl-fungi[serve]' ({err})") from None
+    settings = ServeSettings(
+        args.retriever, host=args.host, port=args.port, api_key=key, gather_ms=args.gather_ms, max_batch=args.max_batch,
+        max_k=args.max_k, max_queries=args.max_queries, max_text_chars=args.max_text_chars, max_examples=args.max_examples,
+        max_body_bytes=args.max_body_bytes, read_only=args.read_only, compact_on_exit=args.compact_on_exit,
+        model=args.model, device=args.device, shutdown_timeout=args.shutdown_timeout,
+    )
+    if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("icl_fungi").warning("serving on %s without --api-key-env: anyone who reaches it can add examples", args.host)
+    return run_server(settings, log_level="warning" if args.quiet else "info")
+
+
+def _compact(args: argparse.Namespace) -> None:
+    from .serve.wal import compact, log_dir
+
+    records, added = compact(args.retriever, model=args.model, device=args.device)
+    print(f"folded {records} add record(s) ({added} new example(s)) from {log_dir(args.retriever)} into {args.retriever}")
+
+
 def _import_modules(names: Sequence[str]) -> None:
     """``--import``: the user's modules that register their own parts."""
     for name in names:
@@ -240,14 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         _import_modules(args.imports)
-        {"build": _build, "query": _query, "eval": _eval}[args.command](args)
+        commands = {"build": _build, "query": _query, "eval": _eval, "serve": _serve, "compact": _compact}
+        code = commands[args.command](args)
     except KeyboardInterrupt:
         print("icl-fungi: interrupted (responses received so far are cached)", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, RuntimeError) as err:
         print(f"icl-fungi: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 def run() -> None:

@@ -346,11 +346,23 @@ class ICLRetriever(AsyncMethods):
         examples are dropped until the prompt fits, counting with ``tokenizer`` (see
         :func:`icl_fungi.prompt.make_token_counter`; default: ``ceil(characters / 4)``).
         """
+        tpl = self.prompt_template(template)
+        examples = self.retrieve(query, k, selection=selection)
+        return self.compose(tpl, examples, query, order=order, seed=seed, max_tokens=max_tokens, tokenizer=tokenizer)
+
+    def prompt_template(self, template: str | PromptTemplate | None = None) -> PromptTemplate:
+        """The template ``build_prompt`` uses for ``template`` (``None``: the pool's default), checked against the pool
+        (a template showing labels or outputs the pool lacks is a ``ValueError``)."""
         pool = self._pool
         tpl = get_template(template if template is not None else default_template(has_outputs=pool.has_outputs))
         tpl.check_pool(has_labels=pool.has_labels, has_outputs=pool.has_outputs)
-        examples = self.retrieve(query, k, selection=selection)
-        return compose_prompt(tpl, examples, query, labels=self.label_set(), order=order, seed=seed,
+        return tpl
+
+    def compose(self, template: PromptTemplate, examples: list[RetrievedExample], query: str, *, order: str = "similar_last",
+                seed: int = 0, max_tokens: int | None = None, tokenizer: object = None) -> Prompt:
+        """The prompt of ``query`` with ``examples`` already retrieved (the last step of :meth:`build_prompt`, shared
+        with the service, which batches the retrieval)."""
+        return compose_prompt(template, examples, query, labels=self.label_set(), order=order, seed=seed,
                               max_tokens=max_tokens, tokenizer=tokenizer)
 
     def label_set(self) -> list[Label]:

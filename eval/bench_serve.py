@@ -1,0 +1,345 @@
+"""``icl-fungi serve`` under load: requests/s and p50/p99 latency at 1, 8 and 32 concurrent clients for
+``/v1/retrieve`` and ``/v1/prompt`` (a real uvicorn on loopback, one keep-alive HTTP client per client thread),
+against the same calls made in process by as many threads; served answers checked against in-process ones;
+and a soak (``--soak-minutes``) with adds interleaved: errors, and the server's peak RSS after the first minute
+and at the end.
+
+The pool is a seeded sample of banking-77 train (``--pool-size``), the queries banking-77 test texts; the
+retriever is the 0.4.0 default configuration spelled out (embedding + KL, automatic KL weight). Writes
+eval/results/bench_serve.{json,md}.
+
+    python eval/bench_serve.py [--pool-size 10003] [--seconds 20] [--soak-minutes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    DEFAULT_DATA,
+    FEATURES_0_3,
+    RESULTS,
+    build_retriever,
+    load_split,
+    markdown_table,
+    retriever_config,
+    run_meta,
+    write_results,
+)
+
+SPEC = {**FEATURES_0_3, "features": ("embedding", "kl"), "fit_weights": "auto"}  # the 0.4.0 defaults, spelled out
+ROUTES = ("/v1/retrieve", "/v1/prompt")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--pool-size", type=int, default=10003, help="seeded sample of banking-77 train (default: all of it)")
+    ap.add_argument("--queries", type=int, default=400, help="seeded banking-77 test texts the clients send (default: 400)")
+    ap.add_argument("--clients", default="1,8,32", help="concurrency levels (default: 1,8,32)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per route and level (default: 20)")
+    ap.add_argument("-k", type=int, default=20, help="examples per request (default: 20)")
+    ap.add_argument("--gather-ms", type=float, default=3.0, help="the server's gather window (default: 3)")
+    ap.add_argument("--soak-minutes", type=float, default=0.0, help="soak length; 0 skips it (default: 0)")
+    ap.add_argument("--soak-clients", type=int, default=8, help="query clients during the soak (default: 8)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "bench_serve.json"))
+    return ap.parse_args(argv)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(path: Path, gather_ms: float, log: Path) -> tuple[subprocess.Popen, str]:
+    """``icl-fungi serve`` (quiet: no access log) on a free loopback port; returns once ``/readyz`` answers 200."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "icl_fungi.cli", "-q", "serve", str(path), "--port", str(port), "--gather-ms", str(gather_ms)]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    sys.exit("the server was not ready after 600 s")
+
+
+def run_clients(n: int, seconds: float, call: Callable[[int, int], bool], setup: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """``n`` threads calling ``call(thread, i)`` (True: success) back to back for ``seconds``; throughput and latency."""
+    latencies: list[list[float]] = [[] for _ in range(n)]
+    errors = [0] * n
+    start = threading.Barrier(n + 1)
+    stop_at = [0.0]
+
+    def loop(t: int) -> None:
+        if setup is not None:
+            setup()
+        start.wait()
+        i = 0
+        while time.perf_counter() < stop_at[0]:
+            t0 = time.perf_counter()
+            ok = call(t, i)
+            latencies[t].append(time.perf_counter() - t0)
+            errors[t] += not ok
+            i += 1
+
+    threads = [threading.Thread(target=loop, args=(t,), daemon=True) for t in range(n)]
+    for th in threads:
+        th.start()
+    stop_at[0] = time.perf_counter() + 1e9
+    start.wait()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - began
+    flat = [x for row in latencies for x in row]
+    return {"clients": n, "requests": len(flat), "errors": sum(errors), "seconds": round(wall, 2),
+            "rps": round(len(flat) / wall, 2), "p50_ms": round(float(np.percentile(flat, 50)) * 1000, 1),
+            "p99_ms": round(float(np.percentile(flat, 99)) * 1000, 1)}
+
+
+def served_call(url: str, route: str, queries: list[str], k: int) -> tuple[Callable[[int, int], bool], Callable[[], None]]:
+    """A client call for ``route`` (one keep-alive connection per thread) and the per-thread setup that opens it."""
+    import httpx
+
+    local = threading.local()
+
+    def setup() -> None:
+        local.client = httpx.Client(base_url=url, timeout=120)
+
+    def call(t: int, i: int) -> bool:
+        q = queries[(t * 7919 + i) % len(queries)]
+        try:
+            return local.client.post(route, json={"query": q, "k": k}).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return call, setup
+
+
+def in_process_call(r: Any, route: str, queries: list[str], k: int) -> Callable[[int, int], bool]:
+    """The same call made in process: ``retrieve`` or ``build_prompt``."""
+    fn = r.retrieve if route == "/v1/retrieve" else r.build_prompt
+
+    def call(t: int, i: int) -> bool:
+        fn(queries[(t * 7919 + i) % len(queries)], k)
+        return True
+
+    return call
+
+
+def check_identity(url: str, r: Any, queries: list[str], k: int) -> dict[str, Any]:
+    """Served answers (sent 16 at a time, so they are batched) against single in-process calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    def ask(q: str) -> tuple[dict, dict]:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            return (c.post("/v1/retrieve", json={"query": q, "k": k}).json(), c.post("/v1/prompt", json={"query": q, "k": k}).json())
+
+    with ThreadPoolExecutor(16) as pool:
+        served = list(pool.map(ask, queries))
+    same_ids, same_prompt, max_diff = 0, 0, 0.0
+    for q, (got, prompt) in zip(queries, served, strict=True):
+        mine = r.retrieve(q, k)
+        same_ids += [x["index"] for x in got["examples"]] == [x.index for x in mine]
+        max_diff = max([max_diff, *(abs(a["score"] - b.score) for a, b in zip(got["examples"], mine, strict=False))])
+        same_prompt += prompt["prompt"] == r.build_prompt(q, k)
+    return {"queries": len(queries), "ids_identical": same_ids, "prompts_identical": same_prompt, "max_score_diff": max_diff}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/PID/status")
+
+
+def soak(url: str, pid: int, minutes: float, n_clients: int, queries: list[str], labels: list[str], k: int) -> dict[str, Any]:
+    """``n_clients`` clients alternating retrieve and prompt, one client adding an example a second, for ``minutes``."""
+    import httpx
+
+    stop = threading.Event()
+    added, add_errors = [0], [0]
+
+    def adder() -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            while not stop.wait(1.0):
+                i = added[0] + add_errors[0]
+                body = {"texts": [f"{queries[i % len(queries)]} (soak {i})"], "labels": [labels[i % len(labels)]]}
+                try:
+                    ok = c.post("/v1/examples", json=body).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                added[0] += ok
+                add_errors[0] += not ok
+
+    calls = {route: served_call(url, route, queries, k) for route in ROUTES}
+
+    def setup() -> None:
+        for _, open_client in calls.values():
+            open_client()
+
+    def call(t: int, i: int) -> bool:
+        return calls[ROUTES[i % 2]][0](t, i)
+
+    samples: list[tuple[float, float]] = []
+
+    def sampler() -> None:
+        t0 = time.monotonic()
+        while not stop.wait(5.0):
+            samples.append((round(time.monotonic() - t0, 1), round(peak_rss_mb(pid), 1)))
+
+    side = [threading.Thread(target=adder, daemon=True), threading.Thread(target=sampler, daemon=True)]
+    for th in side:
+        th.start()
+    load = run_clients(n_clients, minutes * 60, call, setup)
+    stop.set()
+    for th in side:
+        th.join()
+    after_1min = next((rss for t, rss in samples if t >= 60), samples[0][1] if samples else None)
+    end = peak_rss_mb(pid)
+    return {**load, "minutes": minutes, "examples_added": added[0], "add_errors": add_errors[0],
+            "peak_rss_after_1min_mb": after_1min, "peak_rss_end_mb": round(end, 1),
+            "rss_growth": round(end / after_1min - 1, 4) if after_1min else None, "rss_samples": samples[::6]}
+
+
+def batch_cost(r: Any, queries: list[str], sizes: list[int], k: int, repeats: int = 9) -> dict[int, float]:
+    """Median ms of one in-process ``retrieve_batch`` of ``n`` queries (after one untimed call), on one worker thread
+    as the server runs it: the floor of a batched server's latency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(batch: list[str]) -> float:
+        t0 = time.perf_counter()
+        r.retrieve_batch(batch, k)
+        return time.perf_counter() - t0
+
+    cost = {}
+    with ThreadPoolExecutor(1) as worker:
+        for n in sizes:
+            worker.submit(timed, queries[:n]).result()
+            batches = [[queries[(j * n + i) % len(queries)] for i in range(n)] for j in range(repeats)]
+            cost[n] = round(float(np.median([worker.submit(timed, b).result() for b in batches])) * 1000, 1)
+    return cost
+
+
+def measure(url: str, r: Any, queries: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Served and in-process throughput and latency per route and concurrency level (after a warm-up)."""
+    rows = []
+    levels = [int(c) for c in args.clients.split(",")]
+    for route in ROUTES:
+        call, setup = served_call(url, route, queries, args.k)
+        run_clients(max(levels), 3, call, setup)  # warm-up: connections, the batcher, the allocator
+        for n in levels:
+            served = run_clients(n, args.seconds, call, setup)
+            local = run_clients(n, args.seconds, in_process_call(r, route, queries, args.k))
+            rows.append({"route": route, "clients": n, "served": served, "in_process": local})
+            print(f"{route} x{n}: served {served['rps']} req/s p50 {served['p50_ms']} p99 {served['p99_ms']} ms; "
+                  f"in process {local['rps']} req/s p50 {local['p50_ms']} p99 {local['p99_ms']} ms", flush=True)
+    return rows
+
+
+def criteria(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's bars: throughput at 32 clients >= 1.5x at 1; p99 at 8 clients <= 3x p50 at 1 (per route)."""
+    out = {}
+    for route in ROUTES:
+        by_n = {row["clients"]: row["served"] for row in rows if row["route"] == route}
+        if {1, 8, 32} <= set(by_n):
+            gain, tail = by_n[32]["rps"] / by_n[1]["rps"], by_n[8]["p99_ms"] / by_n[1]["p50_ms"]
+            out[route] = {"rps_32_over_1": round(gain, 2), "p99_8_over_p50_1": round(tail, 2),
+                          "passes": gain >= 1.5 and tail <= 3.0}
+    return out
+
+
+def report(args: argparse.Namespace, rows: list, identity: dict, soaked: dict | None, r: Any, shutdown_s: float,
+           cost: dict[int, float]) -> None:
+    stats = ("rps", "p50_ms", "p99_ms")
+    table_rows = [{"route": row["route"], "clients": row["clients"], **{f"served {k}": row["served"][k] for k in stats},
+                   "errors": row["served"]["errors"], **{f"in process {k}": row["in_process"][k] for k in stats}} for row in rows]
+    columns = ["route", "clients", "served rps", "served p50_ms", "served p99_ms", "errors", "in process rps", "in process p50_ms",
+               "in process p99_ms"]
+    bars = criteria(rows)
+    notes = [f"Pool {len(r)} examples; k = {args.k}; gather window {args.gather_ms} ms; {args.seconds} s per cell; "
+             f"load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other work shared the machine).",
+             f"Served vs in process ({identity['queries']} queries, sent 16 at a time): ids identical for {identity['ids_identical']}, "
+             f"prompts identical for {identity['prompts_identical']}, max |score difference| {identity['max_score_diff']:.2e}."]
+    notes.append("One in-process forward pass (retrieve_batch) of n queries, median: "
+                 + ", ".join(f"{n}: {ms} ms" for n, ms in cost.items()) + " (a batching server answers 8 clients no faster "
+                 "than one pass of 8 queries).")
+    notes += [f"{route}: 32 clients / 1 client throughput {b['rps_32_over_1']}x; p99 at 8 clients / p50 at 1 client "
+              f"{b['p99_8_over_p50_1']}x ({'passes' if b['passes'] else 'misses'} the bars 1.5x and 3x)." for route, b in bars.items()]
+    if soaked:
+        notes.append(f"Soak: {soaked['minutes']} min, {soaked['clients']} query clients ({soaked['requests']} requests, "
+                     f"{soaked['errors']} errors) and {soaked['examples_added']} adds ({soaked['add_errors']} errors); peak RSS "
+                     f"{soaked['peak_rss_after_1min_mb']} MiB after the first minute, {soaked['peak_rss_end_mb']} MiB at the end "
+                     f"({soaked['rss_growth']:+.1%}).")
+    notes.append(f"SIGTERM to exit (drain, fold the add log into the saved retriever): {shutdown_s:.1f} s.")
+    payload = {"meta": run_meta(seed=args.seed, pool_size=len(r), k=args.k, gather_ms=args.gather_ms, seconds=args.seconds,
+                                retriever=retriever_config(r)),
+               "results": rows, "criteria": bars, "identity": identity, "batch_cost_ms": cost, "soak": soaked,
+               "shutdown_s": round(shutdown_s, 2)}
+    write_results(Path(args.out), payload, title="bench_serve: icl-fungi serve under load",
+                  table=markdown_table(table_rows, columns, digits=1), notes="\n\n".join(notes))
+    print("\n\n".join(notes))
+
+
+def main() -> None:
+    args = parse_args()
+    texts, labels = load_split(args.data, "train")
+    rng = np.random.default_rng(args.seed)
+    keep = np.sort(rng.choice(len(texts), size=min(args.pool_size, len(texts)), replace=False))
+    q_texts, q_labels = load_split(args.data, "test")
+    pick = rng.choice(len(q_texts), size=min(args.queries, len(q_texts)), replace=False)
+    queries, query_labels = [q_texts[i] for i in pick], [q_labels[i] for i in pick]
+    r = build_retriever([texts[i] for i in keep], [labels[i] for i in keep], SPEC, exact=False)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serve-"))
+    try:
+        path = r.save(tmp / "pool.icl")
+        proc, url = start_server(path, args.gather_ms, tmp / "server.log")
+        try:
+            identity = check_identity(url, r, queries[:100], args.k)
+            rows = measure(url, r, queries, args)
+            cost = batch_cost(r, queries, [int(c) for c in args.clients.split(",")], args.k)
+            soaked = soak(url, proc.pid, args.soak_minutes, args.soak_clients, queries, query_labels, args.k) if args.soak_minutes else None
+        finally:
+            t0 = time.perf_counter()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(300)
+            shutdown_s = time.perf_counter() - t0
+        report(args, rows, identity, soaked, r, shutdown_s, cost)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

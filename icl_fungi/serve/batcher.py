@@ -1,0 +1,161 @@
+"""Gathering concurrent queries into one forward pass.
+
+A batch takes every query already queued; it waits for more only while it holds fewer queries than the
+previous batch did (the clients of that batch are coming back), and then at most ``window_s`` once the
+worker is free, and never past ``max_batch`` queries. The batch runs on one worker thread, split into
+groups of equal ``k`` and selection, each one ``retrieve_batch`` call; queries that arrive meanwhile form the
+next batch. Throughput grows with the number of clients, while a lone client pays at most the window
+(usually nothing: its previous batch held one query). Results equal single in-process calls (padding in a batch moves scores by
+~1e-7; ``tests/test_serve.py`` checks ids and scores against ``retrieve``).
+
+Example:
+    >>> import asyncio
+    >>> class Echo:                       # stands in for an ICLRetriever
+    ...     def retrieve_batch(self, queries, k, *, selection=None):
+    ...         return [[q.upper()] * k for q in queries]
+    >>> async def main():
+    ...     b = Batcher(Echo(), window_s=0.002, max_batch=8)
+    ...     b.start()
+    ...     got = await asyncio.gather(b.retrieve(["a"], 1), b.retrieve(["b", "c"], 2))
+    ...     await b.stop()
+    ...     return got, b.batches
+    >>> asyncio.run(main())
+    ([[['A']], [['B', 'B'], ['C', 'C']]], 1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["Batcher"]
+
+
+@dataclasses.dataclass
+class _Job:
+    queries: list[str]
+    k: int
+    selection: Any
+    key: Hashable  # jobs with equal (k, key) share one retrieve_batch call
+    future: asyncio.Future
+
+
+class Batcher:
+    """Batches ``retrieve`` calls of many requests into ``retriever.retrieve_batch`` calls on one worker thread.
+
+    ``on_batch(n_queries, seconds)`` is called after each forward pass (for metrics).
+    """
+
+    def __init__(self, retriever: Any, *, window_s: float = 0.003, max_batch: int = 32,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.retriever = retriever
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self.on_batch = on_batch
+        self.batches = 0
+        self._expected = 1  # queries in the previous batch: worth waiting for until this one holds as many
+        self._queue: asyncio.Queue[_Job | None] | None = None
+        self._task: asyncio.Task | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-fungi-batch")
+
+    def start(self) -> None:
+        """Start gathering (inside the running event loop)."""
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Finish the queued jobs, then stop the gathering task and the worker thread."""
+        if self._task is not None and self._queue is not None:
+            self._queue.put_nowait(None)
+            await self._task
+            self._task = None
+        self._worker.shutdown(wait=True)
+
+    async def retrieve(self, queries: Sequence[str], k: int, selection: Any = None, key: Hashable = None) -> list[list[Any]]:
+        """What ``retriever.retrieve_batch(queries, k, selection=selection)`` returns, computed in a shared batch.
+
+        ``key`` identifies the selection (jobs with equal ``k`` and ``key`` share a call); ``None`` is top-k.
+        """
+        if self._queue is None or self._task is None or self._task.done():
+            raise RuntimeError("the batcher is not running")
+        loop = asyncio.get_running_loop()
+        job = _Job(list(queries), k, selection, key, loop.create_future())
+        self._queue.put_nowait(job)
+        return await job.future
+
+    async def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+        """``first``, the jobs already queued, and those arriving within its window while the batch is smaller than
+        the previous one (never past ``max_batch`` queries); True when the stop sentinel was taken."""
+        assert self._queue is not None
+        jobs, n = [first], len(first.queries)
+        deadline = time.monotonic() + self.window_s  # from when the worker is free: queued clients' peers get their window too
+        while n < self.max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if n >= self._expected or remaining <= 0:
+                    break
+                try:
+                    nxt = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if nxt is None:
+                return jobs, True
+            jobs.append(nxt)
+            n += len(nxt.queries)
+        return jobs, False
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            jobs, stopping = await self._gather(first)
+            self._expected = sum(len(j.queries) for j in jobs)
+            outcomes = await loop.run_in_executor(self._worker, self._run, jobs)
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if job.future.done():  # the client went away
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+        while not self._queue.empty():  # jobs queued behind the stop sentinel
+            job = self._queue.get_nowait()
+            if job is not None and not job.future.done():
+                job.future.set_exception(RuntimeError("the service is shutting down"))
+
+    def _run(self, jobs: list[_Job]) -> list[Any]:
+        """On the worker thread: one ``retrieve_batch`` per group of equal (k, key); each job's rows, or the error."""
+        started = time.perf_counter()
+        groups: dict[tuple[int, Hashable], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((job.k, job.key), []).append(i)
+        outcomes: list[Any] = [None] * len(jobs)
+        for members in groups.values():
+            queries = [q for i in members for q in jobs[i].queries]
+            head = jobs[members[0]]
+            try:
+                rows = self.retriever.retrieve_batch(queries, head.k, selection=head.selection)
+            except Exception as err:  # noqa: BLE001 - handed to each waiting request
+                for i in members:
+                    outcomes[i] = err
+                continue
+            at = 0
+            for i in members:
+                outcomes[i] = rows[at : at + len(jobs[i].queries)]
+                at += len(jobs[i].queries)
+        self.batches += 1
+        if self.on_batch is not None:
+            with contextlib.suppress(Exception):
+                self.on_batch(sum(len(j.queries) for j in jobs), time.perf_counter() - started)
+        return outcomes

@@ -1,0 +1,169 @@
+"""What the routes call: the loaded retriever, its add log and the query batcher, with the service's life cycle.
+
+Life cycle: :meth:`Service.open_log` (before the server binds: a log held by another process or damaged fails
+at once), :meth:`Service.start` (in the event loop: starts the batcher, loads the retriever and replays the log
+on a thread; ``ready`` once done), :meth:`Service.close` (after the server drained its requests: stops the
+batcher, folds the log into the saved retriever when examples were added, releases the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..template import Prompt, PromptTemplate
+from .batcher import Batcher
+from .metrics import Metrics
+from .schemas import InputError
+from .settings import ServeSettings
+from .wal import AddLog, replay
+
+__all__ = ["Service"]
+
+logger = logging.getLogger(__name__)
+
+IN_PROCESS_INDEXES = ("hnswlib",)  # indexes whose whole state is saved with the retriever (what replay assumes)
+
+
+class Service:
+    """The retriever behind the routes. ``state``: ``loading``, ``ready``, ``failed`` or ``stopped``."""
+
+    def __init__(self, settings: ServeSettings, metrics: Metrics, *, on_failure: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.on_failure = on_failure
+        self.state = "loading"
+        self.error: str | None = None
+        self.retriever: Any = None
+        self.log: AddLog | None = None
+        self.batcher: Batcher | None = None
+        self._dirty = False  # examples added since the retriever was saved
+        self._add_lock = threading.Lock()
+        self._adds = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-fungi-add")
+        self._loader: asyncio.Future | None = None
+
+    # ------------------------------------------------------------------ life cycle
+    def open_log(self) -> None:
+        """Lock and read the add log (not in read-only mode); ValueError when it is in use or damaged."""
+        if not self.settings.read_only and self.log is None:
+            self.log = AddLog.open(self.settings.path)
+
+    def load(self) -> None:
+        """Load the retriever and replay the add log into it (on a thread; may take a while)."""
+        from ..retriever import ICLRetriever
+
+        s = self.settings
+        retriever = ICLRetriever.load(s.path, model=s.model, device=s.device, show_progress_bar=False)
+        backend = getattr(retriever.index, "backend", None)
+        if not s.read_only and backend not in IN_PROCESS_INDEXES:
+            raise ValueError(f"adds need an index saved with the retriever ({', '.join(IN_PROCESS_INDEXES)}), not {backend!r}: "
+                             "serve it with --read-only")
+        if self.log is not None:
+            pending = self.log.pending()
+            added = replay(retriever, pending)
+            self._dirty = bool(pending)
+            logger.info("replayed %d logged add(s): %d example(s) added to the saved pool", len(pending), added)
+        self.retriever = retriever
+
+    async def start(self) -> None:
+        """Start the batcher and load the retriever in the background (``/readyz`` says when it is done)."""
+        self.open_log()
+        loop = asyncio.get_running_loop()
+        self._loader = loop.run_in_executor(self._adds, self.load)
+        self._loader.add_done_callback(self._loaded)
+
+    def _loaded(self, fut: asyncio.Future) -> None:
+        err = fut.exception()
+        if err is not None:
+            self.state, self.error = "failed", f"{type(err).__name__}: {err}"
+            logger.error("could not load %s: %s", self.settings.path, self.error)
+            if self.on_failure is not None:
+                self.on_failure()
+            return
+        s = self.settings
+        self.batcher = Batcher(self.retriever, window_s=s.gather_ms / 1000, max_batch=s.max_batch, on_batch=self.metrics.observe_batch)
+        self.batcher.start()
+        self.metrics.track_pool(lambda: len(self.retriever))
+        self.metrics.ready.set(1)
+        self.state = "ready"
+        logger.info("ready: %d examples from %s", len(self.retriever), s.path)
+
+    async def close(self) -> None:
+        """Stop the batcher, fold the add log into the saved retriever (when examples were added), release the log."""
+        if self._loader is not None and not self._loader.done():
+            await asyncio.wait([self._loader])
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.metrics.ready.set(0)
+        try:
+            if self.state == "ready" and self._dirty and self.log is not None and self.settings.compact_on_exit:
+                await asyncio.get_running_loop().run_in_executor(self._adds, self._compact)
+        finally:
+            self.state = "stopped"
+            self._adds.shutdown(wait=True)
+            if self.log is not None:
+                self.log.close()
+
+    def _compact(self) -> None:
+        with self._add_lock:
+            self.retriever.save(self.settings.path)  # atomic: the old directory stays until the new one is complete
+            assert self.log is not None
+            self.log.reset()
+            self._dirty = False
+        logger.info("folded the add log into %s (%d examples)", self.settings.path, len(self.retriever))
+
+    # ------------------------------------------------------------------ requests
+    def check_ready(self) -> None:
+        if self.state != "ready":
+            raise InputError(None, f"the retriever is {self.state}" + (f": {self.error}" if self.error else ""), 503)
+
+    async def retrieve(self, queries: Sequence[str], k: int, selection: Any, key: str | None) -> list[list[Any]]:
+        """``retrieve_batch(queries, k, selection=selection)``, in a batch shared with concurrent requests."""
+        self.check_ready()
+        assert self.batcher is not None
+        return await self.batcher.retrieve(queries, k, selection, key)
+
+    async def prompt(self, query: str, k: int, *, template: str | PromptTemplate | None, order: str, max_tokens: int | None,
+                     selection: Any, key: str | None, seed: int) -> Prompt:
+        """What ``retriever.build_prompt(query, k, template=, order=, max_tokens=, selection=, seed=)`` returns: the same
+        template check, the same retrieval (batched) and the same ``retriever.compose`` call."""
+        try:
+            tpl = self.retriever.prompt_template(template)  # checked against the pool before the retrieval
+        except ValueError as err:
+            raise InputError("template", f"template: {err}") from None
+        examples = (await self.retrieve([query], k, selection, key))[0]
+        try:
+            return self.retriever.compose(tpl, examples, query, order=order, seed=seed, max_tokens=max_tokens)
+        except ValueError as err:
+            if max_tokens is not None and "max_tokens" in str(err):
+                raise InputError("max_tokens", f"max_tokens: {err}") from None
+            raise
+
+    async def add(self, texts: list[str], labels: list[Any]) -> tuple[list[int], int | None]:
+        """Add examples; returns their pool positions and the add log's sequence number, once the add is durable."""
+        self.check_ready()
+        if self.settings.read_only:
+            raise InputError(None, "this service is read-only (started with --read-only): adds are refused", 403)
+        ids, seq = await asyncio.get_running_loop().run_in_executor(self._adds, self._add, texts, labels)
+        self.metrics.adds.inc(len(ids))
+        return ids, seq
+
+    def _add(self, texts: list[str], labels: list[Any]) -> tuple[list[int], int | None]:
+        """Log and fsync, then add to the pool; a failed add is marked aborted in the log (never acknowledged)."""
+        with self._add_lock:
+            start = len(self.retriever)
+            rec = self.log.append(start, texts, labels) if self.log is not None else None
+            try:
+                ids = self.retriever.add_examples(texts, labels)
+            except BaseException:
+                if rec is not None and self.log is not None:
+                    self.log.abort(rec)
+                raise
+            self._dirty = True
+            if ids != list(range(start, start + len(texts))):
+                raise RuntimeError(f"the index placed the new examples at {ids[:3]}..., not at {start}...: the add log cannot replay them")
+            return ids, None if rec is None else rec.seq
