@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from .parts import SavedPart, read_config
+from .registry import Registry
 from .vectors import Chunk, check_vectors, normalise, pad_results
 
 __all__ = ["Index", "VectorIndex", "index_class", "load_index", "register_index", "registered_indexes"]
@@ -296,11 +296,9 @@ class VectorIndex(SavedPart):
 
 # ------------------------------------------------------------------ backends by name
 # a built-in backend whose module needs an extra is named by "module:Class" and imported on first use
-_BACKENDS: dict[str, type | str] = {VectorIndex.backend: VectorIndex, "milvus": "icl_fungi.milvus:MilvusIndex"}
-
-
-def _qualified(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+_BACKENDS = Registry("index backend", "backend", hint="register your own with icl_fungi.register_index before building or loading")
+_BACKENDS.register(VectorIndex)
+_BACKENDS.register_lazy("milvus", "icl_fungi.milvus:MilvusIndex")  # pymilvus is imported only when it is named
 
 
 def register_index(cls: T) -> T:
@@ -314,37 +312,19 @@ def register_index(cls: T) -> T:
         >>> register_index(Exact) is Exact, "exact-doc" in registered_indexes()
         (True, True)
     """
-    if not isinstance(cls, type):
-        raise TypeError(f"register_index needs a class, got {cls!r}")
-    name = getattr(cls, "backend", None)
-    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"{cls.__name__}.backend must be a non-empty word (letters, digits, '-', '_'), got {name!r}")
-    if not callable(getattr(cls, "load", None)) or not callable(getattr(cls, "save", None)):
+    if isinstance(cls, type) and (not callable(getattr(cls, "load", None)) or not callable(getattr(cls, "save", None))):
         raise TypeError(f"{cls.__name__} needs save(path) and a load(path, dim=...) classmethod to be an index backend")
-    known = _BACKENDS.get(name)
-    known_name = known if isinstance(known, str) else None if known is None else _qualified(known)
-    if known_name is not None and known_name != _qualified(cls):
-        raise ValueError(f"an index backend named {name!r} is already registered ({known_name})")
-    _BACKENDS[name] = cls
-    return cls
+    return _BACKENDS.register(cls)
 
 
 def registered_indexes() -> tuple[str, ...]:
     """Names of the registered index backends."""
-    return tuple(_BACKENDS)
+    return _BACKENDS.names()
 
 
 def index_class(name: object) -> type[Index]:
     """The index class registered under ``name`` (a built-in one imported on first use)."""
-    if not isinstance(name, str) or name not in _BACKENDS:
-        raise ValueError(f"unknown index backend {name!r}; registered: {registered_indexes()} "
-                         "(register your own with icl_fungi.register_index before building or loading)")
-    entry = _BACKENDS[name]
-    if isinstance(entry, str):
-        module, _, qualname = entry.partition(":")
-        entry = getattr(importlib.import_module(module), qualname)
-        _BACKENDS[name] = entry
-    return entry
+    return _BACKENDS.get(name)
 
 
 def load_index(path: str | Path, *, dim: int | None = None) -> Index:

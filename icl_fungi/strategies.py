@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .registry import Registry
+
 __all__ = [
     "MMR",
     "Candidates",
@@ -111,33 +113,23 @@ def _positive_int(name: str, value: object) -> int:
 
 
 # ----------------------------------------------------------------- strategies
-_STRATEGIES: dict[str, type[SelectionStrategy]] = {}
+_STRATEGIES = Registry("selection strategy", "name", base=SelectionStrategy,
+                       hint="register your own with icl_fungi.selection.register_selection_strategy")
 
 
 def register_selection_strategy(cls: type[SelectionStrategy]) -> type[SelectionStrategy]:
     """Register a :class:`SelectionStrategy` subclass under its ``name`` (usable as a decorator)."""
-    if not (isinstance(cls, type) and issubclass(cls, SelectionStrategy)):
-        raise TypeError(f"register_selection_strategy needs a SelectionStrategy subclass, got {cls!r}")
-    if not isinstance(cls.name, str) or not cls.name or not cls.name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"{cls.__name__}.name must be a non-empty word (letters, digits, '-', '_'), got {cls.name!r}")
-    known = _STRATEGIES.get(cls.name)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"a selection strategy named {cls.name!r} is already registered ({known.__qualname__})")
-    _STRATEGIES[cls.name] = cls
-    return cls
+    return _STRATEGIES.register(cls)
 
 
 def registered_selection_strategies() -> tuple[str, ...]:
     """Names of the registered selection strategies."""
-    return tuple(_STRATEGIES)
+    return _STRATEGIES.names()
 
 
 def selection_strategy(name: object, **options: Any) -> SelectionStrategy:
     """The strategy registered under ``name``, built with ``options``."""
-    if not isinstance(name, str) or name not in _STRATEGIES:
-        raise ValueError(f"unknown selection strategy {name!r}; registered: {registered_selection_strategies()} "
-                         "(register your own with icl_fungi.selection.register_selection_strategy)")
-    cls = _STRATEGIES[name]
+    cls = _STRATEGIES.get(name)
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(options) - set(params))

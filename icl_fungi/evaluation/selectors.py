@@ -24,6 +24,7 @@ from typing import Any
 
 from ..combine import DEFAULT_FIT_WEIGHTS, FIT_WEIGHTS
 from ..features import FeatureConfig
+from ..options import parse_value
 from ..prompt import ORDERS
 from ..selection import Selection
 
@@ -59,20 +60,6 @@ class SelectorSpec:
                 "fit_weights": self.fit_weights, "selection": self.selection.describe(), "order": self.order}
 
 
-def _value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_selector(text: str) -> SelectorSpec:
     """A :class:`SelectorSpec` from ``NAME`` or ``NAME=BASE;key=value;...`` (see the module docstring)."""
     if not isinstance(text, str) or not text.strip():
@@ -94,7 +81,7 @@ def parse_selector(text: str) -> SelectorSpec:
         key = key.strip()
         if not eq:
             raise ValueError(f"selector {name!r}: {part!r} is not key=value")
-        value = _value(raw.strip())
+        value = parse_value(raw)
         if key.startswith("w."):
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ValueError(f"selector {name!r}: weight {key} must be a number, got {raw!r}")

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..parts import SavedPart
+from ..registry import Registry
 
 __all__ = [
     "KLHead",
@@ -50,7 +51,6 @@ __all__ = [
 
 _SAMPLE = 4096  # pool texts whose embeddings fit a head
 _SELF_MATCH = 1.0 - 1e-4  # a "neighbors" row this close to the text is the text itself (or an identical one)
-_REGISTRY: dict[str, type[KLHead]] = {}
 
 
 def spherical_kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 25) -> torch.Tensor:
@@ -221,30 +221,23 @@ class KLHead(SavedPart):
         return head.load_state(arrays)
 
 
+_HEADS = Registry("KL head", "name", base=KLHead,
+                  hint="register your own with icl_fungi.register_kl_head before building or loading")
+
+
 def register_kl_head(cls: type[KLHead]) -> type[KLHead]:
     """Register a :class:`KLHead` subclass under its ``name`` (usable as a decorator)."""
-    if not (isinstance(cls, type) and issubclass(cls, KLHead)):
-        raise TypeError(f"register_kl_head needs a KLHead subclass, got {cls!r}")
-    if not isinstance(cls.name, str) or not cls.name or not cls.name.replace("_", "-").replace("-", "").isalnum():
-        raise ValueError(f"{cls.__name__}.name must be a non-empty word (letters, digits, '-', '_'), got {cls.name!r}")
-    known = _REGISTRY.get(cls.name)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"a KL head named {cls.name!r} is already registered ({known.__qualname__})")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return _HEADS.register(cls)
 
 
 def registered_kl_heads() -> tuple[str, ...]:
     """Names of the registered KL heads."""
-    return tuple(_REGISTRY)
+    return _HEADS.names()
 
 
 def kl_head_class(name: object) -> type[KLHead]:
     """The KL head class registered under ``name``."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown KL head {name!r}; registered: {registered_kl_heads()} "
-                         "(register your own with icl_fungi.register_kl_head before building or loading)")
-    return _REGISTRY[name]
+    return _HEADS.get(name)
 
 
 @register_kl_head

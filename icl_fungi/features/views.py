@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..registry import Registry
+
 __all__ = ["DropoutViews", "Views", "WordDeletionViews", "counter_uniform", "delete_words", "dropout_modules",
            "register_view_kind", "registered_view_kinds", "text_seed", "view_kind_class"]
 
@@ -65,35 +67,28 @@ class Views:
         raise NotImplementedError(f"{type(self).__name__} makes views over the same tokens, not texts")
 
 
-_VIEW_KINDS: dict[str, type[Views]] = {}
+_VIEW_KINDS = Registry("view kind", "kind", base=Views,
+                       hint="register your own with icl_fungi.features.register_view_kind before building or loading")
 
 
 def register_view_kind(cls: type[Views]) -> type[Views]:
     """Register a :class:`Views` subclass under its ``kind`` (usable as a decorator)."""
-    if not (isinstance(cls, type) and issubclass(cls, Views)):
-        raise TypeError(f"register_view_kind needs a Views subclass, got {cls!r}")
-    if not isinstance(cls.kind, str) or not cls.kind or not cls.kind.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"{cls.__name__}.kind must be a non-empty word (letters, digits, '-', '_'), got {cls.kind!r}")
-    if not isinstance(cls.same_tokens, bool):
+    if isinstance(cls, type) and issubclass(cls, Views) and not isinstance(cls.same_tokens, bool):
         raise TypeError(f"{cls.__name__}.same_tokens must be a bool")
-    known = _VIEW_KINDS.get(cls.kind)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"a view kind named {cls.kind!r} is already registered ({known.__qualname__})")
-    _VIEW_KINDS[cls.kind] = cls
-    return cls
+    return _VIEW_KINDS.register(cls)
 
 
 def registered_view_kinds() -> tuple[str, ...]:
     """Names of the registered view kinds."""
-    return tuple(_VIEW_KINDS)
+    return _VIEW_KINDS.names()
 
 
 def view_kind_class(kind: object) -> type[Views]:
     """The :class:`Views` class registered under ``kind``."""
-    if not isinstance(kind, str) or kind not in _VIEW_KINDS:
+    if kind not in _VIEW_KINDS.names():
         raise ValueError(f"simclr_view_mode must be a registered view kind {registered_view_kinds()}, got {kind!r} "
                          "(register your own with icl_fungi.features.register_view_kind before building or loading)")
-    return _VIEW_KINDS[kind]
+    return _VIEW_KINDS.get(kind)
 
 
 def text_seed(seed: int, tag: str, text: str) -> int:
