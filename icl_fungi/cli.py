@@ -98,6 +98,10 @@ def _eval_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
                    help="a folder with train.* and test.* files (e.g. ../shared/data/banking77), 'TRAIN,TEST' files, or a hub name")
     e.add_argument("--text-column", default="text", help="text column (default: text)")
     e.add_argument("--label-column", default=None, help="label column (default: the first of label, category, intent present)")
+    e.add_argument("--output-column", default=None,
+                   help="a pair task: the column of the outputs the LLM must write (scored by exact match after "
+                        "normalisation and token F1; the retriever sees inputs and outputs, no labels)")
+    e.add_argument("--max-tokens", type=int, default=None, help="reply length cap (default: 16, or 128 with --output-column)")
     e.add_argument("--retriever", default=None, help="a saved FUNGI retriever built on the train split (default: build one)")
     e.add_argument("--selectors", default="fungi,embedding,random",
                    help="comma-separated selectors: fungi, embedding, bm25, random, or specs NAME=BASE;key=value;... with "
@@ -111,7 +115,8 @@ def _eval_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
                    help="few-shot pool: a seeded sample of N train examples per label (all of a label's when fewer; default: all)")
     e.add_argument("--pool-seed", type=int, default=0, help="seed of the --per-label pool (default: 0)")
     e.add_argument("--template", default=None,
-                   help="prompt template name or file (default: classification-completion, or banking77-chat in chat mode)")
+                   help="prompt template name or file (default: classification-completion, or banking77-chat in chat mode; "
+                        "pairs-completion or pairs-chat with --output-column)")
     e.add_argument("--mode", choices=("completion", "chat"), default="completion",
                    help="completions or chat API (default: completion; the embedded model is a base model)")
     e.add_argument("--base-url", default=None,
@@ -243,7 +248,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     settings = EvalSettings(
         data=args.data, out=args.out, text_column=args.text_column, label_column=args.label_column,
-        retriever=args.retriever, selectors=tuple(s.strip() for s in args.selectors.split(",") if s.strip()),
+        output_column=args.output_column, max_tokens=args.max_tokens, retriever=args.retriever,
+        selectors=tuple(s.strip() for s in args.selectors.split(",") if s.strip()),
         k=args.k, limit=args.limit, seed=args.seed, template=args.template, mode=args.mode,
         base_url=args.base_url, model=args.model, concurrency=args.concurrency, timeout=args.timeout,
         max_retries=args.max_retries, cache=args.cache, show_progress=not args.quiet, cached_only=args.cached_only,
@@ -252,7 +258,8 @@ def _eval(args: argparse.Namespace) -> None:
     report = run_icl_eval(settings)
     for name, m in report["selectors"].items():
         lo, hi = m["accuracy_ci95"]
-        print(f"{name:<10} accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f})  invalid {m['invalid_rate']:.4f}  n={m['n']}")
+        f1 = f"  token F1 {m['token_f1']:.4f}" if "token_f1" in m else ""
+        print(f"{name:<10} accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}){f1}  invalid {m['invalid_rate']:.4f}  n={m['n']}")
     print(f"report: {Path(args.out) / 'report.md'}  (wall time {report['wall_time_s']} s)")
 
 

@@ -169,6 +169,7 @@ BAD = [  # (route, body: JSON value, or bytes sent as is, expected status, field
     ("/v1/prompt", {"query": "card", "seed": -1}, 422, "seed"),
     ("/v1/prompt", {"query": ["card"]}, 422, "query"),
     ("/v1/examples", {"texts": ["a new text"]}, 422, "labels"),
+    ("/v1/examples", {"texts": ["a"], "labels": ["x"], "outputs": ["an output"]}, 422, "outputs"),
     ("/v1/examples", {"texts": [], "labels": []}, 422, "texts"),
     ("/v1/examples", {"texts": ["a", "b"], "labels": ["x"]}, 422, "labels"),
     ("/v1/examples", {"texts": ["a"], "labels": [True]}, 422, "labels[0]"),

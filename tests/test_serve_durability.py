@@ -28,16 +28,22 @@ pytest.importorskip("fastapi")
 class Pool:
     """Stands in for an ICLRetriever in replay: texts, labels, ``add_examples`` giving the next positions."""
 
-    def __init__(self, texts: list[str]) -> None:
-        self.texts, self.labels = list(texts), ["old"] * len(texts)
+    def __init__(self, texts: list[str], *, pairs: bool = False) -> None:
+        self.texts = list(texts)
+        self.labels = None if pairs else ["old"] * len(texts)
+        self.outputs = [f"out {t}" for t in texts] if pairs else None
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def add_examples(self, texts: list[str], labels: list) -> list[int]:
+    def add_examples(self, texts: list[str], labels: list | None, outputs: list[str] | None = None) -> list[int]:
+        assert (labels is None) == (self.labels is None) and (outputs is None) == (self.outputs is None)
         start = len(self.texts)
         self.texts += texts
-        self.labels += labels
+        if labels is not None:
+            self.labels += labels
+        if outputs is not None:
+            self.outputs += outputs
         return list(range(start, len(self.texts)))
 
 
@@ -100,6 +106,21 @@ def test_replay_applies_each_logged_add_exactly_once(tmp_path):
         replay(Pool(["a", "b", "X", "d"]), records)
     with pytest.raises(ValueError, match="starts at position 2 but the pool holds 1"):
         replay(Pool(["a"]), records)
+
+
+def test_replay_carries_the_outputs_of_a_pool_of_pairs(tmp_path):
+    with AddLog.open(tmp_path / "r") as log:
+        log.append(1, ["b", "c"], None, ["out b", "a long output\nover two lines"])
+        records = log.pending()
+    with AddLog.open(tmp_path / "r") as log:  # read back from the file
+        assert [(r.labels, r.outputs) for r in log.pending()] == [(None, ["out b", "a long output\nover two lines"])]
+    pool = Pool(["a"], pairs=True)
+    assert replay(pool, records) == 2 and pool.outputs == ["out a", "out b", "a long output\nover two lines"]
+    assert replay(pool, records) == 0  # already there, outputs equal
+    other = Pool(["a"], pairs=True)
+    other.add_examples(["b", "c"], None, ["out b", "another output"])
+    with pytest.raises(ValueError, match="another retriever"):
+        replay(other, records)
 
 
 def test_compact_needs_a_saved_retriever_and_leaves_a_never_served_one_alone(fungi_retriever, tmp_path, capsys):

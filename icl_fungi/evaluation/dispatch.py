@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .llm import LLMClient, LLMResponse
 from .metrics import parse_label
 
-__all__ = ["send_all"]
+__all__ = ["announce_plan", "send_all", "send_by_query"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +95,40 @@ def send_all(client: LLMClient, prompts: Sequence[Any], *, concurrency: int = 1,
         bar.close()
     pool.shutdown(wait=True)
     return responses  # type: ignore[return-value]
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def announce_plan(client: LLMClient, selectors: Sequence[str], n_queries: int, known: dict[str, list]) -> None:
+    """Log the size of a run before any retriever is built (a build takes minutes on a large pool).
+
+    ``known`` holds the prompts already written (those of the random selectors): how many of them the cache
+    answers is counted exactly; for the others the exact count follows once their retrievers are built.
+    """
+    total = len(selectors) * n_queries
+    held = 0 if client.cache is None else len(client.cache)
+    msg = f"{_count(len(selectors), 'selector', 'selectors')} x {_count(n_queries, 'query', 'queries')} = {total} prompts"
+    msg += f"; the response cache holds {held} replies" if held else f"; nothing cached yet: up to {total} requests to send"
+    if known and held:
+        n_known = sum(len(p) for p in known.values())
+        msg += f" ({sum(client.is_cached(p) for ps in known.values() for p in ps)} of the {n_known} prompts of {', '.join(known)})"
+    building = [name for name in selectors if name not in known]
+    if building:
+        msg += f"; first the retrievers of {', '.join(building)} are built" + ("" if not held else ", then the exact count follows")
+    logger.info("%s", msg)
+
+
+def send_by_query(client: LLMClient, prompts: dict[str, list], n: int, *, seed: int = 0, concurrency: int = 1,
+                  show_progress: bool = True, labels: Sequence[Any] = (), mode: str = "completion"
+                  ) -> dict[tuple[str, int], LLMResponse]:
+    """Every selector's reply to each of ``n`` queries, by ``(selector, query position)``.
+
+    Query by query in a seeded order: an interrupted run leaves every selector answered on one random subset.
+    """
+    order = np.random.default_rng([seed, n]).permutation(n).tolist()
+    jobs = [(name, j) for j in order for name in prompts]
+    replies = send_all(client, [prompts[name][j] for name, j in jobs], concurrency=concurrency,
+                       show_progress=show_progress, labels=labels, mode=mode)
+    return dict(zip(jobs, replies, strict=True))

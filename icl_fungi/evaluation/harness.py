@@ -30,19 +30,20 @@ from ..prompt import compose_prompt, get_template, sorted_labels
 from ..retriever import ICLRetriever, RetrievedExample
 from ..template import PromptTemplate
 from .bm25 import BM25Pool
-from .dispatch import send_all
-from .llm import LLMClient, LLMResponse, LocalServer, ResponseCache, redact_url
+from .dispatch import announce_plan, send_by_query
+from .llm import LLMClient, LocalServer, ResponseCache, redact_url
 from .report import write_report
 from .scoring import Chosen, make_records, paired, retriever_config, selector_metrics
 from .selectors import SelectorSpec, parse_selector
 from .splits import load_splits, sample_per_label
+from .tasks import LabelTask, OutputTask
 
 __all__ = ["SELECTORS", "EvalSettings", "load_splits", "run_icl_eval"]
 
 logger = logging.getLogger(__name__)
 
 SELECTORS = ("fungi", "embedding", "random")
-DEFAULT_TEMPLATES = {"completion": "classification-completion", "chat": "banking77-chat"}
+DEFAULT_TEMPLATES = LabelTask.templates  # OutputTask.templates with --output-column
 
 
 @dataclasses.dataclass
@@ -53,6 +54,8 @@ class EvalSettings:
     out: str
     text_column: str = "text"
     label_column: str | None = None
+    output_column: str | None = None  # a pool of input -> output pairs: the LLM writes the output (OutputTask)
+    max_tokens: int | None = None  # reply length cap (None: 16 for a label, 128 for an output)
     retriever: str | None = None
     selectors: tuple[str, ...] = SELECTORS
     k: int = 20
@@ -86,6 +89,11 @@ class EvalSettings:
             raise ValueError("--limit must be >= 1")
         if self.per_label is not None and (isinstance(self.per_label, bool) or not isinstance(self.per_label, int) or self.per_label < 1):
             raise ValueError(f"--per-label must be an int >= 1, got {self.per_label!r}")
+        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int)
+                                            or self.max_tokens < 1):
+            raise ValueError(f"--max-tokens must be an int >= 1, got {self.max_tokens!r}")
+        if self.output_column and self.label_column:
+            raise ValueError("--output-column and --label-column: a pair task scores outputs, a classification labels; give one")
         if self.base_url and not self.model:
             raise ValueError("--model is required with --base-url")
 
@@ -114,7 +122,8 @@ def _run_key(settings: EvalSettings, template: str) -> dict:
     return {"data": settings.data, "k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": template,
             "mode": settings.mode, "selectors": list(settings.selectors), "model": settings.model,
             "base_url": redact_url(settings.base_url) if settings.base_url else None, "retriever": settings.retriever,
-            "cached_only": settings.cached_only,
+            "cached_only": settings.cached_only, **({"output_column": settings.output_column} if settings.output_column else {}),
+            **({"max_tokens": settings.max_tokens} if settings.max_tokens else {}),
             **({"per_label": settings.per_label, "pool_seed": settings.pool_seed} if settings.per_label else {})}
 
 
@@ -132,6 +141,10 @@ def _check_out(out: Path, key: dict) -> None:
                          "command may reuse its folder and resumes from its cache)")
 
 
+def _max_tokens(settings: EvalSettings) -> int:
+    return settings.max_tokens or (128 if settings.output_column else 16)
+
+
 def _open_client(settings: EvalSettings, stack: contextlib.ExitStack, out: Path, stop: tuple[str, ...]) -> tuple[LLMClient, bool]:
     """The client (and, without --base-url, the embedded server), checked before anything is built."""
     cache_path = Path(settings.cache or out / "responses.jsonl")
@@ -141,14 +154,16 @@ def _open_client(settings: EvalSettings, stack: contextlib.ExitStack, out: Path,
     if settings.cached_only:  # the same endpoint id and model as the run, so its cache keys match; nothing is sent
         local = LocalServer()
         url, model, endpoint = (settings.base_url, settings.model, None) if settings.base_url else (None, local.model, local.endpoint_id)
-        return LLMClient(url, model=model, endpoint_id=endpoint, stop=stop, cache=cache), not settings.base_url
+        return LLMClient(url, model=model, endpoint_id=endpoint, stop=stop, cache=cache, max_tokens=_max_tokens(settings)), \
+            not settings.base_url
     if settings.base_url:
-        client = LLMClient(settings.base_url, model=settings.model, timeout=settings.timeout,
+        client = LLMClient(settings.base_url, model=settings.model, timeout=settings.timeout, max_tokens=_max_tokens(settings),
                            max_retries=settings.max_retries, stop=stop, cache=cache)
         client.check()
         return client, False
     server = stack.enter_context(LocalServer())
     return LLMClient(server.base_url, model=server.model, endpoint_id=server.endpoint_id, timeout=settings.timeout,
+                     max_tokens=_max_tokens(settings),
                      max_retries=settings.max_retries, stop=stop, cache=cache), True
 
 
@@ -170,27 +185,31 @@ class _Queries:
 
 @dataclasses.dataclass
 class _Run:
-    """What choosing examples and writing prompts needs: settings, template, selectors and the train pool."""
+    """What choosing examples and writing prompts needs: settings, template, selectors, the train pool (texts and
+    labels, or texts and outputs for an :class:`OutputTask`) and the task."""
 
     settings: EvalSettings
     template: PromptTemplate
     specs: dict[str, SelectorSpec]
     pool: tuple[list, list]
-    label_set: list
+    task: LabelTask | OutputTask
     retrievers: dict[str, Any] = dataclasses.field(default_factory=dict)
     build_s: dict[str, float] = dataclasses.field(default_factory=dict)  # retriever key -> seconds to build
 
 
 def _template(settings: EvalSettings) -> PromptTemplate:
-    template = get_template(settings.template or DEFAULT_TEMPLATES[settings.mode])
+    defaults = OutputTask.templates if settings.output_column else DEFAULT_TEMPLATES
+    template = get_template(settings.template or defaults[settings.mode])
     if template.kind != settings.mode:
         raise ValueError(f"template {template.name!r} is a {template.kind} template but --mode is {settings.mode}")
     return template
 
 
 def _load_data(settings: EvalSettings) -> tuple[tuple[list, list], tuple[list, list], str]:
-    """``(train texts, labels)``, ``(test texts, labels)`` and the label column, the test split checked."""
-    tr_texts, tr_labels, te_texts, te_labels, label_column = load_splits(settings.data, settings.text_column, settings.label_column)
+    """``(train texts, labels)``, ``(test texts, labels)`` and the label column, the test split checked; with
+    ``output_column`` the outputs stand where the labels are (``--per-label`` then samples per output)."""
+    tr_texts, tr_labels, te_texts, te_labels, label_column = load_splits(settings.data, settings.text_column,
+                                                                         settings.output_column or settings.label_column)
     check_texts(te_texts)
     check_labels(te_labels, len(te_texts))
     if settings.per_label:
@@ -206,29 +225,6 @@ def _sample_queries(settings: EvalSettings, te_texts: list, te_labels: list) -> 
     return _Queries(q_index, [te_texts[i] for i in q_index], [te_labels[i] for i in q_index])
 
 
-def _count(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
-def _announce_plan(client: LLMClient, specs: dict[str, SelectorSpec], n_queries: int, known: dict[str, list]) -> None:
-    """Log the size of the run before any retriever is built (a build takes minutes on a large pool).
-
-    ``known`` holds the prompts already written (those of the random selectors): how many of them the cache
-    answers is counted exactly; for the others the exact count follows once their retrievers are built.
-    """
-    total = len(specs) * n_queries
-    held = 0 if client.cache is None else len(client.cache)
-    msg = f"{_count(len(specs), 'selector', 'selectors')} x {_count(n_queries, 'query', 'queries')} = {total} prompts"
-    msg += f"; the response cache holds {held} replies" if held else f"; nothing cached yet: up to {total} requests to send"
-    if known and held:
-        n_known = sum(len(p) for p in known.values())
-        msg += f" ({sum(client.is_cached(p) for ps in known.values() for p in ps)} of the {n_known} prompts of {', '.join(known)})"
-    building = [name for name in specs if name not in known]
-    if building:
-        msg += f"; first the retrievers of {', '.join(building)} are built" + ("" if not held else ", then the exact count follows")
-    logger.info("%s", msg)
-
-
 # --------------------------------------------------------------- choosing examples, writing prompts
 def _build_retriever(run: _Run, spec: SelectorSpec) -> ICLRetriever:
     """The retriever behind a selector; its progress bars say which one they build."""
@@ -237,7 +233,10 @@ def _build_retriever(run: _Run, spec: SelectorSpec) -> ICLRetriever:
     config = FeatureConfig(**{**base, "seed": settings.seed, **spec.features})
     encoder = FungiEncoder(spec.model or DEFAULT_MODEL, config=config, show_progress_bar=settings.show_progress)
     encoder.progress_desc = f"{spec.name}: encoding"
-    return ICLRetriever(encoder, block_weights=spec.weights or None, fit_weights=spec.fit_weights).fit(*run.pool)
+    retriever = ICLRetriever(encoder, block_weights=spec.weights or None, fit_weights=spec.fit_weights)
+    texts, values = run.pool
+    # a pair task: the retriever sees inputs and outputs, no labels (the label-free features)
+    return retriever.fit(texts, None, values) if isinstance(run.task, OutputTask) else retriever.fit(texts, values)
 
 
 def _retriever_for(run: _Run, spec: SelectorSpec) -> Any:
@@ -257,7 +256,8 @@ def _load_saved_retriever(run: _Run) -> None:
     if not settings.retriever:
         return
     saved = ICLRetriever.load(settings.retriever, show_progress_bar=settings.show_progress)
-    if saved.texts != run.pool[0] or saved.labels != run.pool[1]:
+    values = saved.outputs if isinstance(run.task, OutputTask) else saved.labels
+    if saved.texts != run.pool[0] or values != run.pool[1]:
         raise ValueError(f"the retriever at {settings.retriever} was not built on this train split")
     run.retrievers[parse_selector("fungi").retriever_key()] = saved
 
@@ -277,9 +277,15 @@ def _choose(run: _Run, spec: SelectorSpec, queries: _Queries) -> Chosen:
 
 
 def _prompts(run: _Run, spec: SelectorSpec, chosen: Chosen, queries: _Queries) -> list:
-    texts, labels = run.pool
-    return [compose_prompt(run.template, [RetrievedExample(texts[i], labels[i], s, i) for i, s in rows], q, labels=run.label_set,
-                           order=spec.order, seed=run.settings.seed)
+    texts, values = run.pool
+    if isinstance(run.task, OutputTask):
+        def example(i: int, s: float) -> RetrievedExample:
+            return RetrievedExample(texts[i], None, s, i, output=values[i])
+    else:
+        def example(i: int, s: float) -> RetrievedExample:
+            return RetrievedExample(texts[i], values[i], s, i)
+    return [compose_prompt(run.template, [example(i, s) for i, s in rows], q, labels=run.task.labels, order=spec.order,
+                           seed=run.settings.seed)
             for rows, q in zip(chosen, queries.texts, strict=True)]
 
 
@@ -290,7 +296,7 @@ def _choose_all(run: _Run, client: LLMClient, queries: _Queries) -> tuple[dict[s
     chosen = {name: _choose(run, sp, queries) for name, sp in specs.items() if sp.base == "random"}
     prompts = {name: _prompts(run, specs[name], rows, queries) for name, rows in chosen.items()}
     if not run.settings.cached_only:
-        _announce_plan(client, specs, len(queries), prompts)
+        announce_plan(client, list(specs), len(queries), prompts)
     _load_saved_retriever(run)
     for name, sp in specs.items():
         if name not in chosen:
@@ -311,20 +317,6 @@ def _keep_cached(client: LLMClient, queries: _Queries, chosen: dict[str, Chosen]
             {name: [p[j] for j in keep] for name, p in prompts.items()})
 
 
-# --------------------------------------------------------------- sending
-def _send(settings: EvalSettings, client: LLMClient, prompts: dict[str, list], n: int, label_set: list
-          ) -> dict[tuple[str, int], LLMResponse]:
-    """Every prompt's reply by ``(selector, query position)``.
-
-    Query by query in a seeded order: an interrupted run leaves every selector answered on one random subset.
-    """
-    order = np.random.default_rng([settings.seed, n]).permutation(n).tolist()
-    jobs = [(name, j) for j in order for name in prompts]
-    replies = send_all(client, [prompts[name][j] for name, j in jobs], concurrency=settings.concurrency,
-                       show_progress=settings.show_progress, labels=label_set, mode=settings.mode)
-    return dict(zip(jobs, replies, strict=True))
-
-
 # --------------------------------------------------------------- the run
 def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> dict:
     """Run the evaluation and write ``report.json``, ``report.md``, ``report.html`` and plots to ``settings.out``.
@@ -341,7 +333,8 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
     _check_out(out, run_key)
     pool, test, label_column = _load_data(settings)
     queries = _sample_queries(settings, *test)
-    run = _Run(settings, template, {sp.name: sp for sp in map(settings.spec, settings.selectors)}, pool, sorted_labels(pool[1]))
+    task = OutputTask() if settings.output_column else LabelTask(sorted_labels(pool[1]))
+    run = _Run(settings, template, {sp.name: sp for sp in map(settings.spec, settings.selectors)}, pool, task)
     embedded = False
     with contextlib.ExitStack() as stack:
         if client is None:  # before the (long) retriever builds: an unreachable endpoint fails at once
@@ -349,12 +342,14 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
         chosen, prompts = _choose_all(run, client, queries)
         if settings.cached_only:
             queries, chosen, prompts = _keep_cached(client, queries, chosen, prompts)
-        responses = _send(settings, client, prompts, len(queries), run.label_set)
-    records = make_records(list(run.specs), queries, chosen, responses, run.label_set)
+        responses = send_by_query(client, prompts, len(queries), seed=settings.seed, concurrency=settings.concurrency,
+                                  show_progress=settings.show_progress, labels=task.labels, mode=settings.mode)
+    records = make_records(list(run.specs), queries, chosen, responses, task)
     report = {
         **_header(settings, client, embedded, run_key),
-        "data": {"source": redact_url(settings.data) if "://" in settings.data else settings.data, "label_column": label_column,
-                 "n_train": len(pool[0]), "n_test": len(test[0]), "n_labels": len(run.label_set)},
+        "data": {"source": redact_url(settings.data) if "://" in settings.data else settings.data,
+                 "label_column" if isinstance(task, LabelTask) else "output_column": label_column,
+                 "n_train": len(pool[0]), "n_test": len(test[0]), "n_labels": len(set(pool[1])), "task": task.kind},
         **_results(run, client, records, chosen, queries),
         "wall_time_s": round(time.perf_counter() - t_start, 1),
         "records": records,
@@ -394,11 +389,12 @@ def _results(run: _Run, client: LLMClient, records: list[dict], chosen: dict[str
         "settings": {"k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": run.template.name,
                      "mode": settings.mode, "selectors": list(settings.selectors), "concurrency": settings.concurrency,
                      "timeout": settings.timeout, "retriever": settings.retriever, "per_label": settings.per_label,
-                     "pool_seed": settings.pool_seed if settings.per_label else None, "pool_size": len(run.pool[0])},
+                     "pool_seed": settings.pool_seed if settings.per_label else None, "pool_size": len(run.pool[0]),
+                     "task": run.task.kind},
         "selector_specs": {name: sp.describe() for name, sp in specs.items()},
         "selector_configs": {name: _selector_config(run, sp) for name, sp in specs.items()},
         "requests_sent": client.requests_sent,
         "selectors": {name: selector_metrics([r for r in records if r["selector"] == name], chosen[name], run.pool[1],
-                                             queries.gold, settings.k) for name in specs},
+                                             queries.gold, settings.k, run.task) for name in specs},
         "paired": paired(records, list(specs)),
     }

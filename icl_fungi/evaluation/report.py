@@ -48,6 +48,10 @@ def write_report(report: dict, out: Path, *, pool: tuple[list, list] | None = No
                      f"{m['macro_f1']:.4f} | {m['invalid_rate']:.4f} | {r['1nn_acc']:.4f} | {vk:.4f} | {pk:.4f} | {gk:.4f} | "
                      f"{m.get('answers_nearest_label', float('nan')):.4f} | {'' if build is None else build} | "
                      f"{m['latency_s_p50']:.2f} / {m['latency_s_p95']:.2f} |")
+    if any("token_f1" in m for m in sel.values()):
+        lines += ["", "A pair task: accuracy is exact match after normalisation (case, punctuation, articles, spacing); "
+                  "1-NN, P@k and 'copies nearest' compare outputs. Mean token F1: "
+                  + ", ".join(f"{name} {m['token_f1']:.4f}" for name, m in sel.items()) + "."]
     if report["paired"]:
         lines += ["", "## Paired comparisons (same queries)", "",
                   "| comparison | difference | 95 % CI | only first right | only second right | McNemar p |", "|---|---|---|---|---|---|"]

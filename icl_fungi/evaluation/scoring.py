@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from .llm import LLMResponse
-from .metrics import macro_f1, paired_comparison, parse_label, retrieval_metrics, wilson_interval
+from .metrics import macro_f1, paired_comparison, retrieval_metrics, wilson_interval
+from .tasks import LabelTask, OutputTask
 
 __all__ = ["Chosen", "make_records", "paired", "retriever_config", "selector_metrics"]
 
@@ -23,19 +24,19 @@ Chosen = list[list[tuple[int, float]]]  # per query, the pool examples shown (in
 
 
 def make_records(names: Sequence[str], queries: Any, chosen: Mapping[str, Chosen], responses: Mapping[tuple[str, int], LLMResponse],
-                 label_set: Sequence) -> list[dict]:
+                 task: LabelTask | OutputTask) -> list[dict]:
     """One record per selector and query (selector by selector, queries in their sampled order).
 
-    ``queries`` has ``index``, ``texts`` and ``gold`` lists; ``responses`` maps ``(selector, j)`` to the reply.
+    ``queries`` has ``index``, ``texts`` and ``gold`` lists; ``responses`` maps ``(selector, j)`` to the reply;
+    ``task`` scores it (``prediction``, ``valid``, ``correct``, and ``token_f1`` for free-text outputs).
     """
     records = []
     for name in names:
         for j, (qi, text, gold) in enumerate(zip(queries.index, queries.texts, queries.gold, strict=True)):
             resp = responses[(name, j)]
-            pred = parse_label(resp.text, label_set)
             records.append({
                 "selector": name, "query_index": qi, "query": text, "gold": gold, "reply": resp.text,
-                "prediction": pred, "valid": pred is not None, "correct": pred == gold,
+                **task.score(resp.text, gold),
                 "examples": [i for i, _ in chosen[name][j]], "prompt_tokens": resp.prompt_tokens,
                 "completion_tokens": resp.completion_tokens, "latency_s": round(resp.latency_s, 4), "cached": resp.cached,
             })
@@ -50,9 +51,14 @@ def retriever_config(r: Any) -> dict | None:
             "pca": {"n_components": r.pca.n_components, "whiten": r.pca.whiten}}
 
 
-def selector_metrics(recs: list[dict], chosen: Chosen, pool_labels: Sequence, gold: Sequence, k: int) -> dict:
+def selector_metrics(recs: list[dict], chosen: Chosen, pool_labels: Sequence, gold: Sequence, k: int,
+                     task: LabelTask | OutputTask | None = None) -> dict:
     """Accuracy (with its Wilson interval), macro-F1, invalid rate, per-class accuracy, confusions, retrieval
-    metrics of the examples shown, token counts and latency percentiles of one selector."""
+    metrics of the examples shown, token counts and latency percentiles of one selector.
+
+    ``pool_labels`` and ``gold`` are labels, or outputs for an :class:`OutputTask` (compared in its normalised
+    form; the mean token F1 is added)."""
+    key = (task or LabelTask(())).key
     n = len(recs)
     correct = sum(r["correct"] for r in recs)
     lo, hi = wilson_interval(correct, n)
@@ -62,20 +68,21 @@ def selector_metrics(recs: list[dict], chosen: Chosen, pool_labels: Sequence, go
         per_class[r["gold"]][1] += 1
     confusions = Counter((r["gold"], r["prediction"] if r["valid"] else "<invalid>") for r in recs if not r["correct"])
     lat = [r["latency_s"] for r in recs]
-    retrieved = [[pool_labels[i] for i, _ in rows] for rows in chosen]
+    retrieved = [[key(pool_labels[i]) for i, _ in rows] for rows in chosen]
     scores = [[s for _, s in rows] for rows in chosen]
     return {
         "n": n,
         "accuracy": correct / n if n else 0.0,
         "accuracy_ci95": [lo, hi],
-        "macro_f1": macro_f1([r["gold"] for r in recs], [r["prediction"] for r in recs]),
+        "macro_f1": macro_f1([key(r["gold"]) for r in recs], [key(r["prediction"]) if r["valid"] else None for r in recs]),
         "invalid_rate": sum(not r["valid"] for r in recs) / n if n else 0.0,
         "per_class_accuracy": {str(c): v[0] / v[1] for c, v in sorted(per_class.items(), key=lambda kv: str(kv[0]))},
         "top_confusions": [{"gold": g, "predicted": p, "count": c} for (g, p), c in confusions.most_common(10)],
-        "retrieval": retrieval_metrics(retrieved, scores, gold, min(k, len(retrieved[0])) if retrieved else k),
+        "retrieval": retrieval_metrics(retrieved, scores, [key(g) for g in gold], min(k, len(retrieved[0])) if retrieved else k),
         # a reader that copies the most similar example answers with its label: how often this one did
-        "answers_nearest_label": (sum(r["prediction"] == row[0] for r, row in zip(recs, retrieved, strict=True) if row) / n
+        "answers_nearest_label": (sum(key(r["prediction"]) == row[0] for r, row in zip(recs, retrieved, strict=True) if row) / n
                                   if n else 0.0),
+        **({"token_f1": float(np.mean([r["token_f1"] for r in recs])) if n else 0.0} if isinstance(task, OutputTask) else {}),
         "prompt_tokens": int(sum(r["prompt_tokens"] for r in recs)),
         "completion_tokens": int(sum(r["completion_tokens"] for r in recs)),
         "latency_s_p50": float(np.percentile(lat, 50)) if lat else 0.0,

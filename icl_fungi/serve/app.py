@@ -116,8 +116,9 @@ def _install_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
 
     @app.post("/v1/examples", response_model=AddResponse, summary="Add examples (acknowledged once durable)")
     async def add(req: AddRequest) -> Any:
-        check_add(req, settings)
-        ids, seq = await service.add(req.texts, list(req.labels))
+        pool = service.retriever
+        check_add(req, settings, has_labels=pool is None or pool.has_labels, has_outputs=pool is not None and pool.has_outputs)
+        ids, seq = await service.add(req.texts, req.labels, req.outputs)
         return JSONResponse({"ids": ids, "seq": seq, "pool_size": len(service.retriever)})
 
     @app.get("/healthz", summary="The process is up")

@@ -68,16 +68,20 @@ class PromptRequest(_Strict):
 
 
 class AddRequest(_Strict):
-    texts: list[str] = Field(description="the new examples' texts")
-    labels: list[str | int] = Field(description="one label per text")
+    texts: list[str] = Field(description="the new examples' texts (inputs, in a pool of pairs)")
+    labels: list[str | int] | None = Field(None, description="one label per text; required when the pool has labels, "
+                                                            "refused when it has none")
+    outputs: list[str] | None = Field(None, description="one output per text; required when the pool holds input -> output "
+                                                       "pairs, refused when it does not")
 
 
 class Example(BaseModel):
     model_config = ConfigDict(extra="allow")
     text: str
-    label: str | int
+    label: str | int | None = Field(description="None in a pool without labels")
     score: float
     index: int
+    output: str | None = Field(None, description="what the text maps to, in a pool of pairs")
 
 
 class RetrieveResponse(BaseModel):
@@ -158,16 +162,25 @@ def check_prompt(req: PromptRequest, settings: ServeSettings) -> tuple[Selection
     return _selection(req.selection), _template(req.template)
 
 
-def check_add(req: AddRequest, settings: ServeSettings) -> None:
-    """An add request's texts and labels: 1 to ``max_examples`` of each, one label per text, none empty."""
+def check_add(req: AddRequest, settings: ServeSettings, *, has_labels: bool = True, has_outputs: bool = False) -> None:
+    """An add request's texts, labels and outputs: 1 to ``max_examples`` texts, none empty; one label per text
+    exactly when the pool has labels, one output per text exactly when it holds pairs."""
     if not req.texts:
         raise InputError("texts", "texts: the list is empty")
     if len(req.texts) > settings.max_examples:
         raise InputError("texts", f"texts: {len(req.texts)} examples, more than the limit of {settings.max_examples}", 413)
-    if len(req.labels) != len(req.texts):
-        raise InputError("labels", f"labels: {len(req.labels)} labels for {len(req.texts)} texts")
     for i, text in enumerate(req.texts):
         _check_text(f"texts[{i}]", text, settings.max_text_chars)
-    for i, label in enumerate(req.labels):
+    for field, values, needed, what in (("labels", req.labels, has_labels, "the pool has labels"),
+                                        ("outputs", req.outputs, has_outputs, "the pool holds input -> output pairs")):
+        if needed and values is None:
+            raise InputError(field, f"{field}: required, one per text ({what})")
+        if not needed and values is not None:
+            raise InputError(field, f"{field}: this pool has no {field}; leave the field out")
+        if values is not None and len(values) != len(req.texts):
+            raise InputError(field, f"{field}: {len(values)} {field} for {len(req.texts)} texts")
+    for i, output in enumerate(req.outputs or ()):
+        _check_text(f"outputs[{i}]", output, settings.max_text_chars, "output")
+    for i, label in enumerate(req.labels or ()):
         if isinstance(label, str):
             _check_text(f"labels[{i}]", label, MAX_LABEL_CHARS, "label")

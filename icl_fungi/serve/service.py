@@ -143,22 +143,22 @@ class Service:
                 raise InputError("max_tokens", f"max_tokens: {err}") from None
             raise
 
-    async def add(self, texts: list[str], labels: list[Any]) -> tuple[list[int], int | None]:
+    async def add(self, texts: list[str], labels: list[Any] | None, outputs: list[str] | None = None) -> tuple[list[int], int | None]:
         """Add examples; returns their pool positions and the add log's sequence number, once the add is durable."""
         self.check_ready()
         if self.settings.read_only:
             raise InputError(None, "this service is read-only (started with --read-only): adds are refused", 403)
-        ids, seq = await asyncio.get_running_loop().run_in_executor(self._adds, self._add, texts, labels)
+        ids, seq = await asyncio.get_running_loop().run_in_executor(self._adds, self._add, texts, labels, outputs)
         self.metrics.adds.inc(len(ids))
         return ids, seq
 
-    def _add(self, texts: list[str], labels: list[Any]) -> tuple[list[int], int | None]:
+    def _add(self, texts: list[str], labels: list[Any] | None, outputs: list[str] | None) -> tuple[list[int], int | None]:
         """Log and fsync, then add to the pool; a failed add is marked aborted in the log (never acknowledged)."""
         with self._add_lock:
             start = len(self.retriever)
-            rec = self.log.append(start, texts, labels) if self.log is not None else None
+            rec = self.log.append(start, texts, labels, outputs) if self.log is not None else None
             try:
-                ids = self.retriever.add_examples(texts, labels)
+                ids = self.retriever.add_examples(texts, labels, outputs)
             except BaseException:
                 if rec is not None and self.log is not None:
                     self.log.abort(rec)

@@ -60,7 +60,8 @@ class AddRecord:
     seq: int
     start: int
     texts: list[str]
-    labels: list[Any]
+    labels: list[Any] | None
+    outputs: list[str] | None = None
 
     @property
     def end(self) -> int:
@@ -162,7 +163,8 @@ class AddLog:
                                  f"(format {body.get('format')!r}, version {body.get('version')!r})")
             return int(body["first_seq"])
         if op == "add":
-            rec = AddRecord(int(body["seq"]), int(body["start"]), list(body["texts"]), list(body["labels"]))
+            rec = AddRecord(int(body["seq"]), int(body["start"]), list(body["texts"]), _list_or_none(body.get("labels")),
+                            _list_or_none(body.get("outputs")))
             records[rec.seq] = rec
             return max(next_seq or 0, rec.seq + 1)
         if op == "abort":
@@ -188,10 +190,13 @@ class AddLog:
         self._fh.write(_line(body))
         os.fsync(self._fh.fileno())
 
-    def append(self, start: int, texts: Sequence[str], labels: Sequence[Any]) -> AddRecord:
-        """Log an add of ``texts`` at pool positions ``start ...`` and fsync; returns the record (its ``seq``)."""
-        rec = AddRecord(self._next_seq, start, list(texts), list(labels))
-        self._write({"op": "add", "seq": rec.seq, "start": rec.start, "texts": rec.texts, "labels": rec.labels})
+    def append(self, start: int, texts: Sequence[str], labels: Sequence[Any] | None,
+               outputs: Sequence[str] | None = None) -> AddRecord:
+        """Log an add of ``texts`` (with their labels and outputs, either ``None`` when the pool has none) at pool
+        positions ``start ...`` and fsync; returns the record (its ``seq``)."""
+        rec = AddRecord(self._next_seq, start, list(texts), _list_or_none(labels), _list_or_none(outputs))
+        self._write({"op": "add", "seq": rec.seq, "start": rec.start, "texts": rec.texts, "labels": rec.labels,
+                     "outputs": rec.outputs})
         self._records[rec.seq] = rec
         self._next_seq += 1
         return rec
@@ -225,25 +230,34 @@ class AddLog:
         self.close()
 
 
+def _list_or_none(values: Sequence[Any] | None) -> list[Any] | None:
+    return None if values is None else list(values)
+
+
+def _part(values: list[Any] | None, rec: AddRecord) -> list[Any] | None:
+    return None if values is None else values[rec.start : rec.end]
+
+
 def replay(retriever: Any, records: Sequence[AddRecord]) -> int:
     """Apply the logged adds the retriever's pool lacks, exactly once; returns how many examples were added.
 
-    An add whose positions the pool already holds must hold the same texts and labels there (then it is
-    skipped); the first add past the pool's end must start exactly there.
+    An add whose positions the pool already holds must hold the same texts, labels and outputs there (then it
+    is skipped); the first add past the pool's end must start exactly there.
     """
-    texts, labels = retriever.texts, retriever.labels
+    texts, labels, outputs = retriever.texts, retriever.labels, retriever.outputs
     added = 0
     for rec in records:
         n = len(retriever)
         if rec.end <= len(texts):
-            if texts[rec.start : rec.end] != rec.texts or labels[rec.start : rec.end] != rec.labels:
+            if (texts[rec.start : rec.end] != rec.texts or _part(labels, rec) != rec.labels
+                    or _part(outputs, rec) != rec.outputs):
                 raise ValueError(f"add log record {rec.seq} does not match the saved pool at positions {rec.start}-{rec.end - 1}: "
                                  "the log belongs to another retriever")
             continue
         if rec.start != n:
             raise ValueError(f"add log record {rec.seq} starts at position {rec.start} but the pool holds {n} examples: "
                              "the log belongs to another retriever, or records are missing")
-        ids = retriever.add_examples(rec.texts, rec.labels)
+        ids = retriever.add_examples(rec.texts, rec.labels, rec.outputs)
         if ids != list(range(rec.start, rec.end)):
             raise RuntimeError(f"replaying add log record {rec.seq}: the index gave positions {ids[:3]}..., expected {rec.start}...")
         added += len(ids)

@@ -1,0 +1,89 @@
+"""What an evaluation scores: a label (classification) or a free-text output (a pool of input -> output pairs).
+
+A task turns the LLM's reply into a prediction and says whether it is right. :class:`LabelTask` maps the
+reply to one of the labels (:func:`~icl_fungi.evaluation.metrics.parse_label`); :class:`OutputTask` reads the
+reply's first line as the output and scores it by exact match after normalisation (case, punctuation,
+articles and spacing ignored, as in SQuAD) and by token F1.
+
+Example:
+    >>> OutputTask().score("The card arrives in 3 days.", "the card arrives in 3 days")["correct"]
+    True
+    >>> round(token_f1("card arrives in 3 days", "the card arrives in 5 days"), 2)
+    0.8
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from .metrics import parse_label
+
+__all__ = ["LabelTask", "OutputTask", "normalize_answer", "token_f1"]
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces: the form exact match and token F1 compare.
+
+    >>> normalize_answer("  The Card, arrives!  ")
+    'card arrives'
+    """
+    return " ".join(_ARTICLES.sub(" ", str(text).lower().translate(_PUNCT)).split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """F1 of the normalised tokens of ``prediction`` against ``gold`` (1.0 when both are empty)."""
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not p or not g:
+        return float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+class LabelTask:
+    """Classification: the reply names one of ``labels`` (anything else is invalid)."""
+
+    kind = "labels"
+    templates: ClassVar[dict[str, str]] = {"completion": "classification-completion", "chat": "banking77-chat"}
+
+    def __init__(self, labels: Sequence[Any]) -> None:
+        self.labels = list(labels)
+
+    def score(self, reply: str, gold: Any) -> dict[str, Any]:
+        """The record fields of one reply: ``prediction``, ``valid`` and ``correct``."""
+        pred = parse_label(reply, self.labels)
+        return {"prediction": pred, "valid": pred is not None, "correct": pred == gold}
+
+    def key(self, value: Any) -> Any:
+        """The form two answers are compared in (a label as it is)."""
+        return value
+
+
+class OutputTask:
+    """Free-text outputs: the reply's first line is the prediction; exact match after :func:`normalize_answer`
+    decides ``correct``, :func:`token_f1` gives partial credit."""
+
+    kind = "outputs"
+    templates: ClassVar[dict[str, str]] = {"completion": "pairs-completion", "chat": "pairs-chat"}
+    labels: ClassVar[tuple] = ()  # no label set: replies are not checked against one while they arrive
+
+    def score(self, reply: str, gold: str) -> dict[str, Any]:
+        """The record fields of one reply: ``prediction``, ``valid`` (a non-empty answer), ``correct`` and
+        ``token_f1``."""
+        lines = [line.strip() for line in str(reply).splitlines() if line.strip()]
+        pred = lines[0] if lines else ""
+        return {"prediction": pred, "valid": bool(normalize_answer(pred)),
+                "correct": normalize_answer(pred) == normalize_answer(gold), "token_f1": token_f1(pred, gold)}
+
+    def key(self, value: Any) -> Any:
+        """The form two answers are compared in (:func:`normalize_answer`; ``None`` stays ``None``)."""
+        return None if value is None else normalize_answer(value)
