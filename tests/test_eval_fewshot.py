@@ -44,6 +44,7 @@ def test_per_label_pool_bm25_and_reader_figures(intent_data, tmp_path):
         assert m["answers_nearest_label"] == 1.0  # the fake copies the nearest example, and the figure says so
     configs = report["selector_configs"]
     assert configs["bm25"]["build_s"] >= 0 and configs["fungi"]["build_s"] > 0 and configs["random"] is None
+    assert configs["fungi"]["model_load_s"] >= 0 and "model_load_s" not in configs["bm25"]  # build cost without loading
     assert configs["embedding"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     md = (tmp_path / "few" / "report.md").read_text()
     assert "- pool: 3 examples per label (seed 1), 36 examples" in md and "| bm25 |" in md and "copies nearest" in md

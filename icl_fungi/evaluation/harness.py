@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -32,7 +30,7 @@ from ..template import PromptTemplate
 from .bm25 import BM25Pool
 from .dispatch import announce_plan, send_by_query
 from .llm import LLMClient, LocalServer, ResponseCache, redact_url
-from .report import write_report
+from .report import check_out_folder, eval_versions, write_report
 from .scoring import Chosen, make_records, paired, retriever_config, selector_metrics
 from .selectors import SelectorSpec, parse_selector
 from .splits import load_splits, sample_per_label
@@ -107,16 +105,6 @@ class EvalSettings:
 
 
 # --------------------------------------------------------------- running
-def _versions() -> dict[str, str]:
-    import openai
-    import torch
-
-    from ..version import __version__
-
-    return {"icl_fungi": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "openai": openai.__version__}
-
-
 def _run_key(settings: EvalSettings, template: str) -> dict:
     """What makes two runs the same run (a rerun may resume in the same folder)."""
     return {"data": settings.data, "k": settings.k, "limit": settings.limit, "seed": settings.seed, "template": template,
@@ -125,20 +113,6 @@ def _run_key(settings: EvalSettings, template: str) -> dict:
             "cached_only": settings.cached_only, **({"output_column": settings.output_column} if settings.output_column else {}),
             **({"max_tokens": settings.max_tokens} if settings.max_tokens else {}),
             **({"per_label": settings.per_label, "pool_seed": settings.pool_seed} if settings.per_label else {})}
-
-
-def _check_out(out: Path, key: dict) -> None:
-    """Refuse an output folder that holds the report of another run: results are never overwritten."""
-    old = out / "report.json"
-    if not old.is_file():
-        return
-    try:
-        prior = json.loads(old.read_text()).get("run_key")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        prior = None
-    if prior != key:
-        raise ValueError(f"{out} holds the report of another run ({old}); choose another --out (a rerun of the same "
-                         "command may reuse its folder and resumes from its cache)")
 
 
 def _max_tokens(settings: EvalSettings) -> int:
@@ -194,7 +168,8 @@ class _Run:
     pool: tuple[list, list]
     task: LabelTask | OutputTask
     retrievers: dict[str, Any] = dataclasses.field(default_factory=dict)
-    build_s: dict[str, float] = dataclasses.field(default_factory=dict)  # retriever key -> seconds to build
+    build_s: dict[str, float] = dataclasses.field(default_factory=dict)  # retriever key -> seconds to build (the pool's features)
+    load_s: dict[str, float] = dataclasses.field(default_factory=dict)  # retriever key -> seconds to load the model
 
 
 def _template(settings: EvalSettings) -> PromptTemplate:
@@ -227,26 +202,33 @@ def _sample_queries(settings: EvalSettings, te_texts: list, te_labels: list) -> 
 
 # --------------------------------------------------------------- choosing examples, writing prompts
 def _build_retriever(run: _Run, spec: SelectorSpec) -> ICLRetriever:
-    """The retriever behind a selector; its progress bars say which one they build."""
-    settings = run.settings
+    """The retriever behind a selector, its build time recorded without the model's loading (``run.load_s``);
+    its progress bars say which one they build."""
+    settings, key = run.settings, spec.retriever_key()
     base = {} if spec.base == "fungi" else {"features": ("embedding",), "center_blocks": False}  # the plain baseline
     config = FeatureConfig(**{**base, "seed": settings.seed, **spec.features})
+    t0 = time.perf_counter()
     encoder = FungiEncoder(spec.model or DEFAULT_MODEL, config=config, show_progress_bar=settings.show_progress)
     encoder.progress_desc = f"{spec.name}: encoding"
+    t1 = time.perf_counter()
     retriever = ICLRetriever(encoder, block_weights=spec.weights or None, fit_weights=spec.fit_weights)
     texts, values = run.pool
     # a pair task: the retriever sees inputs and outputs, no labels (the label-free features)
-    return retriever.fit(texts, None, values) if isinstance(run.task, OutputTask) else retriever.fit(texts, values)
+    retriever = retriever.fit(texts, None, values) if isinstance(run.task, OutputTask) else retriever.fit(texts, values)
+    run.load_s[key], run.build_s[key] = round(t1 - t0, 2), round(time.perf_counter() - t1, 2)
+    return retriever
 
 
 def _retriever_for(run: _Run, spec: SelectorSpec) -> Any:
-    """The selector's retriever (a BM25 index for ``bm25``), built once per run; its build time is recorded
-    (model loading included)."""
+    """The selector's retriever (a BM25 index for ``bm25``), built once per run."""
     key = spec.retriever_key()
     if key not in run.retrievers:
-        t0 = time.perf_counter()
-        run.retrievers[key] = BM25Pool(run.pool[0]) if spec.base == "bm25" else _build_retriever(run, spec)
-        run.build_s[key] = round(time.perf_counter() - t0, 2)
+        if spec.base == "bm25":
+            t0 = time.perf_counter()
+            run.retrievers[key] = BM25Pool(run.pool[0])
+            run.build_s[key] = round(time.perf_counter() - t0, 2)
+        else:
+            run.retrievers[key] = _build_retriever(run, spec)
     return run.retrievers[key]
 
 
@@ -330,7 +312,7 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
     out = Path(settings.out)
     template = _template(settings)
     run_key = _run_key(settings, template.name)
-    _check_out(out, run_key)
+    check_out_folder(out, run_key)
     pool, test, label_column = _load_data(settings)
     queries = _sample_queries(settings, *test)
     task = OutputTask() if settings.output_column else LabelTask(sorted_labels(pool[1]))
@@ -366,7 +348,7 @@ def _header(settings: EvalSettings, client: LLMClient, embedded: bool, run_key: 
         "format": "icl-fungi-eval-report/1",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
-        "versions": _versions(),
+        "versions": eval_versions(),
         "run_key": run_key,
         "endpoint": {"host": "embedded local server (127.0.0.1)" if embedded else client.endpoint_id,
                      "id": client.endpoint_id, "model": client.model, "params": client.params},
@@ -379,7 +361,8 @@ def _selector_config(run: _Run, spec: SelectorSpec) -> dict | None:
     if spec.base == "bm25":
         return {"bm25": {"k1": 1.5, "b": 0.75, "stopwords": "en"}, "build_s": run.build_s.get(key)}
     config = retriever_config(run.retrievers.get(key))
-    return None if config is None else {**config, "model": run.retrievers[key].encoder.model_name, "build_s": run.build_s.get(key)}
+    return None if config is None else {**config, "model": run.retrievers[key].encoder.model_name, "build_s": run.build_s.get(key),
+                                        "model_load_s": run.load_s.get(key)}
 
 
 def _results(run: _Run, client: LLMClient, records: list[dict], chosen: dict[str, Chosen], queries: _Queries) -> dict:

@@ -8,9 +8,37 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_report"]
+__all__ = ["check_out_folder", "eval_versions", "write_report"]
 
 logger = logging.getLogger(__name__)
+
+
+def eval_versions() -> dict[str, str]:
+    """Versions of the library, Python, torch and openai, for a report's header."""
+    import platform
+
+    import openai
+    import torch
+
+    from ..version import __version__
+
+    return {"icl_fungi": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "openai": openai.__version__}
+
+
+def check_out_folder(out: Path, key: dict) -> None:
+    """Refuse an output folder that holds the report of another run (``key``: the run key of this one): results
+    are never overwritten."""
+    old = out / "report.json"
+    if not old.is_file():
+        return
+    try:
+        prior = json.loads(old.read_text()).get("run_key")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        prior = None
+    if prior != key:
+        raise ValueError(f"{out} holds the report of another run ({old}); choose another --out (a rerun of the same "
+                         "command may reuse its folder and resumes from its cache)")
 
 
 def write_report(report: dict, out: Path, *, pool: tuple[list, list] | None = None) -> None:
