@@ -1,7 +1,8 @@
 """The learning curve: in-context accuracy against examples per label, each selector with its 95 % band.
 
 Runs ``icl-fungi eval`` once per pool size (``--per-label N`` for N in ``--sizes``; ``all`` is the whole train
-split), on the same seeded test queries and one response cache, so a rerun sends only what is missing
+split), on the same seeded test queries and one response cache (``all`` reads ``--all-cache``, the full-pool
+run's), so a rerun sends only what is missing
 (``--cached-only`` draws from the cache alone). k is ``min(--k, N)``: a prompt never shows more examples than
 a label has. Then draws accuracy (and its 95 % Wilson band) against N into ``curve.png`` and writes
 ``curve.json``, ``curve.md`` and ``curve.html`` (the plot and the table on one page) into ``--out``.
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool-seed", type=int, default=0)
     ap.add_argument("--cache", default=str(ROOT / "eval" / "cache" / "banking77-gemma3-270m-fewshot-completion.jsonl"))
+    ap.add_argument("--all-cache", default=str(ROOT / "eval" / "cache" / "banking77-gemma3-270m-k20-completion.jsonl"),
+                    help="the response cache of size 'all' (default: the one of the 3,080-query full-pool run, "
+                         "results/banking77-gemma3-270m-test-all/, whose prompts the full pool repeats)")
     ap.add_argument("--cached-only", action="store_true", help="report what the cache holds; send nothing")
     ap.add_argument("--base-url", default=None, help="an OpenAI-compatible endpoint (default: the embedded local LLM)")
     ap.add_argument("--model", default=None, help="model name at --base-url")
@@ -51,7 +55,8 @@ def run_size(args: argparse.Namespace, size: str) -> dict:
     k = args.k if size == "all" else min(args.k, int(size))
     out = Path(args.runs) / f"per-label-{size}"
     cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", args.data, "--selectors", args.selectors, "-k", str(k),
-           "--limit", args.limit, "--seed", str(args.seed), "--cache", args.cache, "--out", str(out)]
+           "--limit", args.limit, "--seed", str(args.seed), "--cache", args.all_cache if size == "all" else args.cache,
+           "--out", str(out)]
     if size != "all":
         cmd += ["--per-label", size, "--pool-seed", str(args.pool_seed)]
     if args.cached_only:
