@@ -287,3 +287,15 @@ def build_retriever(texts: list[str], labels: list, spec: dict[str, Any], *, mod
     encoder = FungiEncoder(model or DEFAULT_MODEL, config, batch_size=batch_size, device=device, show_progress_bar=False)
     index = VectorIndex(exact_threshold=10**9) if exact else None
     return ICLRetriever(encoder, block_weights=weights, index=index, **extra).fit(texts, labels)
+
+
+def versus_embedding(paired: dict, name: str) -> dict | None:
+    """``name`` against ``embedding`` (difference, CI, McNemar p) from a report's paired comparisons, which hold
+    each pair once in selector order."""
+    if f"{name}_vs_embedding" in paired:
+        return paired[f"{name}_vs_embedding"]
+    other = paired.get(f"embedding_vs_{name}")
+    if other is None:
+        return None
+    lo, hi = other["ci95"]
+    return {**other, "difference": -other["difference"], "ci95": [-hi, -lo]}

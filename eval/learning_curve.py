@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, ROOT, markdown_table, run_meta, write_results
+from common import DEFAULT_DATA, ROOT, markdown_table, run_meta, versus_embedding, write_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,7 +75,7 @@ def curve_rows(reports: dict[str, dict]) -> list[dict]:
         k = rep["settings"]["k"]
         for name, m in rep["selectors"].items():
             r = m["retrieval"]
-            pair = rep["paired"].get(f"{name}_vs_embedding")
+            pair = versus_embedding(rep["paired"], name)
             rows.append({"per label": size, "k": k, "selector": name, "n": m["n"], "accuracy": m["accuracy"],
                          "ci95": m["accuracy_ci95"], "1-NN": r["1nn_acc"], "k-NN vote": r[f"knn{k}_vote_acc"], "P@k": r[f"p@{k}"],
                          "gold in top-k": r[f"gold_in_top{k}"], "copies nearest": m.get("answers_nearest_label"),

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, ROOT, load_split, markdown_table, run_meta, write_results
+from common import DEFAULT_DATA, RESULTS, ROOT, load_split, markdown_table, run_meta, versus_embedding, write_results
 
 REPLIES = ROOT / "eval" / "data" / "banking77_replies.json"
 CACHE = ROOT / "eval" / "cache" / "banking77-replies-gemma3-270m.jsonl"
@@ -73,7 +73,7 @@ def main() -> None:
     k = report["settings"]["k"]
     rows = []
     for name, m in report["selectors"].items():
-        pair = report["paired"].get(f"{name}_vs_embedding")
+        pair = versus_embedding(report["paired"], name)
         rows.append({"selector": name, "n": m["n"], "exact match": m["accuracy"], "95 % CI": "{:.4f}-{:.4f}".format(*m["accuracy_ci95"]),
                      "vs embedding (95 % CI), McNemar p": "" if pair is None else
                      f"{100 * pair['difference']:+.2f} pt ({100 * pair['ci95'][0]:+.2f} to {100 * pair['ci95'][1]:+.2f}), "
