@@ -298,4 +298,4 @@ def versus_embedding(paired: dict, name: str) -> dict | None:
     if other is None:
         return None
     lo, hi = other["ci95"]
-    return {**other, "difference": -other["difference"], "ci95": [-hi, -lo]}
+    return {**other, "difference": 0.0 - other["difference"], "ci95": [0.0 - hi, 0.0 - lo]}  # 0.0 - x: no -0.0
