@@ -35,9 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool-seed", type=int, default=0)
     ap.add_argument("--cache", default=str(ROOT / "eval" / "cache" / "banking77-gemma3-270m-fewshot-completion.jsonl"))
-    ap.add_argument("--all-cache", default=str(ROOT / "eval" / "cache" / "banking77-gemma3-270m-k20-completion.jsonl"),
-                    help="the response cache of size 'all' (default: the one of the 3,080-query full-pool run, "
-                         "results/banking77-gemma3-270m-test-all/, whose prompts the full pool repeats)")
+    ap.add_argument("--all-cache", default=None,
+                    help="the response cache of size 'all' (default: on banking-77 the one of the 3,080-query full-pool run, "
+                         "results/banking77-gemma3-270m-test-all/, whose prompts the full pool repeats; else --cache)")
     ap.add_argument("--cached-only", action="store_true", help="report what the cache holds; send nothing")
     ap.add_argument("--base-url", default=None, help="an OpenAI-compatible endpoint (default: the embedded local LLM)")
     ap.add_argument("--model", default=None, help="model name at --base-url")
@@ -50,12 +50,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+FULL_POOL_CACHE = ROOT / "eval" / "cache" / "banking77-gemma3-270m-k20-completion.jsonl"
+
+
+def all_cache(args: argparse.Namespace) -> str:
+    """The response cache of size 'all': ``--all-cache``; on banking-77 the full-pool run's; else ``--cache``."""
+    if args.all_cache:
+        return args.all_cache
+    return str(FULL_POOL_CACHE) if Path(args.data).resolve() == Path(DEFAULT_DATA).resolve() else args.cache
+
+
 def run_size(args: argparse.Namespace, size: str) -> dict:
     """``icl-fungi eval`` at one pool size; returns its report."""
     k = args.k if size == "all" else min(args.k, int(size))
     out = Path(args.runs) / f"per-label-{size}"
     cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", args.data, "--selectors", args.selectors, "-k", str(k),
-           "--limit", args.limit, "--seed", str(args.seed), "--cache", args.all_cache if size == "all" else args.cache,
+           "--limit", args.limit, "--seed", str(args.seed), "--cache", all_cache(args) if size == "all" else args.cache,
            "--out", str(out)]
     if size != "all":
         cmd += ["--per-label", size, "--pool-seed", str(args.pool_seed)]

@@ -83,6 +83,8 @@ def test_learning_curve_script_draws_every_size(intent_data, tmp_path):
                         "embedding,bm25", "--sizes", "2,5,all", "-k", "4", "--limit", "10", "--base-url", llm.base_url,
                         "--cache", str(tmp_path / "cache.jsonl"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "curve")],
                        check=True, capture_output=True, timeout=600)
+    report_all = json.loads((tmp_path / "runs" / "per-label-all" / "report.json").read_text())
+    assert str(tmp_path / "cache.jsonl") in report_all["command"]  # another data set: size 'all' shares --cache
     rows = json.loads((tmp_path / "curve" / "curve.json").read_text())["rows"]
     assert [(r["per label"], r["k"], r["selector"]) for r in rows] == [
         ("2", 2, "embedding"), ("2", 2, "bm25"), ("5", 4, "embedding"), ("5", 4, "bm25"), ("all", 4, "embedding"), ("all", 4, "bm25")]
