@@ -299,3 +299,12 @@ def versus_embedding(paired: dict, name: str) -> dict | None:
         return None
     lo, hi = other["ci95"]
     return {**other, "difference": 0.0 - other["difference"], "ci95": [0.0 - hi, 0.0 - lo]}  # 0.0 - x: no -0.0
+
+
+def run_cli_eval(data: str | Path, out: Path, *options: str) -> tuple[list[str], dict[str, Any]]:
+    """``icl-fungi eval --data DATA *options --out OUT`` in a subprocess (the command printed first, the same CLI a
+    user has); returns the command and the run's report.json."""
+    cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", str(data), *options, "--out", str(out)]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return cmd, json.loads((Path(out) / "report.json").read_text())

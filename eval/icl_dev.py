@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, ROOT, dev_split, load_split, markdown_table, run_meta, write_results
+from common import DEFAULT_DATA, RESULTS, ROOT, dev_split, load_split, markdown_table, run_cli_eval, run_meta, write_results
 
 from icl_fungi.evaluation import paired_comparison
 
@@ -79,13 +78,9 @@ def main() -> None:
     folder = ROOT / "runs" / "dev-banking77"
     write_dev_folder(Path(args.data), folder)
     run_dir = ROOT / "runs" / f"icl-{args.name}"
-    cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", str(folder), "--selectors", args.selectors,
-           "-k", str(args.k), "--limit", args.limit, "--seed", "0", "--cache", args.cache, "--out", str(run_dir)]
-    if args.per_label:
-        cmd += ["--per-label", str(args.per_label)]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    report = json.loads((run_dir / "report.json").read_text())
+    options = ["--selectors", args.selectors, "-k", str(args.k), "--limit", args.limit, "--seed", "0", "--cache", args.cache,
+               *(["--per-label", str(args.per_label)] if args.per_label else [])]
+    cmd, report = run_cli_eval(folder, run_dir, *options)
     rows = summarise(report)
     table = [{"selector": s, "spec": json.dumps(r["spec"]), "queries": r["n"], "accuracy": r["accuracy"],
               "vs embedding (95 % CI)": (f"{100 * r['vs_embedding']['difference']:+.2f} pt ({100 * r['vs_embedding']['ci95'][0]:+.2f} "

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, ROOT, markdown_table, run_meta, versus_embedding, write_results
+from common import DEFAULT_DATA, ROOT, markdown_table, run_cli_eval, run_meta, versus_embedding, write_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,18 +62,15 @@ def run_size(args: argparse.Namespace, size: str) -> dict:
     """``icl-fungi eval`` at one pool size; returns its report."""
     k = args.k if size == "all" else min(args.k, int(size))
     out = Path(args.runs) / f"per-label-{size}"
-    cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", args.data, "--selectors", args.selectors, "-k", str(k),
-           "--limit", args.limit, "--seed", str(args.seed), "--cache", all_cache(args) if size == "all" else args.cache,
-           "--out", str(out)]
+    options = ["--selectors", args.selectors, "-k", str(k), "--limit", args.limit, "--seed", str(args.seed),
+               "--cache", all_cache(args) if size == "all" else args.cache]
     if size != "all":
-        cmd += ["--per-label", size, "--pool-seed", str(args.pool_seed)]
+        options += ["--per-label", size, "--pool-seed", str(args.pool_seed)]
     if args.cached_only:
-        cmd.append("--cached-only")
+        options.append("--cached-only")
     if args.base_url:
-        cmd += ["--base-url", args.base_url, "--model", args.model or "model"]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return json.loads((out / "report.json").read_text())
+        options += ["--base-url", args.base_url, "--model", args.model or "model"]
+    return run_cli_eval(args.data, out, *options)[1]
 
 
 def curve_rows(reports: dict[str, dict]) -> list[dict]:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, ROOT, load_split, markdown_table, run_meta, versus_embedding, write_results
+from common import DEFAULT_DATA, RESULTS, ROOT, load_split, markdown_table, run_cli_eval, run_meta, versus_embedding, write_results
 
 REPLIES = ROOT / "eval" / "data" / "banking77_replies.json"
 CACHE = ROOT / "eval" / "cache" / "banking77-replies-gemma3-270m.jsonl"
@@ -62,14 +61,9 @@ def main() -> None:
     folder = ROOT / "runs" / "banking77-replies"
     n_replies = write_pair_folder(Path(args.data), folder)
     run_dir = ROOT / "runs" / f"pair-{args.name}"
-    cmd = [str(Path(sys.executable).parent / "icl-fungi"), "eval", "--data", str(folder), "--output-column", "reply",
-           "--selectors", args.selectors, "-k", str(args.k), "--limit", args.limit, "--seed", "0", "--cache", args.cache,
-           "--out", str(run_dir)]
-    if args.per_label:
-        cmd += ["--per-label", str(args.per_label)]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    report = json.loads((run_dir / "report.json").read_text())
+    options = ["--output-column", "reply", "--selectors", args.selectors, "-k", str(args.k), "--limit", args.limit, "--seed", "0",
+               "--cache", args.cache, *(["--per-label", str(args.per_label)] if args.per_label else [])]
+    cmd, report = run_cli_eval(folder, run_dir, *options)
     k = report["settings"]["k"]
     rows = []
     for name, m in report["selectors"].items():
