@@ -25,7 +25,7 @@ import numpy as np
 from ..data import check_labels, check_texts
 from ..features import DEFAULT_MODEL, FeatureConfig, FungiEncoder
 from ..prompt import compose_prompt, get_template, sorted_labels
-from ..retriever import ICLRetriever, RetrievedExample
+from ..retriever import ICLRetriever
 from ..template import PromptTemplate
 from .bm25 import BM25Pool
 from .dispatch import announce_plan, send_by_query
@@ -212,9 +212,7 @@ def _build_retriever(run: _Run, spec: SelectorSpec) -> ICLRetriever:
     encoder.progress_desc = f"{spec.name}: encoding"
     t1 = time.perf_counter()
     retriever = ICLRetriever(encoder, block_weights=spec.weights or None, fit_weights=spec.fit_weights)
-    texts, values = run.pool
-    # a pair task: the retriever sees inputs and outputs, no labels (the label-free features)
-    retriever = retriever.fit(texts, None, values) if isinstance(run.task, OutputTask) else retriever.fit(texts, values)
+    retriever = run.task.fit(retriever, *run.pool)
     run.load_s[key], run.build_s[key] = round(t1 - t0, 2), round(time.perf_counter() - t1, 2)
     return retriever
 
@@ -238,8 +236,7 @@ def _load_saved_retriever(run: _Run) -> None:
     if not settings.retriever:
         return
     saved = ICLRetriever.load(settings.retriever, show_progress_bar=settings.show_progress)
-    values = saved.outputs if isinstance(run.task, OutputTask) else saved.labels
-    if saved.texts != run.pool[0] or values != run.pool[1]:
+    if saved.texts != run.pool[0] or run.task.pool_values(saved) != run.pool[1]:
         raise ValueError(f"the retriever at {settings.retriever} was not built on this train split")
     run.retrievers[parse_selector("fungi").retriever_key()] = saved
 
@@ -259,15 +256,9 @@ def _choose(run: _Run, spec: SelectorSpec, queries: _Queries) -> Chosen:
 
 
 def _prompts(run: _Run, spec: SelectorSpec, chosen: Chosen, queries: _Queries) -> list:
-    texts, values = run.pool
-    if isinstance(run.task, OutputTask):
-        def example(i: int, s: float) -> RetrievedExample:
-            return RetrievedExample(texts[i], None, s, i, output=values[i])
-    else:
-        def example(i: int, s: float) -> RetrievedExample:
-            return RetrievedExample(texts[i], values[i], s, i)
-    return [compose_prompt(run.template, [example(i, s) for i, s in rows], q, labels=run.task.labels, order=spec.order,
-                           seed=run.settings.seed)
+    (texts, values), task = run.pool, run.task
+    return [compose_prompt(run.template, [task.example(texts[i], values[i], s, i) for i, s in rows], q, labels=task.labels,
+                           order=spec.order, seed=run.settings.seed)
             for rows, q in zip(chosen, queries.texts, strict=True)]
 
 
@@ -330,7 +321,7 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
     report = {
         **_header(settings, client, embedded, run_key),
         "data": {"source": redact_url(settings.data) if "://" in settings.data else settings.data,
-                 "label_column" if isinstance(task, LabelTask) else "output_column": label_column,
+                 task.column: label_column,
                  "n_train": len(pool[0]), "n_test": len(test[0]), "n_labels": len(set(pool[1])), "task": task.kind},
         **_results(run, client, records, chosen, queries),
         "wall_time_s": round(time.perf_counter() - t_start, 1),

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from ..pool import RetrievedExample
 from .metrics import parse_label
 
 __all__ = ["LabelTask", "OutputTask", "normalize_answer", "token_f1"]
@@ -53,6 +54,7 @@ class LabelTask:
     """Classification: the reply names one of ``labels`` (anything else is invalid)."""
 
     kind = "labels"
+    column = "label_column"  # the report's name for the data column the task reads
     templates: ClassVar[dict[str, str]] = {"completion": "classification-completion", "chat": "banking77-chat"}
 
     def __init__(self, labels: Sequence[Any]) -> None:
@@ -67,12 +69,25 @@ class LabelTask:
         """The form two answers are compared in (a label as it is)."""
         return value
 
+    def fit(self, retriever: Any, texts: Sequence[str], labels: Sequence[Any]) -> Any:
+        """Fit ``retriever`` on the pool: texts with their labels."""
+        return retriever.fit(texts, labels)
+
+    def example(self, text: str, label: Any, score: float, index: int) -> RetrievedExample:
+        """A pool example as a prompt shows it."""
+        return RetrievedExample(text, label, score, index)
+
+    def pool_values(self, retriever: Any) -> list | None:
+        """What a saved retriever holds beside its texts, to compare with the pool (its labels)."""
+        return retriever.labels
+
 
 class OutputTask:
     """Free-text outputs: the reply's first line is the prediction; exact match after :func:`normalize_answer`
     decides ``correct``, :func:`token_f1` gives partial credit."""
 
     kind = "outputs"
+    column = "output_column"
     templates: ClassVar[dict[str, str]] = {"completion": "pairs-completion", "chat": "pairs-chat"}
     labels: ClassVar[tuple] = ()  # no label set: replies are not checked against one while they arrive
 
@@ -87,3 +102,15 @@ class OutputTask:
     def key(self, value: Any) -> Any:
         """The form two answers are compared in (:func:`normalize_answer`; ``None`` stays ``None``)."""
         return None if value is None else normalize_answer(value)
+
+    def fit(self, retriever: Any, texts: Sequence[str], outputs: Sequence[str]) -> Any:
+        """Fit ``retriever`` on the inputs and their outputs, without labels (the label-free features)."""
+        return retriever.fit(texts, None, outputs)
+
+    def example(self, text: str, output: str, score: float, index: int) -> RetrievedExample:
+        """A pool pair as a prompt shows it."""
+        return RetrievedExample(text, None, score, index, output=output)
+
+    def pool_values(self, retriever: Any) -> list | None:
+        """What a saved retriever holds beside its texts, to compare with the pool (its outputs)."""
+        return retriever.outputs
