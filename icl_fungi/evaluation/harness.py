@@ -115,8 +115,12 @@ def _run_key(settings: EvalSettings, template: str) -> dict:
             **({"per_label": settings.per_label, "pool_seed": settings.pool_seed} if settings.per_label else {})}
 
 
+def _task_class(settings: EvalSettings) -> type[LabelTask] | type[OutputTask]:
+    return OutputTask if settings.output_column else LabelTask
+
+
 def _max_tokens(settings: EvalSettings) -> int:
-    return settings.max_tokens or (128 if settings.output_column else 16)
+    return settings.max_tokens or _task_class(settings).max_tokens
 
 
 def _open_client(settings: EvalSettings, stack: contextlib.ExitStack, out: Path, stop: tuple[str, ...]) -> tuple[LLMClient, bool]:
@@ -173,8 +177,7 @@ class _Run:
 
 
 def _template(settings: EvalSettings) -> PromptTemplate:
-    defaults = OutputTask.templates if settings.output_column else DEFAULT_TEMPLATES
-    template = get_template(settings.template or defaults[settings.mode])
+    template = get_template(settings.template or _task_class(settings).templates[settings.mode])
     if template.kind != settings.mode:
         raise ValueError(f"template {template.name!r} is a {template.kind} template but --mode is {settings.mode}")
     return template

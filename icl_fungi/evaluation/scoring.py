@@ -82,7 +82,7 @@ def selector_metrics(recs: list[dict], chosen: Chosen, pool_labels: Sequence, go
         # a reader that copies the most similar example answers with its label: how often this one did
         "answers_nearest_label": (sum(key(r["prediction"]) == row[0] for r, row in zip(recs, retrieved, strict=True) if row) / n
                                   if n else 0.0),
-        **({"token_f1": float(np.mean([r["token_f1"] for r in recs])) if n else 0.0} if isinstance(task, OutputTask) else {}),
+        **({"token_f1": float(np.mean([r["token_f1"] for r in recs]))} if recs and "token_f1" in recs[0] else {}),
         "prompt_tokens": int(sum(r["prompt_tokens"] for r in recs)),
         "completion_tokens": int(sum(r["completion_tokens"] for r in recs)),
         "latency_s_p50": float(np.percentile(lat, 50)) if lat else 0.0,

@@ -55,6 +55,7 @@ class LabelTask:
 
     kind = "labels"
     column = "label_column"  # the report's name for the data column the task reads
+    max_tokens = 16  # reply length cap: a label
     templates: ClassVar[dict[str, str]] = {"completion": "classification-completion", "chat": "banking77-chat"}
 
     def __init__(self, labels: Sequence[Any]) -> None:
@@ -88,6 +89,7 @@ class OutputTask:
 
     kind = "outputs"
     column = "output_column"
+    max_tokens = 128  # reply length cap: a sentence or two
     templates: ClassVar[dict[str, str]] = {"completion": "pairs-completion", "chat": "pairs-chat"}
     labels: ClassVar[tuple] = ()  # no label set: replies are not checked against one while they arrive
 
