@@ -63,7 +63,8 @@ def pool_and_queries(data: str | Path, split: str, seed: int = 0) -> tuple[list,
 def git_state() -> dict[str, Any]:
     """``{"commit": sha, "clean": bool}`` of the checkout the script runs in (``None`` for both outside a git checkout).
 
-    ``clean`` ignores untracked files: a result file being written is not a change to the code that made it.
+    ``clean`` ignores untracked files and changes under eval/results/: a result file being written (by this
+    script or the one before it) is not a change to the code that made it.
     """
     def git(*args: str) -> str | None:
         proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
@@ -71,7 +72,8 @@ def git_state() -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "clean": None if status is None else status == ""}
+    changed = None if status is None else [line for line in status.splitlines() if not line[3:].startswith("eval/results/")]
+    return {"commit": commit, "clean": None if changed is None else changed == []}
 
 
 def command_line() -> str:
