@@ -72,7 +72,8 @@ def git_state() -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    changed = None if status is None else [line for line in status.splitlines() if not line[3:].startswith("eval/results/")]
+    changed = None if status is None else [line for line in status.splitlines()
+                                              if not line.split(maxsplit=1)[-1].startswith("eval/results/")]
     return {"commit": commit, "clean": None if changed is None else changed == []}
 
 
