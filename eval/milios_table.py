@@ -21,7 +21,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, ROOT, markdown_table, mpnet_folder, run_cli_eval, run_meta, versus_embedding, write_results
+from common import (
+    DEFAULT_DATA,
+    RESULTS,
+    ROOT,
+    format_difference,
+    markdown_table,
+    mpnet_folder,
+    run_cli_eval,
+    run_meta,
+    versus_embedding,
+    write_results,
+)
 
 CACHE = ROOT / "eval" / "cache" / "banking77-gemma3-270m-fewshot-completion.jsonl"
 # Published figures (accuracy %, banking-77 test split, their own N-per-class pools): Milios et al. 2023.
@@ -55,9 +66,7 @@ def row(name: str, m: dict, report: dict, k: int) -> dict:
     config = report["selector_configs"].get(name) or {}
     return {"selector": name, "n": m["n"], "accuracy %": 100 * m["accuracy"],
             "95 % CI": "{:.1f}-{:.1f}".format(*(100 * x for x in m["accuracy_ci95"])),
-            "vs embedding (95 % CI), McNemar p": "" if pair is None else
-            f"{100 * pair['difference']:+.2f} pt ({100 * pair['ci95'][0]:+.2f} to {100 * pair['ci95'][1]:+.2f}), "
-            f"p {pair['mcnemar_p']:.2g}",
+            "vs embedding (95 % CI), McNemar p": format_difference(pair, ".2g"),
             "1-NN %": 100 * m["retrieval"]["1nn_acc"], f"{k}-NN vote %": 100 * m["retrieval"][f"knn{k}_vote_acc"],
             f"P@{k}": m["retrieval"][f"p@{k}"], "gold in top-k": m["retrieval"][f"gold_in_top{k}"],
             "copies nearest": m["answers_nearest_label"], "invalid": m["invalid_rate"],

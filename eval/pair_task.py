@@ -21,7 +21,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, ROOT, load_split, markdown_table, run_cli_eval, run_meta, versus_embedding, write_results
+from common import (
+    DEFAULT_DATA,
+    RESULTS,
+    ROOT,
+    format_difference,
+    load_split,
+    markdown_table,
+    run_cli_eval,
+    run_meta,
+    versus_embedding,
+    write_results,
+)
 
 REPLIES = ROOT / "eval" / "data" / "banking77_replies.json"
 CACHE = ROOT / "eval" / "cache" / "banking77-replies-gemma3-270m.jsonl"
@@ -69,9 +80,7 @@ def main() -> None:
     for name, m in report["selectors"].items():
         pair = versus_embedding(report["paired"], name)
         rows.append({"selector": name, "n": m["n"], "exact match": m["accuracy"], "95 % CI": "{:.4f}-{:.4f}".format(*m["accuracy_ci95"]),
-                     "vs embedding (95 % CI), McNemar p": "" if pair is None else
-                     f"{100 * pair['difference']:+.2f} pt ({100 * pair['ci95'][0]:+.2f} to {100 * pair['ci95'][1]:+.2f}), "
-                     f"p {pair['mcnemar_p']:.3f}",
+                     "vs embedding (95 % CI), McNemar p": format_difference(pair),
                      "token F1": m["token_f1"], "1-NN (same reply)": m["retrieval"]["1nn_acc"], f"P@{k}": m["retrieval"][f"p@{k}"],
                      "copies nearest": m["answers_nearest_label"], "invalid": m["invalid_rate"],
                      "build s": (report["selector_configs"].get(name) or {}).get("build_s")})
