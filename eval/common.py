@@ -304,13 +304,14 @@ def versus_embedding(paired: dict, name: str) -> dict | None:
     return {**other, "difference": 0.0 - other["difference"], "ci95": [0.0 - hi, 0.0 - lo]}  # 0.0 - x: no -0.0
 
 
-def format_difference(pair: dict | None, p_format: str = ".3f") -> str:
+def format_difference(pair: dict | None, p_format: str | None = ".3f") -> str:
     """A paired comparison as text, ``+1.23 pt (+0.10 to +2.36), p 0.031`` (difference, 95 % CI, McNemar p in
-    ``p_format``); empty for ``None``."""
+    ``p_format``; ``p_format=None``: without the p); empty for ``None``."""
     if pair is None:
         return ""
     lo, hi = pair["ci95"]
-    return f"{100 * pair['difference']:+.2f} pt ({100 * lo:+.2f} to {100 * hi:+.2f}), p {pair['mcnemar_p']:{p_format}}"
+    text = f"{100 * pair['difference']:+.2f} pt ({100 * lo:+.2f} to {100 * hi:+.2f})"
+    return text if p_format is None else f"{text}, p {pair['mcnemar_p']:{p_format}}"
 
 
 def run_cli_eval(data: str | Path, out: Path, *options: str) -> tuple[list[str], dict[str, Any]]:

@@ -21,7 +21,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, RESULTS, ROOT, dev_split, load_split, markdown_table, run_cli_eval, run_meta, write_results
+from common import (
+    DEFAULT_DATA,
+    RESULTS,
+    ROOT,
+    dev_split,
+    format_difference,
+    load_split,
+    markdown_table,
+    run_cli_eval,
+    run_meta,
+    write_results,
+)
 
 from icl_fungi.evaluation import paired_comparison
 
@@ -83,9 +94,8 @@ def main() -> None:
     cmd, report = run_cli_eval(folder, run_dir, *options)
     rows = summarise(report)
     table = [{"selector": s, "spec": json.dumps(r["spec"]), "queries": r["n"], "accuracy": r["accuracy"],
-              "vs embedding (95 % CI)": (f"{100 * r['vs_embedding']['difference']:+.2f} pt ({100 * r['vs_embedding']['ci95'][0]:+.2f} "
-                                         f"to {100 * r['vs_embedding']['ci95'][1]:+.2f}), p {r['vs_embedding']['mcnemar_p']:.3f}")
-              if "vs_embedding" in r else "", "nearest example gold": r["gold_nearest"], f"gold share of {args.k}": r["gold_share"]}
+              "vs embedding (95 % CI)": format_difference(r.get("vs_embedding")), "nearest example gold": r["gold_nearest"],
+              f"gold share of {args.k}": r["gold_share"]}
              for s, r in rows.items()]
     cols = ["selector", "queries", "accuracy", "vs embedding (95 % CI)", "nearest example gold", f"gold share of {args.k}", "spec"]
     meta = run_meta(eval_command=" ".join(cmd), settings=report.get("settings"), selector_configs=report["selector_configs"])

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, ROOT, markdown_table, run_cli_eval, run_meta, versus_embedding, write_results
+from common import DEFAULT_DATA, ROOT, format_difference, markdown_table, run_cli_eval, run_meta, versus_embedding, write_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,7 +135,7 @@ def main() -> None:
     plot(rows, out / "curve.png", title)
     table_rows = [{**r, "ci95": f"{r['ci95'][0]:.4f}-{r['ci95'][1]:.4f}",
                    "vs embedding": "" if r["vs embedding"] is None else
-                   f"{100 * r['vs embedding']:+.2f} pt ({100 * r['vs embedding ci95'][0]:+.2f} to {100 * r['vs embedding ci95'][1]:+.2f})"}
+                   format_difference({"difference": r["vs embedding"], "ci95": r["vs embedding ci95"]}, p_format=None)}
                   for r in rows]
     cols = ["per label", "k", "selector", "n", "accuracy", "ci95", "vs embedding", "mcnemar p", "1-NN", "k-NN vote", "P@k",
             "gold in top-k", "copies nearest", "build s"]

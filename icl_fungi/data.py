@@ -19,9 +19,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_labels", "check_outputs", "check_texts", "load_examples", "load_pool", "read_records"]
+__all__ = ["check_labels", "check_outputs", "check_texts", "load_examples", "load_pool", "read_records", "sorted_labels"]
 
 Label = str | int
+
+
+def sorted_labels(labels: Iterable[object]) -> list[object]:
+    """Distinct labels in the order prompts list them: case-insensitive, then exact.
+
+    Example:
+        >>> sorted_labels(["b", "A", "a", "b"])
+        ['A', 'a', 'b']
+    """
+    return sorted(set(labels), key=lambda lab: (str(lab).casefold(), str(lab)))
 
 
 def check_texts(texts: object, *, what: str = "text") -> list[str]:

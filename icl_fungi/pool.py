@@ -16,10 +16,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from collections.abc import Sequence
 
-from .data import Label, check_labels, check_outputs, check_texts
+from .data import Label, check_labels, check_outputs, check_texts, sorted_labels
 
 __all__ = ["ExamplePool", "RetrievedExample"]
 
@@ -95,6 +96,12 @@ class ExamplePool:
         (default: every example)."""
         rows = range(len(self.texts)) if rows is None else rows
         return [str(self.labels[i]) for i in rows] if self.labels is not None else [""] * len(rows)
+
+    @functools.cached_property
+    def label_set(self) -> tuple[Label, ...]:
+        """The distinct labels, sorted as prompts list them (empty in a pool without labels); computed once per pool,
+        which is never changed in place."""
+        return tuple(sorted_labels(self.labels)) if self.labels is not None else ()
 
     def label_counts(self) -> dict[Label, int]:
         """Examples per label (empty in a pool without labels)."""

@@ -19,14 +19,19 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from .data import sorted_labels
 from .template import Prompt, PromptTemplate
 
-__all__ = ["ORDERS", "compose_prompt", "default_template", "get_template", "make_token_counter", "order_examples", "render_prompt",
-           "sorted_labels"]
+if TYPE_CHECKING:
+    from .pool import RetrievedExample
+    from .selection import Selection
+
+__all__ = ["ORDERS", "PromptMethods", "compose_prompt", "default_template", "get_template", "make_token_counter", "order_examples",
+           "render_prompt", "sorted_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,11 +172,6 @@ def default_template(*, has_outputs: bool) -> str:
     return "pairs-completion" if has_outputs else "classification-completion"
 
 
-def sorted_labels(labels: Sequence[object]) -> list[object]:
-    """Distinct labels in the order prompts list them: case-insensitive, then exact."""
-    return sorted(set(labels), key=lambda lab: (str(lab).casefold(), str(lab)))
-
-
 def order_examples(examples: Sequence[Example], order: str = "similar_last", seed: int = 0) -> list[Example]:
     """Examples (given most similar first) in prompt order: ``"similar_last"`` (the most similar next to
     the query), ``"similar_first"`` or ``"random"`` (seeded)."""
@@ -211,3 +211,48 @@ def compose_prompt(
                               labels=sorted_labels(labels) if tpl.uses_labels else (),
                               max_tokens=max_tokens, counter=counter, drop_order=drop_order)
     return prompt
+
+
+class PromptMethods:
+    """``build_prompt``, ``prompt_template`` and ``compose`` for a class with ``retrieve``, ``label_set``,
+    ``has_labels`` and ``has_outputs`` (:class:`~icl_fungi.ICLRetriever`): retrieval there, prompts here."""
+
+    retrieve: Any
+    label_set: Any
+    has_labels: bool
+    has_outputs: bool
+
+    def build_prompt(self, query: str, k: int = 20, *, template: str | PromptTemplate | None = None,
+                     order: str = "similar_last", max_tokens: int | None = None, tokenizer: object = None,
+                     selection: Selection | str | None = None, seed: int = 0) -> Prompt:
+        """A ready prompt for ``query`` with ``k`` retrieved examples.
+
+        Returns a string for completion templates and a list of ``{"role", "content"}`` messages for
+        chat templates. ``template``: a name, file or :class:`PromptTemplate` (default: ``"pairs-completion"``
+        for a pool with outputs, else ``"classification-completion"``); one showing what the pool lacks
+        (labels, outputs) is a ``ValueError``. ``order``: ``"similar_last"`` (most similar example next to
+        the query), ``"similar_first"`` or ``"random"`` (seeded). With ``max_tokens``, the least similar
+        examples are dropped until the prompt fits, counting with ``tokenizer`` (see
+        :func:`make_token_counter`; default: ``ceil(characters / 4)``).
+
+        Example:
+            >>> r.build_prompt("my card has not arrived", k=5)  # doctest: +SKIP
+        """
+        tpl = self.prompt_template(template)
+        examples = self.retrieve(query, k, selection=selection)
+        return self.compose(tpl, examples, query, order=order, seed=seed, max_tokens=max_tokens, tokenizer=tokenizer)
+
+    def prompt_template(self, template: str | PromptTemplate | None = None) -> PromptTemplate:
+        """The template ``build_prompt`` uses for ``template`` (``None``: the pool's default), checked against the pool
+        (a template showing labels or outputs the pool lacks is a ``ValueError``)."""
+        has_labels, has_outputs = self.has_labels, self.has_outputs
+        tpl = get_template(template if template is not None else default_template(has_outputs=has_outputs))
+        tpl.check_pool(has_labels=has_labels, has_outputs=has_outputs)
+        return tpl
+
+    def compose(self, template: PromptTemplate, examples: list[RetrievedExample], query: str, *, order: str = "similar_last",
+                seed: int = 0, max_tokens: int | None = None, tokenizer: object = None) -> Prompt:
+        """The prompt of ``query`` with ``examples`` already retrieved (the last step of :meth:`build_prompt`, shared
+        with the service, which batches the retrieval)."""
+        return compose_prompt(template, examples, query, labels=self.label_set(), order=order, seed=seed,
+                              max_tokens=max_tokens, tokenizer=tokenizer)

@@ -34,9 +34,8 @@ from .index import Index, VectorIndex, index_class, registered_indexes
 from .manifest import check_save_target, read_retriever, write_retriever
 from .pca import PCA
 from .pool import ExamplePool, RetrievedExample
-from .prompt import compose_prompt, default_template, get_template, sorted_labels
+from .prompt import PromptMethods
 from .selection import Selection, select_from_index
-from .template import Prompt, PromptTemplate
 
 __all__ = ["ICLRetriever", "RetrievedExample"]
 
@@ -51,7 +50,7 @@ def _check_k(k: object) -> int:
     return int(k)
 
 
-class ICLRetriever(AsyncMethods):
+class ICLRetriever(PromptMethods, AsyncMethods):
     """An example pool, its FUNGI feature vectors and a cosine index.
 
     Build one with :meth:`from_texts`, :meth:`from_pairs` or :meth:`from_dataset` (or construct it with an
@@ -92,7 +91,6 @@ class ICLRetriever(AsyncMethods):
         self.index = index if index is not None else VectorIndex(random_state=encoder.config.seed)
         self._pool = ExamplePool()  # replaced whole, never changed in place: readers see one consistent pool
         self._write_lock = threading.Lock()
-        self._label_cache: tuple[list | None, list] = (None, [])
         self.n_truncated_ = 0
         self._told_k_capped = False
 
@@ -333,46 +331,9 @@ class ICLRetriever(AsyncMethods):
                       for q, v in zip(queries, vectors, strict=True)]
         return [sorted((pool.example(i, s) for i, s in row), key=lambda x: (-x.score, x.index)) for row in picked]
 
-    def build_prompt(self, query: str, k: int = 20, *, template: str | PromptTemplate | None = None,
-                     order: str = "similar_last", max_tokens: int | None = None, tokenizer: object = None,
-                     selection: Selection | str | None = None, seed: int = 0) -> Prompt:
-        """A ready prompt for ``query`` with ``k`` retrieved examples.
-
-        Returns a string for completion templates and a list of ``{"role", "content"}`` messages for
-        chat templates. ``template``: a name, file or :class:`PromptTemplate` (default: ``"pairs-completion"``
-        for a pool with outputs, else ``"classification-completion"``); one showing what the pool lacks
-        (labels, outputs) is a ``ValueError``. ``order``: ``"similar_last"`` (most similar example next to
-        the query), ``"similar_first"`` or ``"random"`` (seeded). With ``max_tokens``, the least similar
-        examples are dropped until the prompt fits, counting with ``tokenizer`` (see
-        :func:`icl_fungi.prompt.make_token_counter`; default: ``ceil(characters / 4)``).
-        """
-        tpl = self.prompt_template(template)
-        examples = self.retrieve(query, k, selection=selection)
-        return self.compose(tpl, examples, query, order=order, seed=seed, max_tokens=max_tokens, tokenizer=tokenizer)
-
-    def prompt_template(self, template: str | PromptTemplate | None = None) -> PromptTemplate:
-        """The template ``build_prompt`` uses for ``template`` (``None``: the pool's default), checked against the pool
-        (a template showing labels or outputs the pool lacks is a ``ValueError``)."""
-        pool = self._pool
-        tpl = get_template(template if template is not None else default_template(has_outputs=pool.has_outputs))
-        tpl.check_pool(has_labels=pool.has_labels, has_outputs=pool.has_outputs)
-        return tpl
-
-    def compose(self, template: PromptTemplate, examples: list[RetrievedExample], query: str, *, order: str = "similar_last",
-                seed: int = 0, max_tokens: int | None = None, tokenizer: object = None) -> Prompt:
-        """The prompt of ``query`` with ``examples`` already retrieved (the last step of :meth:`build_prompt`, shared
-        with the service, which batches the retrieval)."""
-        return compose_prompt(template, examples, query, labels=self.label_set(), order=order, seed=seed,
-                              max_tokens=max_tokens, tokenizer=tokenizer)
-
     def label_set(self) -> list[Label]:
         """The pool's distinct labels, sorted as prompts list them (empty for a pool without labels)."""
-        labels = self._pool.labels
-        if labels is None:
-            return []
-        if self._label_cache[0] is not labels:
-            self._label_cache = (labels, sorted_labels(labels))
-        return list(self._label_cache[1])
+        return list(self._pool.label_set)
 
     def add_examples(self, texts: Sequence[str], labels: Sequence[Label] | None = None,
                      outputs: Sequence[str] | None = None) -> list[int]:
