@@ -71,6 +71,14 @@ def summarise(report: dict) -> dict[str, dict]:
     return rows
 
 
+def pair_table(paired: dict) -> str:
+    """The report's paired comparisons between selectors other than ``embedding`` (e.g. two weights) as a table."""
+    rows = [{"pair": name.replace("_vs_", " − "), "difference (95 % CI), McNemar p": format_difference(pair),
+             "only first right": pair["only_first_correct"], "only second right": pair["only_second_correct"]}
+            for name, pair in paired.items() if "embedding" not in name.split("_vs_")]
+    return markdown_table(rows, ["pair", "difference (95 % CI), McNemar p", "only first right", "only second right"]) if rows else ""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,10 +107,12 @@ def main() -> None:
              for s, r in rows.items()]
     cols = ["selector", "queries", "accuracy", "vs embedding (95 % CI)", "nearest example gold", f"gold share of {args.k}", "spec"]
     meta = run_meta(eval_command=" ".join(cmd), settings=report.get("settings"), selector_configs=report["selector_configs"])
-    write_results(RESULTS / "icl_dev" / f"{args.name}.json", {"meta": meta, "rows": rows},
+    between = pair_table(report["paired"])
+    text = markdown_table(table, cols) + (f"\n\nBetween selectors (paired on the same queries):\n\n{between}" if between else "")
+    write_results(RESULTS / "icl_dev" / f"{args.name}.json", {"meta": meta, "rows": rows, "paired": report["paired"]},
                   title=f"In-context accuracy on the dev split (Gemma 3 270M, k = {args.k}, {rows[next(iter(rows))]['n']} queries"
                         + (f", {args.per_label} examples per label)" if args.per_label else ")"),
-                  table=markdown_table(table, cols))
+                  table=text)
     print(markdown_table(table, cols))
 
 
