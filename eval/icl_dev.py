@@ -73,7 +73,7 @@ def summarise(report: dict) -> dict[str, dict]:
 
 def pair_table(paired: dict) -> str:
     """The report's paired comparisons between selectors other than ``embedding`` (e.g. two weights) as a table."""
-    rows = [{"pair": name.replace("_vs_", " − "), "difference (95 % CI), McNemar p": format_difference(pair),
+    rows = [{"pair": name.replace("_vs_", " − "), "difference (95 % CI), McNemar p": format_difference(pair, ".2g"),
              "only first right": pair["only_first_correct"], "only second right": pair["only_second_correct"]}
             for name, pair in paired.items() if "embedding" not in name.split("_vs_")]
     return markdown_table(rows, ["pair", "difference (95 % CI), McNemar p", "only first right", "only second right"]) if rows else ""
