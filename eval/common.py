@@ -50,6 +50,21 @@ def dev_split(texts: list[str], labels: list, fraction: float = 0.2, seed: int =
     return [texts[i] for i in keep], [labels[i] for i in keep], [texts[i] for i in held], [labels[i] for i in held]
 
 
+def write_dev_folder(data: str | Path, out: Path) -> Path:
+    """The dev split as a data folder ``icl-fungi eval --data`` reads: ``out/train.csv`` (the dev pool, 80 % of
+    train) and ``out/test.csv`` (the 1,998 held-out dev queries); returns ``out``."""
+    import csv
+
+    pool_t, pool_l, dev_t, dev_l = dev_split(*load_split(data, "train"))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, texts, labels in (("train", pool_t, pool_l), ("test", dev_t, dev_l)):
+        with open(out / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", LABEL_COLUMN])
+            w.writerows(zip(texts, labels, strict=True))
+    return out
+
+
 def pool_and_queries(data: str | Path, split: str, seed: int = 0) -> tuple[list, list, list, list]:
     """``split="dev"``: dev split of train (pool 80 %, queries 20 %); ``"test"``: the train pool and the test queries."""
     texts, labels = load_split(data, "train")

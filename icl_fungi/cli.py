@@ -131,6 +131,31 @@ def _eval_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
                         "run's, which answers queries in a seeded random order); starts no server, sends nothing")
     e.add_argument("--out", required=True,
                    help="output folder for report.json, report.md, report.html and plots (new, or holding this same run)")
+    _reader_flags(e)
+
+
+def _reader_flags(e: argparse.ArgumentParser) -> None:
+    """``icl-fungi eval``'s in-process reader, cache key and prompt export."""
+    r = e.add_argument_group("in-process reader (answers without a server, in batches; needs the reader extra)")
+    r.add_argument("--reader", choices=("transformers",), default=None,
+                   help="answer in this process with transformers (greedy, the template's stop strings cut as the server "
+                        "cuts them) instead of an endpoint")
+    r.add_argument("--reader-model", default=None, metavar="PATH_OR_NAME",
+                   help="a GGUF file, a model folder or a hub name (default: the embedded Gemma 3 270M GGUF)")
+    r.add_argument("--reader-tokenizer", default=None, metavar="PATH_OR_NAME",
+                   help="the reader's tokenizer (default: the model's own; a GGUF's is checked against the file's)")
+    r.add_argument("--device", default="cpu", help="torch device of the reader: cpu, cuda, cuda:1 (default: cpu)")
+    r.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the reader's weights and activations (default: float32, what its fidelity was measured with)")
+    r.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the reader (default: 8)")
+    r.add_argument("--no-tokenizer-check", dest="tokenizer_check", action="store_false",
+                   help="load a GGUF reader without checking its rebuilt tokenizer against the file's own")
+    e.add_argument("--endpoint-id", default=None,
+                   help="the endpoint id the response cache is keyed by (default: the endpoint's or the reader's own), "
+                        "e.g. to report replies another machine cached, with --cached-only")
+    e.add_argument("--export-prompts", default=None, metavar="FILE",
+                   help="write every prompt (JSON lines: selector, query_index, gold, prompt, and its cached reply or "
+                        "null) to FILE and stop: nothing is sent or loaded")
 
 
 def _serve_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
@@ -253,9 +278,14 @@ def _eval(args: argparse.Namespace) -> None:
         k=args.k, limit=args.limit, seed=args.seed, template=args.template, mode=args.mode,
         base_url=args.base_url, model=args.model, concurrency=args.concurrency, timeout=args.timeout,
         max_retries=args.max_retries, cache=args.cache, show_progress=not args.quiet, cached_only=args.cached_only,
-        per_label=args.per_label, pool_seed=args.pool_seed,
+        per_label=args.per_label, pool_seed=args.pool_seed, reader=args.reader, reader_model=args.reader_model,
+        reader_tokenizer=args.reader_tokenizer, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        tokenizer_check=args.tokenizer_check, endpoint_id=args.endpoint_id, export_prompts=args.export_prompts,
     )
     report = run_icl_eval(settings)
+    if "exported" in report:
+        print(f"wrote {report['exported']} prompts to {report['path']}")
+        return
     for name, m in report["selectors"].items():
         lo, hi = m["accuracy_ci95"]
         f1 = f"  token F1 {m['token_f1']:.4f}" if "token_f1" in m else ""

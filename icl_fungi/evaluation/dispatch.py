@@ -56,8 +56,11 @@ def send_all(client: LLMClient, prompts: Sequence[Any], *, concurrency: int = 1,
     """Responses to ``prompts`` (same order), each cached as it arrives.
 
     A failed request (after the client's retries) raises ``RuntimeError``; Ctrl-C cancels every queued
-    request at once and re-raises ``KeyboardInterrupt`` (requests in flight finish on their own).
+    request at once and re-raises ``KeyboardInterrupt`` (requests in flight finish on their own). An in-process
+    reader (``client.batched``) gets every uncached prompt at once and answers them in batches.
     """
+    if getattr(client, "batched", False):
+        return _send_batched(client, prompts, show_progress=show_progress, labels=labels, mode=mode)
     to_send = _announce(client, prompts, concurrency)
     responses: list[LLMResponse | None] = [None] * len(prompts)
     pool = ThreadPoolExecutor(max_workers=concurrency)
@@ -78,12 +81,7 @@ def send_all(client: LLMClient, prompts: Sequence[Any], *, concurrency: int = 1,
                     logger.info("about %s left for %d requests", _duration(rate * (to_send - sent_seen)), to_send - sent_seen)
             if len(seen) == _CHECK_AFTER and labels and not warned:
                 warned = True
-                invalid = sum(parse_label(r.text, labels) is None for r in seen)
-                if invalid > _CHECK_AFTER // 2:
-                    hint = ("a base model rarely answers a chat prompt with a label: try --mode completion, or an instruct model"
-                            if mode == "chat" else "check the template and --stop, or try an instruct model with --mode chat")
-                    logger.warning("%d of the first %d replies are not one of the labels (e.g. %r): %s",
-                                   invalid, _CHECK_AFTER, seen[0].text[:60], hint)
+                _warn_if_invalid(seen, labels, mode)
     except Exception as err:
         pool.shutdown(wait=False, cancel_futures=True)
         raise RuntimeError(f"an LLM request failed after retries ({type(err).__name__}: {err}); "
@@ -95,6 +93,44 @@ def send_all(client: LLMClient, prompts: Sequence[Any], *, concurrency: int = 1,
         bar.close()
     pool.shutdown(wait=True)
     return responses  # type: ignore[return-value]
+
+
+def _warn_if_invalid(seen: Sequence[LLMResponse], labels: Sequence[Any], mode: str) -> None:
+    """Warn when most of the first replies are not labels (a wrong template or mode shows early)."""
+    invalid = sum(parse_label(r.text, labels) is None for r in seen)
+    if invalid > len(seen) // 2:
+        hint = ("a base model rarely answers a chat prompt with a label: try --mode completion, or an instruct model"
+                if mode == "chat" else "check the template and --stop, or try an instruct model with --mode chat")
+        logger.warning("%d of the first %d replies are not one of the labels (e.g. %r): %s",
+                       invalid, len(seen), seen[0].text[:60], hint)
+
+
+def _send_batched(reader: Any, prompts: Sequence[Any], *, show_progress: bool, labels: Sequence[Any], mode: str
+                  ) -> list[LLMResponse]:
+    """Responses to ``prompts`` from an in-process reader: the cache first, then every distinct uncached prompt
+    through ``reader.answer`` (sorted by length and batched there), each batch cached as it ends; Ctrl-C stops after
+    the batch in progress."""
+    distinct: dict[str, Any] = {}
+    for p in prompts:
+        distinct.setdefault(json.dumps(p, sort_keys=True, ensure_ascii=False), p)
+    replies: dict[str, LLMResponse | None] = {key: reader.cached(p) for key, p in distinct.items()}
+    todo = [key for key, r in replies.items() if r is None]
+    logger.info("%d prompts: %d answered from the cache, %d to answer in process (batches of %d)",
+                len(prompts), len(distinct) - len(todo), len(todo), reader.batch_size)
+    bar = tqdm(total=len(todo), desc="LLM replies", disable=not show_progress or not todo, unit="reply")
+    fresh: list[LLMResponse] = []
+    try:
+        for batch in reader.answer([distinct[key] for key in todo]):
+            bar.update(len(batch))
+            before = len(fresh)
+            for i, resp in batch:
+                replies[todo[i]] = resp
+                fresh.append(resp)
+            if labels and before < _CHECK_AFTER <= len(fresh):
+                _warn_if_invalid(fresh[:_CHECK_AFTER], labels, mode)
+    finally:
+        bar.close()
+    return [replies[json.dumps(p, sort_keys=True, ensure_ascii=False)] for p in prompts]  # type: ignore[misc]
 
 
 def _count(n: int, one: str, many: str) -> str:

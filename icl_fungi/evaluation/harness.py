@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,11 +30,13 @@ from ..prompt import compose_prompt, get_template, sorted_labels
 from ..retriever import ICLRetriever
 from ..template import PromptTemplate
 from .bm25 import BM25Pool
+from .clients import open_client
 from .dispatch import announce_plan, send_by_query
-from .llm import LLMClient, LocalServer, ResponseCache, redact_url
+from .llm import CachedReplies, redact_url
 from .report import check_out_folder, eval_versions, write_report
 from .scoring import Chosen, make_records, paired, retriever_config, selector_metrics
 from .selectors import SelectorSpec, parse_selector
+from .settings import SELECTORS, EvalSettings, task_class
 from .splits import load_splits, sample_per_label
 from .tasks import LabelTask, OutputTask
 
@@ -40,68 +44,6 @@ __all__ = ["SELECTORS", "EvalSettings", "load_splits", "run_icl_eval"]
 
 logger = logging.getLogger(__name__)
 
-SELECTORS = ("fungi", "embedding", "random")
-DEFAULT_TEMPLATES = LabelTask.templates  # OutputTask.templates with --output-column
-
-
-@dataclasses.dataclass
-class EvalSettings:
-    """Options of one evaluation run (the ``icl-fungi eval`` flags)."""
-
-    data: str
-    out: str
-    text_column: str = "text"
-    label_column: str | None = None
-    output_column: str | None = None  # a pool of input -> output pairs: the LLM writes the output (OutputTask)
-    max_tokens: int | None = None  # reply length cap (None: 16 for a label, 128 for an output)
-    retriever: str | None = None
-    selectors: tuple[str, ...] = SELECTORS
-    k: int = 20
-    limit: int | None = 300
-    seed: int = 0
-    template: str | None = None
-    mode: str = "completion"
-    base_url: str | None = None
-    model: str | None = None
-    concurrency: int = 1
-    timeout: float = 120.0
-    max_retries: int = 6
-    cache: str | None = None
-    show_progress: bool = True
-    cached_only: bool = False  # report the queries every selector has a cached reply for; start and send nothing
-    per_label: int | None = None  # the pool: a seeded sample of this many train examples per label (None: all of train)
-    pool_seed: int = 0
-
-    def validate(self) -> None:
-        if not self.selectors:
-            raise ValueError(f"no selector; choose from {SELECTORS} or write specs (NAME=BASE;key=value;...)")
-        names = [self.spec(s).name for s in self.selectors]
-        if len(set(names)) != len(names):
-            raise ValueError(f"selector names must be unique, got {names}")
-        if self.mode not in DEFAULT_TEMPLATES:
-            raise ValueError(f"mode must be 'chat' or 'completion', got {self.mode!r}")
-        for name in ("k", "concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError("--limit must be >= 1")
-        if self.per_label is not None and (isinstance(self.per_label, bool) or not isinstance(self.per_label, int) or self.per_label < 1):
-            raise ValueError(f"--per-label must be an int >= 1, got {self.per_label!r}")
-        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int)
-                                            or self.max_tokens < 1):
-            raise ValueError(f"--max-tokens must be an int >= 1, got {self.max_tokens!r}")
-        if self.output_column and self.label_column:
-            raise ValueError("--output-column and --label-column: a pair task scores outputs, a classification labels; give one")
-        if self.base_url and not self.model:
-            raise ValueError("--model is required with --base-url")
-
-    @staticmethod
-    def spec(text: str) -> SelectorSpec:
-        """The :class:`SelectorSpec` of a ``--selectors`` entry."""
-        try:
-            return parse_selector(text)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"--selectors: {err}") from None
 
 
 # --------------------------------------------------------------- running
@@ -112,37 +54,9 @@ def _run_key(settings: EvalSettings, template: str) -> dict:
             "base_url": redact_url(settings.base_url) if settings.base_url else None, "retriever": settings.retriever,
             "cached_only": settings.cached_only, **({"output_column": settings.output_column} if settings.output_column else {}),
             **({"max_tokens": settings.max_tokens} if settings.max_tokens else {}),
-            **({"per_label": settings.per_label, "pool_seed": settings.pool_seed} if settings.per_label else {})}
-
-
-def _task_class(settings: EvalSettings) -> type[LabelTask] | type[OutputTask]:
-    return OutputTask if settings.output_column else LabelTask
-
-
-def _max_tokens(settings: EvalSettings) -> int:
-    return settings.max_tokens or _task_class(settings).max_tokens
-
-
-def _open_client(settings: EvalSettings, stack: contextlib.ExitStack, out: Path, stop: tuple[str, ...]) -> tuple[LLMClient, bool]:
-    """The client (and, without --base-url, the embedded server), checked before anything is built."""
-    cache_path = Path(settings.cache or out / "responses.jsonl")
-    if settings.cached_only and not cache_path.is_file():
-        raise ValueError(f"--cached-only: no response cache at {cache_path} (pass the run's --cache)")
-    cache = ResponseCache(cache_path)
-    if settings.cached_only:  # the same endpoint id and model as the run, so its cache keys match; nothing is sent
-        local = LocalServer()
-        url, model, endpoint = (settings.base_url, settings.model, None) if settings.base_url else (None, local.model, local.endpoint_id)
-        return LLMClient(url, model=model, endpoint_id=endpoint, stop=stop, cache=cache, max_tokens=_max_tokens(settings)), \
-            not settings.base_url
-    if settings.base_url:
-        client = LLMClient(settings.base_url, model=settings.model, timeout=settings.timeout, max_tokens=_max_tokens(settings),
-                           max_retries=settings.max_retries, stop=stop, cache=cache)
-        client.check()
-        return client, False
-    server = stack.enter_context(LocalServer())
-    return LLMClient(server.base_url, model=server.model, endpoint_id=server.endpoint_id, timeout=settings.timeout,
-                     max_tokens=_max_tokens(settings),
-                     max_retries=settings.max_retries, stop=stop, cache=cache), True
+            **({"per_label": settings.per_label, "pool_seed": settings.pool_seed} if settings.per_label else {}),
+            **({"reader": settings.reader, "reader_model": settings.reader_model, "dtype": settings.dtype,
+                "endpoint_id": settings.endpoint_id} if settings.reader else {})}
 
 
 # --------------------------------------------------------------- planning
@@ -177,7 +91,7 @@ class _Run:
 
 
 def _template(settings: EvalSettings) -> PromptTemplate:
-    template = get_template(settings.template or _task_class(settings).templates[settings.mode])
+    template = get_template(settings.template or task_class(settings).templates[settings.mode])
     if template.kind != settings.mode:
         raise ValueError(f"template {template.name!r} is a {template.kind} template but --mode is {settings.mode}")
     return template
@@ -259,19 +173,21 @@ def _choose(run: _Run, spec: SelectorSpec, queries: _Queries) -> Chosen:
 
 
 def _prompts(run: _Run, spec: SelectorSpec, chosen: Chosen, queries: _Queries) -> list:
+    """The prompts of one selector; ``order="random"`` shuffles each query's examples with its own seed (from the
+    run's seed and the query's position in the test split), so the nearest example lands anywhere."""
     (texts, values), task = run.pool, run.task
     return [compose_prompt(run.template, [task.example(texts[i], values[i], s, i) for i, s in rows], q, labels=task.labels,
-                           order=spec.order, seed=run.settings.seed)
-            for rows, q in zip(chosen, queries.texts, strict=True)]
+                           order=spec.order, seed=int(np.random.SeedSequence([run.settings.seed, qi]).generate_state(1)[0]))
+            for rows, q, qi in zip(chosen, queries.texts, queries.index, strict=True)]
 
 
-def _choose_all(run: _Run, client: LLMClient, queries: _Queries) -> tuple[dict[str, Chosen], dict[str, list]]:
+def _choose_all(run: _Run, client: CachedReplies, queries: _Queries) -> tuple[dict[str, Chosen], dict[str, list]]:
     """Examples and prompts of every selector: the random ones first, then the run's size is announced, then
     the retrievers are built."""
     specs = run.specs
     chosen = {name: _choose(run, sp, queries) for name, sp in specs.items() if sp.base == "random"}
     prompts = {name: _prompts(run, specs[name], rows, queries) for name, rows in chosen.items()}
-    if not run.settings.cached_only:
+    if not run.settings.cached_only and not run.settings.export_prompts:
         announce_plan(client, list(specs), len(queries), prompts)
     _load_saved_retriever(run)
     for name, sp in specs.items():
@@ -281,7 +197,7 @@ def _choose_all(run: _Run, client: LLMClient, queries: _Queries) -> tuple[dict[s
     return {name: chosen[name] for name in specs}, {name: prompts[name] for name in specs}
 
 
-def _keep_cached(client: LLMClient, queries: _Queries, chosen: dict[str, Chosen], prompts: dict[str, list]
+def _keep_cached(client: CachedReplies, queries: _Queries, chosen: dict[str, Chosen], prompts: dict[str, list]
                  ) -> tuple[_Queries, dict[str, Chosen], dict[str, list]]:
     """--cached-only: the queries every selector has a cached reply for."""
     n = len(queries)
@@ -294,7 +210,7 @@ def _keep_cached(client: LLMClient, queries: _Queries, chosen: dict[str, Chosen]
 
 
 # --------------------------------------------------------------- the run
-def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> dict:
+def run_icl_eval(settings: EvalSettings, *, client: CachedReplies | None = None) -> dict:
     """Run the evaluation and write ``report.json``, ``report.md``, ``report.html`` and plots to ``settings.out``.
 
     ``settings.out`` must be new or hold the report of this same run (then the run resumes from its cache). The
@@ -314,10 +230,12 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
     embedded = False
     with contextlib.ExitStack() as stack:
         if client is None:  # before the (long) retriever builds: an unreachable endpoint fails at once
-            client, embedded = _open_client(settings, stack, out, template.stop or ("\n",))
+            client, embedded = open_client(settings, stack, out, template.stop or ("\n",))
         chosen, prompts = _choose_all(run, client, queries)
         if settings.cached_only:
             queries, chosen, prompts = _keep_cached(client, queries, chosen, prompts)
+        if settings.export_prompts:
+            return _export_prompts(Path(settings.export_prompts), client, queries, prompts, run_key)
         responses = send_by_query(client, prompts, len(queries), seed=settings.seed, concurrency=settings.concurrency,
                                   show_progress=settings.show_progress, labels=task.labels, mode=settings.mode)
     records = make_records(list(run.specs), queries, chosen, responses, task)
@@ -335,8 +253,28 @@ def run_icl_eval(settings: EvalSettings, *, client: LLMClient | None = None) -> 
     return report
 
 
+def _export_prompts(path: Path, client: CachedReplies, queries: _Queries, prompts: dict[str, list], run_key: dict) -> dict:
+    """``--export-prompts``: one JSON line per selector and query (``selector``, ``query_index``, ``gold``, ``prompt``,
+    and the cached ``reply`` and its ``prompt_tokens``, or ``null``), written atomically; returns ``{"exported": n, "path",
+    "run_key"}``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        for name, rows in prompts.items():
+            for qi, gold, prompt in zip(queries.index, queries.gold, rows, strict=True):
+                hit = client.cached(prompt)
+                fh.write(json.dumps({"selector": name, "query_index": qi, "gold": gold, "prompt": prompt,
+                                     "reply": None if hit is None else hit.text,
+                                     "prompt_tokens": None if hit is None else hit.prompt_tokens}, ensure_ascii=False, default=str) + "\n")
+                n += 1
+    os.replace(tmp, path)
+    logger.info("wrote %d prompts to %s", n, path)
+    return {"exported": n, "path": str(path), "run_key": run_key}
+
+
 # --------------------------------------------------------------- the report
-def _header(settings: EvalSettings, client: LLMClient, embedded: bool, run_key: dict) -> dict:
+def _header(settings: EvalSettings, client: CachedReplies, embedded: bool, run_key: dict) -> dict:
     """What ran: format, date, command, versions, endpoint and settings."""
     return {
         "format": "icl-fungi-eval-report/1",
@@ -344,7 +282,7 @@ def _header(settings: EvalSettings, client: LLMClient, embedded: bool, run_key: 
         "command": " ".join(sys.argv),
         "versions": eval_versions(),
         "run_key": run_key,
-        "endpoint": {"host": "embedded local server (127.0.0.1)" if embedded else client.endpoint_id,
+        "endpoint": {"host": getattr(client, "host", None) or ("embedded local server (127.0.0.1)" if embedded else client.endpoint_id),
                      "id": client.endpoint_id, "model": client.model, "params": client.params},
     }
 
@@ -359,7 +297,7 @@ def _selector_config(run: _Run, spec: SelectorSpec) -> dict | None:
                                         "model_load_s": run.load_s.get(key)}
 
 
-def _results(run: _Run, client: LLMClient, records: list[dict], chosen: dict[str, Chosen], queries: _Queries) -> dict:
+def _results(run: _Run, client: CachedReplies, records: list[dict], chosen: dict[str, Chosen], queries: _Queries) -> dict:
     """Settings, selectors, requests sent, metrics per selector and the paired comparisons."""
     settings, specs = run.settings, run.specs
     return {

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["LLMClient", "LLMResponse", "LocalServer", "ResponseCache", "redact_url"]
+__all__ = ["CachedReplies", "LLMClient", "LLMResponse", "LocalServer", "ResponseCache", "local_model_path", "redact_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,41 @@ class ResponseCache:
             self._entries[key] = rec
 
 
-class LLMClient:
+class CachedReplies:
+    """What every reader of the evaluation shares: replies looked up in and written to a :class:`ResponseCache`,
+    keyed by ``endpoint_id``, ``model``, ``params`` and the prompt (set by the subclass)."""
+
+    endpoint_id: str
+    model: str
+    params: dict
+    cache: ResponseCache | None
+    batched = False  # True: the dispatcher hands every uncached prompt to ``answer`` at once
+
+    def _key(self, prompt: Any) -> str:
+        return ResponseCache.key(self.endpoint_id, self.model, self.params, prompt)
+
+    def is_cached(self, prompt: str | list[dict[str, str]]) -> bool:
+        """True when the cache already holds the reply to ``prompt`` for this endpoint, model and parameters."""
+        return self.cache is not None and self.cache.get(self._key(prompt)) is not None
+
+    def cached_latencies(self) -> list[float]:
+        """Latencies of the replies in the cache (for time estimates)."""
+        return [] if self.cache is None else self.cache.latencies()
+
+    def cached(self, prompt: str | list[dict[str, str]]) -> LLMResponse | None:
+        """The cached reply to ``prompt``, or ``None``."""
+        hit = None if self.cache is None else self.cache.get(self._key(prompt))
+        if hit is None:
+            return None
+        return LLMResponse(hit["text"], hit["prompt_tokens"], hit["completion_tokens"], hit["latency_s"], cached=True)
+
+    def store(self, prompt: str | list[dict[str, str]], response: LLMResponse) -> None:
+        """Write a fresh reply to the cache (a no-op without one)."""
+        if self.cache is not None:
+            self.cache.put(self._key(prompt), {k: v for k, v in asdict(response).items() if k != "cached"})
+
+
+class LLMClient(CachedReplies):
     """One ``openai`` client for an OpenAI-compatible endpoint, temperature 0, with a cache.
 
     Retries for 429 / 5xx / timeouts / dropped connections are the ``openai`` client's
@@ -144,17 +178,6 @@ class LLMClient:
         self.requests_sent = 0
         self._count_lock = threading.Lock()
 
-    def _key(self, prompt: Any) -> str:
-        return ResponseCache.key(self.endpoint_id, self.model, self.params, prompt)
-
-    def is_cached(self, prompt: str | list[dict[str, str]]) -> bool:
-        """True when the cache already holds the reply to ``prompt`` for this endpoint, model and parameters."""
-        return self.cache is not None and self.cache.get(self._key(prompt)) is not None
-
-    def cached_latencies(self) -> list[float]:
-        """Latencies of the replies in the cache (for time estimates)."""
-        return [] if self.cache is None else self.cache.latencies()
-
     def check(self, timeout: float = 10.0) -> None:
         """Fail fast when the endpoint cannot be reached or rejects the key (one ``GET /models``, no retries).
 
@@ -174,11 +197,9 @@ class LLMClient:
 
     def complete(self, prompt: str | list[dict[str, str]]) -> LLMResponse:
         """Send one prompt (string: completions API; messages: chat API), or answer from the cache."""
-        key = self._key(prompt) if self.cache is not None else None
-        if key is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                return LLMResponse(hit["text"], hit["prompt_tokens"], hit["completion_tokens"], hit["latency_s"], cached=True)
+        hit = self.cached(prompt)
+        if hit is not None:
+            return hit
         with self._count_lock:
             self.requests_sent += 1
         t0 = time.perf_counter()
@@ -192,8 +213,7 @@ class LLMClient:
         usage = resp.usage
         out = LLMResponse(text, int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0),
                           latency)
-        if key is not None:
-            self.cache.put(key, {k: v for k, v in asdict(out).items() if k != "cached"})
+        self.store(prompt, out)
         return out
 
 
