@@ -109,6 +109,18 @@ class BlockCombiner(SavedPart):
             parts.append(weights[f] * b)
         return np.concatenate(parts, axis=1)
 
+    def reference_weights(self) -> dict[str, float] | None:
+        """Weights that keep the embedding block alone (the reference ranking of a ``"cover"`` selection), or
+        ``None`` when there is no embedding block beside other blocks.
+
+        Example:
+            >>> BlockCombiner(("embedding", "kl")).reference_weights()
+            {'embedding': 1.0, 'kl': 0.0}
+        """
+        if "embedding" not in self.features or len(self.features) < 2 or not self.weights.get("embedding"):
+            return None
+        return {f: float(f == "embedding") for f in self.features}
+
     def choose_weights(self, how: str, blocks: dict[str, np.ndarray], labels: Sequence | None, *,
                        seed: int = 0, texts_per_row: float | None = None) -> list[dict[str, Any]]:
         """Set the weights from the pool itself: ``"loo"`` (:meth:`search_weights`, needs labels) or ``"auto"``

@@ -234,9 +234,10 @@ class ICLRetriever(PromptMethods, AsyncMethods):
             self._pool = pool
             build_index()
 
-    def vectors_from_blocks(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
-        """The index vectors of feature blocks: combined, PCA-reduced, L2-normalised."""
-        vectors = self.pca.transform(self.combiner.transform(blocks))
+    def vectors_from_blocks(self, blocks: dict[str, np.ndarray], weights: dict[str, float] | None = None) -> np.ndarray:
+        """The index vectors of feature blocks: combined (with ``weights``, default the fitted ones), PCA-reduced,
+        L2-normalised."""
+        vectors = self.pca.transform(self.combiner.transform(blocks, weights))
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
 
@@ -299,18 +300,34 @@ class ICLRetriever(PromptMethods, AsyncMethods):
     def retrieve(self, query: str, k: int = 20, *, selection: Selection | str | None = None) -> list[RetrievedExample]:
         """The ``k`` pool examples chosen for ``query``, most similar first.
 
-        ``selection`` picks the strategy (see :class:`~icl_fungi.Selection`; default: plain top-k).
+        ``selection`` picks the strategy (see :class:`~icl_fungi.Selection`; default: :attr:`default_selection`).
         ``k`` larger than the pool returns the whole pool.
         """
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         return self.retrieve_batch([query], k, selection=selection)[0]
 
+    @property
+    def default_selection(self) -> Selection:
+        """The selection used when a call gives none: on a labelled pool with FUNGI's gradient blocks,
+        ``Selection("cover")`` (FUNGI's top-k, with the labels of the plain embedding's own top-k guaranteed a slot,
+        so a reader that reads every example is shown the labels the embedding would show); else top-k."""
+        if self._pool.has_labels and self.combiner.reference_weights() is not None:
+            return Selection("cover")
+        return Selection()
+
+    def reference_vectors_from_blocks(self, blocks: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The queries' reference vectors in the index's space: the embedding block alone (the others zeroed,
+        :meth:`~icl_fungi.combine.BlockCombiner.reference_weights`); searching the index with them ranks the pool
+        almost as the plain embedding does. ``None`` without an embedding block beside other blocks."""
+        weights = self.combiner.reference_weights()
+        return None if weights is None else self.vectors_from_blocks(blocks, weights)
+
     def retrieve_batch(self, queries: Sequence[str], k: int = 20, *,
                        selection: Selection | str | None = None) -> list[list[RetrievedExample]]:
         """:meth:`retrieve` for many queries (encoded in batches)."""
         k = _check_k(k)
-        sel = Selection.coerce(selection)
+        sel = self.default_selection if selection is None else Selection.coerce(selection)
         queries = check_texts(queries, what="query")
         if sel.needs_labels and len(self) and not self._pool.has_labels:
             raise ValueError(f"the selection {sel!r} reads the examples' labels, and the pool has none")
@@ -319,16 +336,20 @@ class ICLRetriever(PromptMethods, AsyncMethods):
             logger.warning("k=%d is larger than the pool (%d examples): every example is returned", k, len(self))
         if not queries:
             return []
-        vectors = self.vectors(queries)
+        self._check_built()
+        blocks = self.encoder.encode(queries)
+        vectors = self.vectors_from_blocks(blocks)
         if sel.is_plain:
             ids, scores = self.index.query(vectors, k, labels=sel.allowed_labels)
             picked = [[(a, b) for a, b in zip(i.tolist(), s.tolist(), strict=True) if a >= 0] for i, s in zip(ids, scores, strict=True)]
             pool = self._pool  # read after the query: a pool is published before its ids
         else:
+            refs = self.reference_vectors_from_blocks(blocks) if sel.needs_reference else None
             with self._write_lock:  # one consistent snapshot of the pool
                 pool = self._pool
-            picked = [select_from_index(self.index, v, k, sel, len(pool), pool.label_list(), texts=pool.texts, query=q)
-                      for q, v in zip(queries, vectors, strict=True)]
+            picked = [select_from_index(self.index, v, k, sel, len(pool), pool.label_list(), texts=pool.texts, query=q,
+                                        reference_vector=None if refs is None else refs[j])
+                      for j, (q, v) in enumerate(zip(queries, vectors, strict=True))]
         return [sorted((pool.example(i, s) for i, s in row), key=lambda x: (-x.score, x.index)) for row in picked]
 
     def label_set(self) -> list[Label]:

@@ -31,11 +31,13 @@ from .options import parse_options
 from .strategies import (
     MMR,
     Candidates,
+    Cover,
     Dedup,
     ExcludeQuery,
     LabelCap,
     LabelCoverage,
     LabelFilter,
+    RankFusion,
     SelectionContext,
     SelectionStep,
     SelectionStrategy,
@@ -47,11 +49,13 @@ from .strategies import (
 
 __all__ = [
     "MMR",
+    "Cover",
     "Dedup",
     "ExcludeQuery",
     "LabelCap",
     "LabelCoverage",
     "LabelFilter",
+    "RankFusion",
     "Selection",
     "SelectionContext",
     "SelectionStep",
@@ -151,6 +155,11 @@ class Selection:
         return self.strategy.needs_labels or any(s.needs_labels for s in self.steps)
 
     @property
+    def needs_reference(self) -> bool:
+        """True when the strategy reads the reference ranking (the plain embedding's nearest examples)."""
+        return self.strategy.needs_reference
+
+    @property
     def needs_vectors(self) -> bool:
         """True when choosing needs the candidates' vectors (MMR, near-duplicate removal)."""
         return self.strategy.needs_vectors or any(s.needs_vectors for s in self.steps)
@@ -176,33 +185,59 @@ class Selection:
 
 def select(query_vector: np.ndarray, ids: Sequence[int], scores: Sequence[float], vectors: np.ndarray | None,
            labels: Sequence, k: int, selection: Selection, *, texts: Sequence[str] | None = None,
-           query: str | None = None) -> Candidates:
+           query: str | None = None, reference: Candidates | None = None,
+           reference_vectors: dict[int, np.ndarray] | None = None) -> Candidates:
     """Choose up to ``k`` of the candidates ``ids`` (best first by ``scores``) with ``selection``.
 
     ``vectors`` are the candidates' unit vectors (row ``j`` for ``ids[j]``; needed by MMR and dedup),
-    ``labels``/``texts`` the pool's labels and texts. Returns ``(pool id, similarity)`` pairs in the order picked.
+    ``labels``/``texts`` the pool's labels and texts, ``reference`` the reference ranking for a strategy that reads
+    it (its ids with their main similarity; the steps filter it as they filter the candidates; steps that read
+    vectors read ``reference_vectors``). Returns
+    ``(pool id, similarity)`` pairs in the order picked.
     """
     candidates = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
     if selection.needs_vectors and vectors is None and candidates:
         raise ValueError(f"selection {selection!r} needs the candidates' vectors")
-    by_id = None if vectors is None else {i: vectors[j] for j, (i, _) in enumerate(candidates)}
+    by_id = None if vectors is None else {**(reference_vectors or {}), **{i: vectors[j] for j, (i, _) in enumerate(candidates)}}
     context = SelectionContext(labels, texts, query, query_vector, by_id)
     for step in selection.steps:
         candidates = step.apply(candidates, context)
+        reference = None if reference is None else step.apply(reference, context)
+    if reference is not None:
+        context = SelectionContext(labels, texts, query, query_vector, by_id, reference)
     return selection.strategy.choose(candidates, k, context)
 
 
+def _reference(index: Any, vector: np.ndarray, reference_vector: np.ndarray, size: int, selection: Selection,
+               n: int) -> tuple[Candidates, dict[int, np.ndarray]]:
+    """The reference ranking's first ``size`` examples among the first ``n``, each with its main similarity to the
+    query, and their vectors."""
+    ids, _ = index.query(reference_vector[None], size, labels=selection.allowed_labels)
+    ids = ids[0][(ids[0] >= 0) & (ids[0] < n)]
+    if not len(ids):
+        return [], {}
+    vecs = index.get_vectors(ids)
+    sims = vecs @ vector
+    return [(int(i), float(s)) for i, s in zip(ids, sims, strict=True)], {int(i): v for i, v in zip(ids, vecs, strict=True)}
+
+
 def select_from_index(index: Any, vector: np.ndarray, k: int, selection: Selection, n: int, labels: Sequence,
-                      *, texts: Sequence[str] | None = None, query: str | None = None) -> Candidates:
+                      *, texts: Sequence[str] | None = None, query: str | None = None,
+                      reference_vector: np.ndarray | None = None) -> Candidates:
     """:func:`select` over ``index.query`` candidates for one query vector, among the first ``n`` pool examples
-    (a snapshot), fetching more while steps leave fewer than ``k``."""
+    (a snapshot), fetching more while steps leave fewer than ``k``. ``reference_vector``: the query's reference
+    vector (for a strategy that ``needs_reference``; ``None``: it gets no reference)."""
     fetch = min(n, selection.fetch_size(k))
+    reference, ref_vectors = None, {}
+    if selection.needs_reference and reference_vector is not None:
+        reference, ref_vectors = _reference(index, vector, reference_vector, min(n, selection.fetch_size(k)), selection, n)
     while True:
         ids, scores = index.query(vector[None], fetch, labels=selection.allowed_labels)
         keep = (ids[0] >= 0) & (ids[0] < n)  # padding, and examples added after the snapshot
         ids_k, scores_k = ids[0][keep], scores[0][keep]
         vectors = index.get_vectors(ids_k) if selection.needs_vectors and len(ids_k) else None
-        chosen = select(vector, ids_k, scores_k, vectors, labels, k, selection, texts=texts, query=query)
+        chosen = select(vector, ids_k, scores_k, vectors, labels, k, selection, texts=texts, query=query, reference=reference,
+                        reference_vectors=ref_vectors if selection.needs_vectors else None)
         if len(chosen) >= k or fetch >= n:
             return chosen
         fetch = min(n, fetch * 4)

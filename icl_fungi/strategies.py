@@ -25,11 +25,13 @@ from .registry import Registry
 __all__ = [
     "MMR",
     "Candidates",
+    "Cover",
     "Dedup",
     "ExcludeQuery",
     "LabelCap",
     "LabelCoverage",
     "LabelFilter",
+    "RankFusion",
     "SelectionContext",
     "SelectionStep",
     "SelectionStrategy",
@@ -44,14 +46,17 @@ Candidates = list[tuple[int, float]]  # (pool id, similarity to the query), best
 
 @dataclasses.dataclass(frozen=True)
 class SelectionContext:
-    """What strategies and steps may read besides the candidates: the pool's labels and texts, the query, and
-    the candidates' unit vectors (``vectors[id]``; present when a part ``needs_vectors``)."""
+    """What strategies and steps may read besides the candidates: the pool's labels and texts, the query, the
+    candidates' unit vectors (``vectors[id]``; present when a part ``needs_vectors``) and, for a part that
+    ``needs_reference``, the pool's nearest examples by the reference similarity (the encoder's plain embedding),
+    in that order, each with its main similarity to the query."""
 
     labels: Sequence
     texts: Sequence[str] | None = None
     query: str | None = None
     query_vector: np.ndarray | None = None
     vectors: dict[int, np.ndarray] | None = None
+    reference: Candidates | None = None  # the reference ranking (the plain embedding's), scored by the main similarity
 
     def vector(self, i: int) -> np.ndarray:
         """The unit vector of candidate ``i``."""
@@ -66,6 +71,7 @@ class _Part:
     name: ClassVar[str] = ""
     needs_vectors: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False  # reads context.labels: refused on a pool without labels
+    needs_reference: ClassVar[bool] = False  # reads context.reference (the plain embedding's nearest examples)
 
     def options(self) -> dict[str, Any]:
         """The part's options (JSON-ready), as passed to its constructor."""
@@ -233,6 +239,89 @@ class LabelCoverage(SelectionStrategy):
         chosen = {i for i, _ in out}
         out.extend((i, s) for i, s in candidates if i not in chosen)
         return out[:k]
+
+
+@register_selection_strategy
+class Cover(SelectionStrategy):
+    """The top ``k`` by the main similarity, with every label among the reference ranking's first ``reference_k``
+    examples given a slot: a missing label's most similar example replaces the least similar example of the label
+    shown most often (while one is shown at least twice). The result is sorted by the main similarity.
+
+    With FUNGI features the reference is the plain embedding, so the prompt keeps FUNGI's nearest, agreeing examples
+    and the labels the embedding's own top ``k`` would show (a reader can only answer a label it is shown). Without
+    labels or a reference it is top-k.
+
+    Args:
+        reference_k: how many of the reference's nearest examples lend their labels (default: ``k``).
+    """
+
+    name = "cover"
+    needs_reference = True
+
+    def __init__(self, reference_k: int | None = None) -> None:
+        self.reference_k = None if reference_k is None else _positive_int("reference_k", reference_k)
+
+    def options(self) -> dict[str, Any]:
+        return {"reference_k": self.reference_k}
+
+    def choose(self, candidates: Candidates, k: int, context: SelectionContext) -> Candidates:
+        chosen = list(candidates[:k])
+        reference = context.reference or []
+        if not reference or not chosen or context.labels is None:
+            return chosen
+        labels = context.labels
+        for label in dict.fromkeys(labels[i] for i, _ in reference[: self.reference_k or k]):
+            shown = defaultdict(list)
+            for pos, (i, s) in enumerate(chosen):
+                shown[labels[i]].append((s, pos))
+            if label in shown:
+                continue
+            donor = max(shown, key=lambda lab: (len(shown[lab]), -max(shown[lab])[0]))
+            if len(shown[donor]) < 2:
+                break
+            new = next((c for c in (*candidates, *reference) if labels[c[0]] == label), None)
+            if new is None:
+                continue
+            chosen[min(shown[donor], key=lambda t: (t[0], -t[1]))[1]] = new  # its least similar, the later on a tie
+        chosen.sort(key=lambda c: (-c[1], c[0]))
+        return chosen
+
+
+@register_selection_strategy
+class RankFusion(SelectionStrategy):
+    """Reciprocal-rank fusion of the main ranking and the reference ranking (the plain embedding's): an example's
+    score is ``1 / (c + its main rank) + reference_weight / (c + its reference rank)`` (ranks from 1, a list it is
+    not in adds nothing); the ``k`` best, sorted by the main similarity. Without a reference it is top-k.
+
+    Example:
+        >>> ctx = SelectionContext(labels=["a", "b", "c"], reference=[(2, 0.5), (1, 0.7)])
+        >>> RankFusion().choose([(0, 0.9), (1, 0.7), (2, 0.5)], k=2, context=ctx)
+        [(1, 0.7), (2, 0.5)]
+    """
+
+    name = "rrf"
+    needs_reference = True
+
+    def __init__(self, c: float = 60.0, reference_weight: float = 1.0) -> None:
+        for key, value in (("c", c), ("reference_weight", reference_weight)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+        self.c, self.reference_weight = float(c), float(reference_weight)
+
+    def options(self) -> dict[str, Any]:
+        return {"c": self.c, "reference_weight": self.reference_weight}
+
+    def choose(self, candidates: Candidates, k: int, context: SelectionContext) -> Candidates:
+        if not context.reference:
+            return list(candidates[:k])
+        fused: dict[int, float] = defaultdict(float)
+        main: dict[int, float] = {}
+        for weight, ranking in ((1.0, candidates), (self.reference_weight, context.reference)):
+            for rank, (i, s) in enumerate(ranking, start=1):
+                fused[i] += weight / (self.c + rank)
+                main.setdefault(i, s)
+        best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+        return sorted(((i, main[i]) for i in best), key=lambda c: (-c[1], c[0]))
 
 
 # ---------------------------------------------------------------------- steps

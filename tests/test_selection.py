@@ -48,10 +48,47 @@ def test_exclude_query_and_dedup():
     assert dedup == [ORDER[0], 3, 4]
 
 
+def test_cover_gives_the_reference_labels_a_slot():
+    # the main ranking shows a, a, a; the reference ranks c and b near: each gets a slot in place of the last a
+    reference = [(ORDER[0], SIMS[ORDER[0]]), (4, SIMS[4]), (3, SIMS[3])]
+    picked = [i for i, _ in select(Q, ORDER, SIMS[ORDER], None, LABELS, 3, Selection("cover"), reference=reference)]
+    assert picked[0] == ORDER[0] and sorted(LABELS[i] for i in picked) == ["a", "b", "c"]
+    assert picked == sorted(picked, key=lambda i: -SIMS[i])  # shown by the main similarity
+    # only the reference's first example lends its label: nothing is missing, top-k
+    one = [i for i, _ in select(Q, ORDER, SIMS[ORDER], None, LABELS, 3, Selection("cover", reference_k=1), reference=reference)]
+    assert one == ORDER[:3]
+    # a label shown once is never the donor: with k = 2 (a, a) only one reference label fits
+    two = [LABELS[i] for i, _ in select(Q, ORDER, SIMS[ORDER], None, LABELS, 2, Selection("cover"), reference=reference)]
+    assert sorted(two) == ["a", "c"]
+    # no reference (a pool without an embedding block): top-k
+    assert [i for i, _ in select(Q, ORDER, SIMS[ORDER], None, LABELS, 3, Selection("cover"))] == ORDER[:3]
+
+
+def test_cover_reference_passes_the_steps():
+    reference = [(4, SIMS[4]), (3, SIMS[3])]
+    sel = Selection("cover", allowed_labels=("a", "b"))
+    picked = [LABELS[i] for i, _ in select(Q, ORDER, SIMS[ORDER], None, LABELS, 3, sel, reference=reference)]
+    assert "c" not in picked and "b" in picked
+
+
+def test_default_selection_covers_the_embeddings_labels(fungi_retriever, intent_queries, st_model):
+    r = fungi_retriever
+    assert r.default_selection == Selection("cover")
+    queries, gold = intent_queries
+    default, topk = r.retrieve_batch(queries, 8), r.retrieve_batch(queries, 8, selection="topk")
+    plain = ICLRetriever.from_texts(r.texts, r.labels, model=st_model, features=("embedding",), center_blocks=False,
+                                    show_progress_bar=False).retrieve_batch(queries, 8)
+    covered = lambda rows: np.mean([g in {x.label for x in row} for row, g in zip(rows, gold, strict=True)])  # noqa: E731
+    assert covered(default) >= covered(topk) and covered(default) >= covered(plain) - 1 / len(gold)
+    assert [row[0].index for row in default] == [row[0].index for row in topk]  # FUNGI's nearest stays nearest
+    assert ICLRetriever.from_texts(r.texts, model=st_model, show_progress_bar=False).default_selection == Selection()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"strategy": "best"}, "unknown selection strategy"), ({"strategy": "label_cap"}, "max_per_label"),
-     ({"strategy": "label_coverage"}, "n_labels"), ({"mmr_lambda": 2.0}, "mmr_lambda"), ({"fetch_k": 0}, "fetch_k")],
+     ({"strategy": "label_coverage"}, "n_labels"), ({"mmr_lambda": 2.0}, "mmr_lambda"), ({"fetch_k": 0}, "fetch_k"),
+     ({"strategy": "cover", "reference_k": 0}, "reference_k")],
 )
 def test_bad_selection(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -48,7 +48,8 @@ def retriever_config(r: Any) -> dict | None:
     if r is None:
         return None
     return {"feature_config": r.config.to_dict(), "block_weights": r.block_weights, "fit_weights": r.fit_weights,
-            "pca": {"n_components": r.pca.n_components, "whiten": r.pca.whiten}}
+            "pca": {"n_components": r.pca.n_components, "whiten": r.pca.whiten},
+            "default_selection": r.default_selection.describe()}  # what a selector without selection= used
 
 
 def selector_metrics(recs: list[dict], chosen: Chosen, pool_labels: Sequence, gold: Sequence, k: int,
