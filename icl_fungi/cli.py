@@ -250,7 +250,16 @@ def _query(args: argparse.Namespace) -> None:
     from .retriever import ICLRetriever
     from .selection import Selection
 
+    # every argument is checked before the model loads (tens of seconds on a busy machine)
+    if args.k < 1:
+        raise ValueError(f"-k must be >= 1, got {args.k}")
+    if not args.query.strip():
+        raise ValueError("the query is empty")
     selection = Selection.from_spec(args.selection) if args.selection else None
+    if args.prompt and args.template:
+        from .template import PromptTemplate
+
+        PromptTemplate.load(args.template)
     r = ICLRetriever.load(args.retriever)
     res = r.retrieve(args.query, k=args.k, selection=selection)
     prompt = None
@@ -294,8 +303,9 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .manifest import MANIFEST
+    from .manifest import MANIFEST, restore_interrupted_save
 
+    restore_interrupted_save(args.retriever)
     if not (Path(args.retriever) / MANIFEST).is_file():
         raise ValueError(f"{args.retriever} is not a saved retriever (no {MANIFEST})")
     key = None

@@ -15,11 +15,13 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_labels", "check_outputs", "check_texts", "load_examples", "load_pool", "read_records", "sorted_labels"]
+__all__ = ["check_labels", "check_outputs", "check_texts", "load_examples", "load_pool", "looks_like_hub_name", "read_records",
+           "sorted_labels"]
 
 Label = str | int
 
@@ -93,6 +95,19 @@ def check_outputs(outputs: object, n: int) -> list[str]:
     return out
 
 
+_HUB_NAME = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
+def looks_like_hub_name(name: str) -> bool:
+    """Whether ``name`` could be a hub dataset id (``name`` or ``owner/name``); a path such as ``./data``,
+    ``/data``, ``~/data`` or ``a/b/c`` cannot, so it is never sent to the hub (whose answer would be its id rules).
+
+    >>> looks_like_hub_name("PolyAI/banking77"), looks_like_hub_name("./nosuchdir"), looks_like_hub_name("runs/a/b")
+    (True, False, False)
+    """
+    return bool(_HUB_NAME.fullmatch(name)) and ".." not in name and "--" not in name and not name.endswith((".", "-"))
+
+
 _NO_LABELS_HINT = "for a pool without labels pass label_column=None (icl-fungi build: --no-labels)"
 
 
@@ -155,7 +170,7 @@ def _read_columns(data: Any, roles: dict[str, str], split: str | None) -> dict[s
             return _columns_from_records(read_records(path), roles)
         if path.exists():
             raise ValueError(f"{path} is a directory; pass a file (e.g. {path / 'train.csv'})")
-        if isinstance(data, str) and not data.endswith((".csv", ".tsv", ".jsonl", ".json", ".ndjson")):
+        if isinstance(data, str) and not data.endswith((".csv", ".tsv", ".jsonl", ".json", ".ndjson")) and looks_like_hub_name(data):
             import datasets
 
             try:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from .hnsw_file import check_hnsw_file
 from .parts import SavedPart, read_config
 from .registry import Registry
 from .vectors import Chunk, check_vectors, normalise, pad_results
@@ -286,8 +287,12 @@ class VectorIndex(SavedPart):
         import hnswlib
 
         n = len(self.vectors_)
+        check_hnsw_file(hnsw_path, self.vectors_, M=self.M)  # hnswlib trusts its file: a bad id would crash a query
         index = hnswlib.Index(space="cosine", dim=self.vectors_.shape[1])
-        index.load_index(str(hnsw_path), max_elements=n)
+        try:
+            index.load_index(str(hnsw_path), max_elements=n)
+        except RuntimeError as err:
+            raise ValueError(f"{hnsw_path}: hnswlib cannot read it ({err})") from None
         if index.get_current_count() != n:
             raise ValueError(f"HNSW file holds {index.get_current_count()} vectors but the pool has {n}")
         index.set_ef(self.ef_search)

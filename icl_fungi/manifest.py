@@ -1,8 +1,9 @@
 """A saved retriever's directory: one folder per part (:mod:`icl_fungi.parts`), ``pool.json`` and a manifest
 of every file's sha256.
 
-Guarantees: a directory is written to a temporary folder and renamed into place (an existing retriever is
-replaced only once the new one is complete; any other existing directory is never touched); before anything
+Guarantees: a directory is written to a temporary folder, flushed to disk and renamed into place (an existing
+retriever is replaced only once the new one is complete, and a crash at any moment of the switch leaves a complete
+copy that the next load puts back, see :mod:`icl_fungi.switch`; any other existing directory is never touched); before anything
 is read, every manifest entry must be a plain relative name inside the directory (no ``..``, no absolute
 path, no symbolic link), the directory must hold exactly those files, every hash must match, and the
 manifest's own checksum must match its content.
@@ -18,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -25,17 +27,18 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import switch
 from .parts import PLAIN_NAME
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "SavedRetriever", "file_sha256", "library_versions", "manifest_checksum",
-           "manifest_model", "open_directory", "read_pool", "read_retriever", "save_directory", "write_pool", "write_retriever"]
+           "manifest_model", "open_directory", "read_pool", "read_retriever", "restore_interrupted_save", "save_directory",
+           "write_pool", "write_retriever"]
 
 FORMAT = "icl-fungi-retriever"
 FORMAT_VERSION = 2
@@ -83,30 +86,50 @@ def check_save_target(path: str | os.PathLike) -> None:
 
 def save_directory(path: str | os.PathLike, write: Callable[[Path], None], info: dict[str, Any]) -> Path:
     """Call ``write(tmp)`` to fill a temporary folder next to ``path``, add the manifest (``info`` plus
-    format, creation time and every file's sha256) and rename it into place."""
+    format, creation time and every file's sha256) and put it in place of ``path`` (:func:`switch.put_in_place`:
+    a crash at any moment leaves a complete copy that :func:`open_directory` finds)."""
     path = Path(path)
     check_save_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        files = {name: file_sha256(p) for name, p in sorted(_files(tmp).items())}
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **info, "files": files}
-        manifest["checksum"] = manifest_checksum(manifest)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            path.rename(old)
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with switch.save_lock(path):
+        with contextlib.suppress(ValueError):  # copies left that are all incomplete: this save makes a complete one
+            switch.recover(path, open_directory, marker=MANIFEST, locked=True)
+        switch.remove_stale(path, marker=MANIFEST)
+        check_save_target(path)
+        tmp = switch.new_sibling(path, "tmp")
+        try:
+            write(tmp)
+            switch.step("parts_written")
+            files = {name: file_sha256(p) for name, p in sorted(_files(tmp).items())}
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **info, "files": files}
+            manifest["checksum"] = manifest_checksum(manifest)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
+            switch.step("manifest_written")
+            switch.put_in_place(tmp, path, marker=MANIFEST)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return path
+
+
+def restore_interrupted_save(path: str | os.PathLike) -> bool:
+    """When ``path`` is missing because a save into it was interrupted (a crash between its two renames), put the
+    complete copy back (the previous save's; the new one's when the previous is gone) and return ``True``.
+
+    Every load does this first; call it before looking for ``path/manifest.json`` yourself.
+    """
+    return switch.recover(Path(path), open_directory, marker=MANIFEST)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (a repeated key would escape the checksum: json keeps the last)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return out
 
 
 def _check_entry(root: Path, name: object) -> None:
@@ -123,12 +146,14 @@ def open_directory(path: str | os.PathLike) -> dict[str, Any]:
     manifest_path = path / MANIFEST
     if path.is_symlink():
         raise ValueError(f"{path} is a symbolic link; pass the directory itself")
+    if not restore_interrupted_save(path):
+        switch.tidy(path, marker=MANIFEST)
     if not manifest_path.is_file() or manifest_path.is_symlink():
         raise ValueError(f"{path} is not a saved retriever (no {MANIFEST})")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{manifest_path} is corrupt: {err}") from None
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as err:  # ValueError: bad JSON, UTF-8 or a repeated key
+        raise ValueError(f"{manifest_path} is corrupt: {err!s:.200}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         raise ValueError(f"{path} is not an icl-fungi retriever (format {fmt!r})")
@@ -185,8 +210,8 @@ def read_pool(root: Path, n: int) -> tuple[list[str], list | None, list[str] | N
     try:
         pool = json.loads((root / "pool.json").read_text(encoding="utf-8"))
         texts, labels, outputs = pool["texts"], pool["labels"], pool.get("outputs")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{root}: pool.json is unreadable: {err!r}") from None
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:  # ValueError: JSON, UTF-8
+        raise ValueError(f"{root}: pool.json is unreadable: {err!r:.200}") from None
     try:
         if not all(isinstance(v, list) for v in (texts, labels if labels is not None else [], outputs if outputs is not None else [])):
             raise TypeError("texts, labels and outputs must be JSON lists (labels and outputs may be null)")

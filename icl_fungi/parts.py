@@ -4,7 +4,8 @@
 projections, the SimCLR loss, KL heads, the indexes): a part says what it is (:meth:`SavedPart.config`,
 JSON), what it learned (:meth:`SavedPart.state_arrays`, numeric arrays) and how to come back from both
 (:meth:`SavedPart.from_state`, which checks everything it reads); ``save`` and ``load`` follow. Arrays load
-with ``allow_pickle=False``, symbolic links are refused. A saved retriever is a directory of such parts
+with ``allow_pickle=False`` after their header is checked against the file's size, float arrays must be finite,
+symbolic links are refused. A saved retriever is a directory of such parts
 with a manifest (:mod:`icl_fungi.manifest`).
 
 Example:
@@ -38,7 +39,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["CONFIG_FILE", "PLAIN_NAME", "SavedPart", "check_name", "read_config", "read_part", "write_part"]
+__all__ = ["CONFIG_FILE", "PLAIN_NAME", "SavedPart", "check_name", "read_array", "read_config", "read_part", "write_part"]
 
 CONFIG_FILE = "config.json"
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a part, array or file name: no separators, no leading dot
@@ -75,8 +76,8 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} has no {CONFIG_FILE}")
     try:
         config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{cfg_file} is corrupt: {err}") from None
+    except (ValueError, RecursionError) as err:  # ValueError: bad JSON or UTF-8
+        raise ValueError(f"{cfg_file} is corrupt: {err!s:.200}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_file} must hold a JSON object")
     return config
@@ -90,11 +91,31 @@ def read_part(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
     for f in sorted(path.glob("*.npy")):
         if f.is_symlink() or not f.is_file():
             raise ValueError(f"{f} is not a regular file")
-        try:
-            arrays[f.stem] = np.load(f, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"{f} is not a plain numeric array: {err}") from None
+        arrays[f.stem] = read_array(f)
     return config, arrays
+
+
+def read_array(f: Path) -> np.ndarray:
+    """A ``.npy`` file's array, its header checked first: a numeric dtype and a shape that the file's size holds
+    exactly (an edited header must not ask for terabytes), and finite values; ``ValueError`` naming the file
+    otherwise."""
+    try:
+        with f.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+            if dtype.hasobject:
+                raise ValueError("its dtype holds Python objects (pickle)")
+            expected = fh.tell() + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if f.stat().st_size != expected:
+                raise ValueError(f"it holds {f.stat().st_size} bytes, its header (shape {shape}, {dtype}) needs {expected}")
+            fh.seek(0)
+            array = np.load(fh, allow_pickle=False)
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise ValueError("it holds NaN or infinite values")  # they would spread through every score
+        return array
+    except (ValueError, EOFError, OverflowError, TypeError, SyntaxError) as err:
+        raise ValueError(f"{f} is not a plain numeric array: {err!s:.200}") from None
 
 
 class SavedPart:

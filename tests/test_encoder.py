@@ -428,3 +428,13 @@ def test_labels_sample_is_stratified():
     assert got.count("rare") == 1 and abs(got.count("a") - 2458) <= 2 and abs(got.count("b") - 1638) <= 2
     assert rows == head_sample(len(labels), labels, seed=0)  # seeded
     assert head_sample(10, None, seed=0) == list(range(10))
+
+
+def test_a_build_shows_the_kl_head_sample_stage_before_the_features_bar(st_model, intent_pool, capsys):
+    """The trunk pass over the KL head's sample has its own bar: the features' bar no longer sits at 0 through it
+    and then estimates hours from the time it lost."""
+    texts, labels = intent_pool[0][:40], intent_pool[1][:40]
+    FungiEncoder(st_model, FeatureConfig(), show_progress_bar=True).fit_encode(texts, labels)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    stage, features = err.find("Encoding (KL head sample): 100%"), err.find("Encoding (features):   0%")
+    assert "40/40" in err[stage: features] and 0 <= stage < features, err

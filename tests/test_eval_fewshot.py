@@ -48,6 +48,7 @@ def test_per_label_pool_bm25_and_reader_figures(intent_data, tmp_path):
     assert configs["embedding"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     md = (tmp_path / "few" / "report.md").read_text()
     assert "- pool: 3 examples per label (seed 1), 36 examples" in md and "| bm25 |" in md and "copies nearest" in md
+    assert "· pool: 3 examples per label (seed 1), 36 examples ·" in (tmp_path / "few" / "report.html").read_text()
     assert json.loads((tmp_path / "few" / "report.json").read_text())["run_key"]["per_label"] == 3
 
 

@@ -72,6 +72,21 @@ def test_a_folder_with_another_runs_report_is_refused(intent_data, tmp_path):
     assert again["requests_sent"] == 0
 
 
+def test_a_folder_with_a_users_own_files_or_a_file_is_refused_before_anything_runs(intent_data, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    (mine / "responses.jsonl").write_text("")  # a run's name beside it does not make the folder a run's
+    with FakeLLM() as llm:
+        with pytest.raises(ValueError, match=r"holds files an icl-fungi eval run does not write \(notes\.txt\)"):
+            run_icl_eval(_settings(intent_data, mine, llm.base_url, limit=5))
+        (tmp_path / "a-file").write_text("x")
+        with pytest.raises(ValueError, match="is a file"):
+            run_icl_eval(_settings(intent_data, tmp_path / "a-file", llm.base_url, limit=5))
+        assert sum(llm.requests.values()) == 0
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "responses.jsonl"] and (mine / "notes.txt").read_text() == "precious"
+
+
 def test_limit_all_refuses_zero_and_announces_requests(intent_data, tmp_path, capsys, caplog):
     from icl_fungi.cli import main
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import json
 import logging
 import re
+import shlex
 import warnings
 from pathlib import Path
 
@@ -56,3 +58,53 @@ def test_readme_quick_start_runs(banking_train, capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "card_arrival" in out and out.rstrip().endswith("Query: I still haven't received my card\nIntent:")
     assert (tmp_path / "banking77.icl" / "manifest.json").is_file()
+
+
+SUBCOMMANDS = ("build", "query", "eval", "serve", "compact")
+
+
+def _commands(text: str) -> list[list[str]]:
+    """The ``icl-fungi`` commands a page shows, as argument lists: every command line of its bash blocks
+    (continuations joined, ``VAR=...`` prefixes and comments dropped) and each inline span that names a
+    subcommand with arguments (a bare ``icl-fungi eval`` in prose is a name, not a command)."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+                words = words[1:]
+            if words[:1] == ["icl-fungi"]:
+                found.append(words[1:])
+    for span in re.findall(r"`(icl-fungi [^`\n]+)`", text):  # on one line: a flag named in prose may wrap
+        words = shlex.split(span)[1:]
+        if len(words) > 1 and words[0] in SUBCOMMANDS:
+            found.append(words)
+    return found
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/pools.md", "docs/serve.md", "docs/scale-out.md"])
+def test_every_command_shown_parses(page, capsys):
+    """Each command line a page shows is accepted by the CLI's parser as written (a missing ``--out`` once
+    made the README's pairs line fail)."""
+    from icl_fungi.cli import build_parser
+
+    commands = _commands((ROOT / page).read_text())
+    assert commands, page
+    for argv in commands:
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{page}: `icl-fungi {shlex.join(argv)}` does not parse: {capsys.readouterr().err}")
+
+
+def test_the_readme_pairs_line_builds_as_written(tmp_path, monkeypatch, capsys):
+    """The README's `icl-fungi build qa.jsonl ...` runs on a file of questions and answers."""
+    from icl_fungi.cli import main
+
+    argv = next(a for a in _commands((ROOT / "README.md").read_text()) if a[:2] == ["build", "qa.jsonl"])
+    monkeypatch.chdir(tmp_path)
+    rows = [("how do I reset my password?", "Tap 'Forgot password'."), ("my card was stolen", "Freeze the card."),
+            ("close my account", "Settings > Close account.")]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
+    assert main(["-q", *argv]) == 0, capsys.readouterr().err
+    assert "saved a retriever over 3 examples with outputs" in capsys.readouterr().out

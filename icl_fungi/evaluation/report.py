@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["check_out_folder", "eval_versions", "write_report"]
+__all__ = ["RUN_FILES", "check_out_folder", "eval_versions", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +26,20 @@ def eval_versions() -> dict[str, str]:
             "openai": openai.__version__}
 
 
+RUN_FILES = ("report.json", "report.md", "report.html", "responses.jsonl", "accuracy.png", "per_class_difference.png")
+
+
 def check_out_folder(out: Path, key: dict) -> None:
-    """Refuse an output folder that holds the report of another run (``key``: the run key of this one): results
+    """Refuse an output folder that is a file, holds files a run does not write (:data:`RUN_FILES`: a user's own
+    files are never written among) or holds the report of another run (``key``: the run key of this one): results
     are never overwritten."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder (new, empty, or holding this same run)")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            raise ValueError(f"{out} holds files an icl-fungi eval run does not write ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty --out")
     old = out / "report.json"
     if not old.is_file():
         return

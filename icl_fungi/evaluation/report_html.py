@@ -93,9 +93,11 @@ def write_html(report: dict, path: Path, *, pool: tuple[list, list] | None = Non
     note = "" if example_texts or pool is None else (
         "<p class=note>Example texts are left out of this page (their data set is not redistributed here); "
         "each example shows its label and pool position.</p>")
+    pool_note = "" if not settings.get("per_label") else e(  # the few-shot pool, as report.md says it
+        f" · pool: {settings['per_label']} examples per label (seed {settings.get('pool_seed')}), {settings.get('pool_size')} examples")
     page = _TEMPLATE.format(
         title=e(title), model=e(str(endpoint.get("model", ""))), host=e(str(endpoint.get("host", ""))),
-        data=e(str(data.get("source", ""))), n_train=data.get("n_train"), n_labels=data.get("n_labels"),
+        data=e(str(data.get("source", ""))), n_train=data.get("n_train"), n_labels=data.get("n_labels"), pool=pool_note,
         date=e(str(report.get("date", ""))), command=e(str(report.get("command", ""))), template=e(str(settings.get("template", ""))),
         paired="\n".join(paired_rows) or "<tr><td colspan=6>one selector: no paired comparison</td></tr>",
         selectors="\n".join(sel_rows), note=note, payload=payload, css=_CSS, js=_JS)
@@ -189,7 +191,7 @@ _TEMPLATE = """<!doctype html>
  content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
 <title>{title}</title><style>{css}</style></head><body>
 <h1>{title}</h1>
-<div class="meta">{model} at {host} · data {data} ({n_train} train examples, {n_labels} labels) · template {template} ·
+<div class="meta">{model} at {host} · data {data} ({n_train} train examples, {n_labels} labels){pool} · template {template} ·
 {date}<br><code>{command}</code></div>
 <h2>Paired difference (same queries)</h2>
 <table><tr><th>comparison</th><th class=num>difference</th><th class=num>95 % CI</th><th>interval (points)</th>

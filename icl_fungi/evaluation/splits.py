@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import load_pool
+from ..data import load_pool, looks_like_hub_name
 
 __all__ = ["LABEL_COLUMNS", "load_splits", "sample_per_label"]
 
@@ -53,6 +53,9 @@ def load_splits(data: str, text_column: str = "text", label_column: str | None =
                 raise ValueError(f"file not found: {p}")
     elif path.is_file():
         raise ValueError(f"--data needs train and test: a folder, 'TRAIN,TEST' files or a hub name (got one file {path})")
+    elif not looks_like_hub_name(data):  # a path: the hub's answer would be its rules for dataset ids
+        raise ValueError(f"--data {data}: no such folder (expected a folder with train.* and test.*, 'TRAIN,TEST' files "
+                         "or a hub dataset name)")
     else:
         import datasets
 

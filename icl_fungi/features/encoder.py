@@ -178,7 +178,7 @@ class FungiEncoder:
             sample = np.asarray(head_sample(len(texts), labels, seed=cfg.seed))
             lengths = np.asarray(self.token_lengths(texts))
             with self._lock:
-                emb = in_row_order([(rows, emb) for rows, _, emb, _ in self._trunk_batches(texts, sample, lengths, keep=False)])
+                emb = in_row_order([(rows, emb) for rows, _, emb, _ in self._head_sample_pass(texts, sample, lengths, keep=False)])
             self._fit_head(emb, None if labels is None else [labels[i] for i in sample])
         if "simclr" in cfg.features:
             self._fit_negatives(texts)
@@ -203,18 +203,19 @@ class FungiEncoder:
         sample = np.asarray(head_sample(n, labels, seed=cfg.seed))
         in_sample = np.zeros(n, dtype=bool)
         in_sample[sample] = True
-        with self._lock, self._progress(n) as bar:
-            kept = list(self._trunk_batches(texts, sample, lengths, keep=True))
+        with self._lock:
+            kept = self._head_sample_pass(texts, sample, lengths, keep=True)
             emb = in_row_order([(rows, emb) for rows, _, emb, _ in kept])
             self._fit_head(emb, None if labels is None else [labels[i] for i in sample])
             if "simclr" in cfg.features:
                 self._fit_negatives(texts)
-            while kept:  # free each batch's cached hidden states once used
-                rows, inputs, emb, cached = kept.pop(0)
-                for f, arr in self.gradients.blocks([texts[i] for i in rows], inputs, emb, cached).items():
-                    out[f][rows] = arr
-                bar.update(len(rows))
-            self._encode_into(texts, np.flatnonzero(~in_sample), lengths, out, bar)
+            with self._progress(n, "features") as bar:  # opened now: its rate counts feature batches only
+                while kept:  # free each batch's cached hidden states once used
+                    rows, inputs, emb, cached = kept.pop(0)
+                    for f, arr in self.gradients.blocks([texts[i] for i in rows], inputs, emb, cached).items():
+                        out[f][rows] = arr
+                    bar.update(len(rows))
+                self._encode_into(texts, np.flatnonzero(~in_sample), lengths, out, bar)
         return out
 
     # ------------------------------------------------------------ encoding
@@ -269,8 +270,18 @@ class FungiEncoder:
         show = self.show_progress_bar
         return logger.getEffectiveLevel() <= logging.INFO if show is None else bool(show)
 
-    def _progress(self, total: int) -> tqdm:
-        return tqdm(total=total, desc=self.progress_desc, disable=not self._show_progress() or total == 0, unit="text")
+    def _progress(self, total: int, stage: str = "") -> tqdm:
+        desc = f"{self.progress_desc} ({stage})" if stage else self.progress_desc
+        return tqdm(total=total, desc=desc, disable=not self._show_progress() or total == 0, unit="text")
+
+    def _head_sample_pass(self, texts: list[str], sample: np.ndarray, lengths: np.ndarray, *, keep: bool) -> list[tuple]:
+        """:meth:`_trunk_batches` over the KL head's sample, a build's first stage, with its own progress bar."""
+        out = []
+        with self._progress(len(sample), "KL head sample") as bar:
+            for batch in self._trunk_batches(texts, sample, lengths, keep=keep):
+                out.append(batch)
+                bar.update(len(batch[0]))
+        return out
 
     def _empty_blocks(self, n: int) -> dict[str, np.ndarray]:
         return {f: np.zeros((n, self.block_dim(f)), np.float32) for f in self.config.features}

@@ -80,7 +80,7 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
         if int(crc, 16) != zlib.crc32(data):
             return None
         body = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than json can parse
         return None
     return body if isinstance(body, dict) else None
 
@@ -156,19 +156,18 @@ class AddLog:
 
     def _take(self, body: dict[str, Any], i: int, records: dict, aborted: set, next_seq: int | None) -> int:
         """Fold one parsed line into ``records`` / ``aborted``; returns the next sequence number."""
-        op = body.get("op")
+        op, where = body.get("op"), f"{self.path}: record {i + 1}"
         if i == 0:
             if op != "header" or body.get("format") != FORMAT or body.get("version") != VERSION:
                 raise ValueError(f"{self.path} is not an icl-fungi add log "
                                  f"(format {body.get('format')!r}, version {body.get('version')!r})")
-            return int(body["first_seq"])
+            return _count(body, "first_seq", where)
         if op == "add":
-            rec = AddRecord(int(body["seq"]), int(body["start"]), list(body["texts"]), _list_or_none(body.get("labels")),
-                            _list_or_none(body.get("outputs")))
+            rec = _add_record(body, where)
             records[rec.seq] = rec
             return max(next_seq or 0, rec.seq + 1)
         if op == "abort":
-            aborted.add(int(body["of"]))
+            aborted.add(_count(body, "of", where))
             return next_seq or 0
         raise ValueError(f"{self.path}: record {i + 1} has an unknown op {op!r}")
 
@@ -230,6 +229,28 @@ class AddLog:
         self.close()
 
 
+def _count(body: dict[str, Any], key: str, where: str) -> int:
+    """``body[key]``, which must be an int >= 0 (a record's seq, start, ...)."""
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{where}: {key!r} must be an int >= 0, got {value!r}")
+    return value
+
+
+def _add_record(body: dict[str, Any], where: str) -> AddRecord:
+    """An ``add`` line's record, its fields checked (a line with a valid checksum may still be malformed)."""
+    seq, start, texts = _count(body, "seq", where), _count(body, "start", where), body.get("texts")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{where}: 'texts' must be a non-empty list of strings")
+    labels, outputs = body.get("labels"), body.get("outputs")
+    for key, values in (("labels", labels), ("outputs", outputs)):
+        if values is not None and (not isinstance(values, list) or len(values) != len(texts)):
+            raise ValueError(f"{where}: {key!r} must be null or a list of {len(texts)} values")
+    if outputs is not None and not all(isinstance(o, str) for o in outputs):
+        raise ValueError(f"{where}: 'outputs' must hold strings")
+    return AddRecord(seq, start, texts, labels, outputs)
+
+
 def _list_or_none(values: Sequence[Any] | None) -> list[Any] | None:
     return None if values is None else list(values)
 
@@ -270,9 +291,10 @@ def compact(retriever_dir: str | os.PathLike, *, model: Any = None, device: str 
     Returns ``(records folded, examples added)``; ``(0, 0)`` when the retriever was never served (no log is
     created then). Refused while a server holds the log.
     """
-    from ..manifest import MANIFEST
+    from ..manifest import MANIFEST, restore_interrupted_save
     from ..retriever import ICLRetriever
 
+    restore_interrupted_save(retriever_dir)  # a compaction killed mid-save left the folder aside: put it back
     if not (Path(retriever_dir) / MANIFEST).is_file():
         raise ValueError(f"{retriever_dir} is not a saved retriever (no {MANIFEST})")
     if not (log_dir(retriever_dir) / LOG_NAME).is_file():
