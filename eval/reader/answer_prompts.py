@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--stop", default="\\n", help="stop string (default: a newline; the label templates' stop)")
     ap.add_argument("--limit", type=int, default=0, help="answer only the first N distinct prompts (0: all)")
+    ap.add_argument("--same-length", action="store_true", help="batch only prompts of one token count (no padding)")
+    ap.add_argument("--probe", type=int, default=0,
+                    help="first answer N prompts of the first file that carry a cached reply (padded batches, into "
+                         "OUT_DIR/probe.cache.jsonl); below --probe-min identical replies, batch without padding")
+    ap.add_argument("--probe-min", type=float, default=0.95)
     return ap.parse_args(argv)
 
 
@@ -55,6 +60,21 @@ def read_prompts(path: str) -> list:
     return list(seen.values())
 
 
+def probe(reader: TransformersReader, path: str, n: int, cache: Path, minimum: float) -> dict:
+    """Answer ``n`` prompts of ``path`` that carry a cached reply in padded batches; below ``minimum`` identical
+    replies, switch the reader to batches without padding. Returns the figures."""
+    opener = lzma.open if path.endswith(".xz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        rows = [r for r in map(json.loads, fh) if r.get("reply") is not None][:n]
+    reader.cache = ResponseCache(cache)
+    replies = send_all(reader, [r["prompt"] for r in rows], show_progress=False)
+    same = sum(x.text == r["reply"] for x, r in zip(replies, rows, strict=True)) / max(1, len(rows))
+    reader.same_length = reader.same_length or same < minimum
+    result = {"n": len(rows), "identical": round(same, 4), "same_length_batches": reader.same_length}
+    print("probe", result, flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -62,11 +82,13 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stop = tuple(args.stop.encode().decode("unicode_escape").split(",")) if args.stop else ()
     reader = TransformersReader(args.reader_model, tokenizer=args.reader_tokenizer, device=args.device, dtype=args.dtype,
-                                batch_size=args.batch_size, max_tokens=args.max_tokens, stop=stop)
+                                batch_size=args.batch_size, max_tokens=args.max_tokens, stop=stop, same_length=args.same_length)
     t0 = time.perf_counter()
     reader.check()
     summary = {"endpoint_id": reader.endpoint_id, "model": reader.model, "device": args.device, "dtype": args.dtype,
                "batch_size": args.batch_size, "load_s": round(time.perf_counter() - t0, 1), "files": {}}
+    if args.probe:
+        summary["probe"] = probe(reader, args.prompts.split(",")[0], args.probe, out / "probe.cache.jsonl", args.probe_min)
     earlier: set[str] = set()
     for path in args.prompts.split(","):
         name = Path(path).name.removesuffix(".xz").removesuffix(".jsonl")

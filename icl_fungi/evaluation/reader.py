@@ -90,6 +90,8 @@ class TransformersReader(CachedReplies):
         endpoint_id: the cache's endpoint id (default: names the reader, the model's sha256, the dtype, the device
             kind and the transformers / torch versions, so its replies never mix with a server's or another build's).
         check_tokenizer: refuse a GGUF whose rebuilt tokenizer disagrees with the file's own (default).
+        same_length: batch only prompts of the same token count (no padding), for a transformers version whose
+            padded batches do not answer as single prompts do.
     """
 
     batched = True
@@ -97,7 +99,7 @@ class TransformersReader(CachedReplies):
     def __init__(self, model: str | os.PathLike | None = None, *, tokenizer: str | os.PathLike | None = None,
                  device: str = "cpu", dtype: str = "float32", batch_size: int = 8, max_tokens: int = 16,
                  stop: Sequence[str] = ("\n",), cache: ResponseCache | None = None, endpoint_id: str | None = None,
-                 check_tokenizer: bool = True) -> None:
+                 check_tokenizer: bool = True, same_length: bool = False) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -114,6 +116,7 @@ class TransformersReader(CachedReplies):
         self.params = {"temperature": 0.0, "max_tokens": max_tokens, "stop": list(stop)}
         self.stop = tuple(stop)
         self.check_tokens = check_tokenizer
+        self.same_length = bool(same_length)
         self.cache = cache
         self.requests_sent = 0
         self.endpoint_id = endpoint_id or self.default_endpoint_id()
@@ -188,9 +191,7 @@ class TransformersReader(CachedReplies):
         self._load()
         texts = [self._as_text(p) for p in prompts]
         ids = [self._tok(t, add_special_tokens=not isinstance(p, list))["input_ids"] for t, p in zip(texts, prompts, strict=True)]
-        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        for chunk in self._batches(ids):
             t0 = time.perf_counter()
             replies = self._generate([ids[i] for i in chunk])
             per = (time.perf_counter() - t0) / len(chunk)
@@ -201,6 +202,19 @@ class TransformersReader(CachedReplies):
                 out.append((i, resp))
             self.requests_sent += len(chunk)
             yield out
+
+    def _batches(self, ids: list[list[int]]) -> Iterator[list[int]]:
+        """Positions of the prompts, sorted by token count, ``batch_size`` at a time (with ``same_length``, a batch
+        also ends where the count changes)."""
+        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(batch) == self.batch_size or (self.same_length and len(ids[i]) != len(ids[batch[0]]))):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
 
     def _as_text(self, prompt: str | list[dict[str, str]]) -> str:
         if isinstance(prompt, str):
