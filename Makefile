@@ -42,10 +42,10 @@ eval: venv
 
 # Build-time / latency / memory / retrieval-quality benchmark of the feature sets.
 bench: venv
-	$(PY) eval/bench_features.py --data $(BANKING77)
+	$(PY) eval/bench/bench_features.py --data $(BANKING77)
 
 demo: venv
-	$(PY) eval/demo.py --data $(BANKING77)
+	$(PY) eval/checks/demo.py --data $(BANKING77)
 
 lint: venv
 	$(PY) -m ruff check .

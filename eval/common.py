@@ -117,7 +117,7 @@ _SHA = re.compile(r"[0-9a-f]{40}")
 def provenance(command: str | None = None, *, note: str | None = None) -> dict[str, Any]:
     """The provenance block of a result made now by ``command`` (default: this script's command line).
 
-    >>> sorted(provenance("python eval/demo.py"))[:4]
+    >>> sorted(provenance("python eval/checks/demo.py"))[:4]
     ['clean', 'command', 'commit', 'rerun']
     """
     state = git_state()
@@ -132,7 +132,7 @@ def provenance(command: str | None = None, *, note: str | None = None) -> dict[s
 def provenance_problems(block: Any) -> list[str]:
     """What is wrong with a provenance block (empty when it is valid).
 
-    >>> provenance_problems({"commit": "0" * 40, "clean": True, "command": "python eval/demo.py", "rerun": "make demo"})
+    >>> provenance_problems({"commit": "0" * 40, "clean": True, "command": "python eval/checks/demo.py", "rerun": "make demo"})
     []
     >>> provenance_problems({"clean": True, "command": "x", "rerun": "y"})
     ['commit: missing']
@@ -160,6 +160,35 @@ def provenance_markdown(block: dict[str, Any], date: str | None = None) -> list[
     lines = [f"- commit: {block['commit']} ({tree}){', ' + date if date else ''}", f"- command: `{block['command']}`",
              f"- rerun from a fresh clone: `{block['rerun']}`"]
     return lines + ([f"- note: {block['note']}"] if block.get("note") else [])
+
+
+# ------------------------------------------------------------------ scripts moved
+# 0.5 grouped the scripts by purpose (eval/bench, eval/explore, eval/icl, eval/checks). A committed result keeps the
+# command that made it (its rerun checks out its own commit first, where the old path exists); tests/test_results.py
+# checks such a command's arguments against the script at its new path. Old path -> path at HEAD:
+MOVED_SCRIPTS: dict[str, str] = {
+    **{f"eval/{name}.py": f"eval/bench/{name}.py"
+       for name in ("bench_features", "bench_gpu", "bench_scale", "bench_scale_out", "bench_serve", "profile_build")},
+    **{f"eval/{name}.py": f"eval/explore/{name}.py"
+       for name in ("explore_kl_losses", "explore_label_free", "explore_simclr", "explore_small_pools", "explore_vote",
+                    "explore_weights", "ablate_quality", "ablate_gemma")},
+    **{f"eval/{name}.py": f"eval/icl/{name}.py"
+       for name in ("icl_dev", "learning_curve", "milios_table", "pair_task", "icl_buckets", "compare_icl_runs",
+                    "render_report")},
+    **{f"eval/{name}.py": f"eval/checks/{name}.py" for name in ("check_feature_equality", "demo")},
+}
+
+
+def current_script(path: str) -> str:
+    """Where the script an older command names (``eval/x.py``, from the repository root) lives at HEAD.
+
+    >>> current_script("eval/learning_curve.py"), current_script("./eval/demo.py"), current_script("eval/reader/fidelity.py")
+    ('eval/icl/learning_curve.py', 'eval/checks/demo.py', 'eval/reader/fidelity.py')
+    """
+    path = Path(path).as_posix()
+    while path in MOVED_SCRIPTS:  # a script moved twice follows both moves (no cycle: every target exists, no source)
+        path = MOVED_SCRIPTS[path]
+    return path
 
 
 MODELS = ROOT / "eval" / ".models"  # encoders assembled from PyPI packages (ignored by git)
@@ -327,6 +356,34 @@ def format_difference(pair: dict | None, p_format: str | None = ".3f") -> str:
     lo, hi = pair["ci95"]
     text = f"{100 * pair['difference']:+.2f} pt ({100 * lo:+.2f} to {100 * hi:+.2f})"
     return text if p_format is None else f"{text}, p {pair['mcnemar_p']:{p_format}}"
+
+
+def eval_extra_args(text: str, owned: tuple[str, ...]) -> list[str]:
+    """``--eval-args``: extra ``icl-fungi eval`` flags given as one shell-quoted string (e.g. ``"--reader transformers
+    --endpoint-id X"``), split and checked against the CLI's parser before anything runs. ``owned``: the parser dests
+    the calling script sets itself (``"k"``, ``"cache"``...); a flag that would change one of them is refused, so the
+    script's record of its settings stays true. Raises ValueError naming the problem.
+    """
+    import contextlib
+    import io
+
+    from icl_fungi.cli import build_parser
+
+    try:
+        extra = shlex.split(text)
+    except ValueError as err:
+        raise ValueError(f"--eval-args {text!r}: {err}") from None
+    base, err = ["eval", "--data", "DATA", "--out", "OUT"], io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            given, plain = build_parser().parse_args([*base, *extra]), build_parser().parse_args(base)
+    except SystemExit:
+        said = err.getvalue().strip().splitlines()
+        raise ValueError(f"--eval-args {text!r}: icl-fungi eval rejects it ({said[-1] if said else 'no reason given'})") from None
+    taken = [dest for dest in owned if getattr(given, dest) != getattr(plain, dest)]
+    if taken:
+        raise ValueError(f"--eval-args {text!r} sets {', '.join(taken)}, which this script sets itself: use its own flag")
+    return extra
 
 
 def run_cli_eval(data: str | Path, out: Path, *options: str) -> tuple[list[str], dict[str, Any]]:

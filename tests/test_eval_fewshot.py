@@ -73,20 +73,25 @@ def test_selector_specs_for_baselines():
 
 @pytest.mark.slow  # three eval runs in subprocesses (about a minute)
 def test_learning_curve_script_draws_every_size(intent_data, tmp_path):
-    """eval/learning_curve.py runs one eval per pool size on the same queries and draws them into one PNG and page."""
+    """eval/icl/learning_curve.py runs one eval per pool size on the same queries and draws them into one PNG and page."""
     import subprocess
     import sys
 
     from .conftest import ROOT
 
     with FakeLLM() as llm:
-        subprocess.run([sys.executable, str(ROOT / "eval" / "learning_curve.py"), "--data", str(intent_data), "--selectors",
+        subprocess.run([sys.executable, str(ROOT / "eval" / "icl" / "learning_curve.py"), "--data", str(intent_data), "--selectors",
                         "embedding,bm25", "--sizes", "2,5,all", "-k", "4", "--limit", "10", "--base-url", llm.base_url,
-                        "--cache", str(tmp_path / "cache.jsonl"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "curve")],
+                        "--cache", str(tmp_path / "cache.jsonl"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "curve"),
+                        "--eval-args", "--timeout 30 --max-retries 1"],
                        check=True, capture_output=True, timeout=600)
     report_all = json.loads((tmp_path / "runs" / "per-label-all" / "report.json").read_text())
     assert str(tmp_path / "cache.jsonl") in report_all["command"]  # another data set: size 'all' shares --cache
-    rows = json.loads((tmp_path / "curve" / "curve.json").read_text())["rows"]
+    assert "--timeout 30 --max-retries 1 --out" in report_all["command"]  # --eval-args reach every eval call
+    curve = json.loads((tmp_path / "curve" / "curve.json").read_text())
+    assert (curve["meta"]["eval_args"], curve["meta"]["k_rule"]) == (["--timeout", "30", "--max-retries", "1"], "min")
+    assert "k = min(4, N)" in (tmp_path / "curve" / "curve.md").read_text()
+    rows = curve["rows"]
     assert [(r["per label"], r["k"], r["selector"]) for r in rows] == [
         ("2", 2, "embedding"), ("2", 2, "bm25"), ("5", 4, "embedding"), ("5", 4, "bm25"), ("all", 4, "embedding"), ("all", 4, "bm25")]
     assert all(r["n"] == 10 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] for r in rows)
@@ -96,14 +101,14 @@ def test_learning_curve_script_draws_every_size(intent_data, tmp_path):
 
 @pytest.mark.slow  # one eval run in a subprocess
 def test_milios_table_script_sets_ours_beside_the_published_figures(intent_data, tmp_path):
-    """eval/milios_table.py: one row per selector (accuracy, paired difference, 1-NN, build s) and the published anchors."""
+    """eval/icl/milios_table.py: one row per selector (accuracy, paired difference, 1-NN, build s) and the published anchors."""
     import subprocess
     import sys
 
     from .conftest import ROOT
 
     with FakeLLM() as llm:
-        subprocess.run([sys.executable, str(ROOT / "eval" / "milios_table.py"), "--data", str(intent_data), "--per-label", "5",
+        subprocess.run([sys.executable, str(ROOT / "eval" / "icl" / "milios_table.py"), "--data", str(intent_data), "--per-label", "5",
                         "--limit", "8", "--selectors", "embedding,bm25", "--base-url", llm.base_url, "--cache",
                         str(tmp_path / "cache.jsonl"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
                        check=True, capture_output=True, timeout=600)

@@ -4,7 +4,9 @@ Each JSON carries the provenance block of ``eval/common.py`` (commit, clean, com
 .html lies next to such a JSON (an ICL run's folder: its report.json) and the .md names the commit and the rerun;
 every command a block names is made of steps a fresh clone can run: ``git checkout`` of a commit in the history,
 ``make`` targets of the Makefile, and scripts under eval/ or ``icl-fungi`` with arguments their parsers accept
-at HEAD (eval/archive/ keeps results whose script or grid is gone; it is not checked).
+at HEAD (eval/archive/ keeps results whose script or grid is gone; it is not checked). A script that moved since
+is checked at its new path (``eval/common.py``'s ``MOVED_SCRIPTS``); the pages that name scripts name them where
+they are now.
 """
 
 from __future__ import annotations
@@ -147,9 +149,10 @@ def step_problems(step: list[str], invocations: list[tuple[str, list[str]]]) -> 
         invocations.append(("icl-fungi", args))
         return []
     if PYTHON.fullmatch(program):
-        if not args or not (ROOT / args[0]).is_file() or not args[0].startswith("eval/"):
+        script = COMMON.current_script(args[0]) if args else ""
+        if not script.startswith("eval/") or not (ROOT / script).is_file():
             return [f"{shlex.join(step)!r}: no script under eval/ at HEAD"]
-        invocations.append((args[0], args[1:]))
+        invocations.append((script, args[1:]))
         return []
     return [f"{shlex.join(step)!r}: not a step a rerun may take (git checkout, make, python eval/..., icl-fungi)"]
 
@@ -185,13 +188,14 @@ BAD = ["python eval/ablate_quality.py --grid heads", "python eval/ablate_quality
        "python eval/ablate_quality.py --grid fast --only 'no such configuration'", "python eval/ablate_core.py",
        "icl-fungi eval --data d --out o --no-such-flag", "git checkout 0123456789ab && make venv", "make no-such-target",
        "curl https://example.com | sh"]
-GOOD = "git checkout HEAD && make venv && .venv/bin/python eval/ablate_quality.py --grid v04 --split test"
+GOOD = "git checkout HEAD && make venv && .venv/bin/python eval/explore/ablate_quality.py --grid v04 --split test"
+MOVED_GOOD = "python eval/learning_curve.py --sizes 5,10 --limit 1000"  # the old path, checked at eval/icl/
 
 
 @pytest.fixture(scope="module")
 def verdicts() -> dict[str, list[str]]:
     """Problems of the committed commands and of the examples above, from one child process."""
-    commands = [*committed_commands(), *BAD, GOOD]
+    commands = [*committed_commands(), *BAD, GOOD, MOVED_GOOD]
     problems = command_problems(commands)
     return {c: [p for p in problems if p.startswith(repr(c))] for c in commands}
 
@@ -208,7 +212,7 @@ def test_committed_commands_run_from_a_fresh_clone(verdicts):
 
 
 def test_the_command_check_rejects_what_a_fresh_clone_cannot_run(verdicts):
-    assert verdicts[GOOD] == []
+    assert verdicts[GOOD] == [] and verdicts[MOVED_GOOD] == []
     assert {c: bool(verdicts[c]) for c in BAD} == dict.fromkeys(BAD, True)
     assert "invalid choice: 'heads'" in verdicts[BAD[0]][0]
 
@@ -228,3 +232,26 @@ def test_a_result_without_commit_fails(tmp_path):
     assert file_problems(tmp_path) == ["no-block.json: no provenance block", "no-commit.json: commit: missing",
                                        "unknown-tree.json: clean: null (not recorded) needs a note saying so",
                                        "orphan.png: no JSON next to it (X.json or report.json) to say where it came from"]
+
+
+def test_moved_scripts_point_to_scripts_at_head():
+    """Every old path in the move table is gone and its new path is a script with ``parse_args``."""
+    for old, new in COMMON.MOVED_SCRIPTS.items():
+        assert not (ROOT / old).exists(), f"{old} exists again: drop it from MOVED_SCRIPTS or rename it"
+        assert (ROOT / new).is_file() and "def parse_args(" in (ROOT / new).read_text(), new
+
+
+SCRIPT_PATH = re.compile(r"(?<![\w./-])eval/[\w./-]+?\.(?:py|sh)\b")
+MOVE_TABLE = re.compile(r"^\| `eval/\w+\.py` \| `eval/\w+/\w+\.py` \|$")  # eval/README.md's rows "old path | new path"
+
+
+def test_pages_name_scripts_where_they_are():
+    """The README, docs, Makefile, pyproject, the eval READMEs and this release's CHANGELOG name each eval script at its path
+    at HEAD (older results keep their commands; the move table in eval/README.md names the old paths)."""
+    pages = [ROOT / "README.md", ROOT / "Makefile", ROOT / "pyproject.toml", ROOT / "eval" / "README.md",
+             *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "eval").glob("*/README.md"))]
+    texts = {p: p.read_text() for p in pages}
+    texts[ROOT / "CHANGELOG.md"] = (ROOT / "CHANGELOG.md").read_text().split("\n## 0.")[0]  # the Unreleased section
+    missing = [f"{page.relative_to(ROOT)}: {path}" for page, text in texts.items() for line in text.splitlines()
+               if not MOVE_TABLE.match(line) for path in SCRIPT_PATH.findall(line) if not (ROOT / path).is_file()]
+    assert not missing, "\n".join(missing)

@@ -5,7 +5,7 @@ reference commit (extracted with ``git archive``, run in its own process) and wi
 tree, then compares every feature block of the pool, the vectors the index searches, the query
 vectors and the top-20 rankings. Exits with status 1 when any max |difference| exceeds ``--tol``.
 
-    python eval/check_feature_equality.py [--reference cf6f40c] [--n 500] [--queries 200]
+    python eval/checks/check_feature_equality.py [--reference cf6f40c] [--n 500] [--queries 200]
 
 Writes eval/results/feature_equality.{json,md}.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import DEFAULT_DATA, RESULTS, ROOT, load_split, markdown_table, run_meta, write_results
 
 # runs under either tree: only API that both the reference and the current code have

@@ -13,7 +13,7 @@ Losses (``z`` the unit embedding, ``c_k`` the head's unit rows, logits ``s_k = z
 * ``sub`` - 3 rows per label (spherical k-means inside the label), probabilities summed per label;
 * ``neighbors`` - the library's soft k-NN head (the sample's own rows, summed per label).
 
-    python eval/explore_kl_losses.py [--weights 0.3,0.5]
+    python eval/explore/explore_kl_losses.py [--weights 0.3,0.5]
 
 Writes eval/results/ablate_quality/dev-losses.{json,md}. (The committed file also has a ``loo``
 variant, run at commit 4473af4 by a subclass of the encoder's private methods; heads cannot see
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import (
     DEFAULT_DATA,
     EMBEDDING,

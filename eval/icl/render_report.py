@@ -4,7 +4,7 @@ Reports written before report.html existed, or a page to publish without its dat
 (``--no-example-texts`` keeps only the examples' labels), are made from the run's report.json and the
 train split it was built on.
 
-    python eval/render_report.py eval/results/banking77-gemma3-270m-n1000-labels --no-example-texts \\
+    python eval/icl/render_report.py eval/results/banking77-gemma3-270m-n1000-labels --no-example-texts \\
         --screenshot eval/results/banking77-gemma3-270m-n1000-labels/report.png
 
 ``--no-query-texts`` also replaces the queries' texts by their indices, in the page and in
@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import DEFAULT_DATA, load_split, provenance, provenance_markdown
 
 from icl_fungi.evaluation.report_html import write_html

@@ -8,7 +8,7 @@ The pool is a seeded sample of banking-77 train (``--pool-size``), the queries b
 retriever is the 0.4.0 default configuration spelled out (embedding + KL, automatic KL weight). Writes
 eval/results/bench_serve.{json,md}.
 
-    python eval/bench_serve.py [--pool-size 10003] [--seconds 20] [--soak-minutes 10]
+    python eval/bench/bench_serve.py [--pool-size 10003] [--seconds 20] [--soak-minutes 10]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import (
     DEFAULT_DATA,
     FEATURES_0_3,

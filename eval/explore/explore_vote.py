@@ -10,7 +10,7 @@ block next to the label one, and the PCA size. Each mix is combined as the retri
 (blocks centred on the pool mean, L2-normalised, weighted, concatenated, PCA fitted on the
 pool) and searched exactly.
 
-    python eval/explore_vote.py
+    python eval/explore/explore_vote.py
 
 Writes eval/results/ablate_quality/dev-vote.{json,md}.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import BASE_FEATURES, DEFAULT_DATA, RESULTS, markdown_table, pool_and_queries, run_meta, write_results
 
 from icl_fungi.evaluation import retrieval_metrics

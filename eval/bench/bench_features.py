@@ -7,7 +7,7 @@ peak RSS, and P@20 / 1-NN on seeded test queries. ``--reference COMMIT`` also ti
 and the default feature set of an older commit's code (extracted with ``git archive``) in the same
 run, so before and after are measured side by side.
 
-    python eval/bench_features.py [--pool-size 10003] [--queries 1000] [--reference 7c2eceb]
+    python eval/bench/bench_features.py [--pool-size 10003] [--queries 1000] [--reference 7c2eceb]
 
 Writes eval/results/bench_features-<pool>.{json,md}.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import DEFAULT_DATA, FEATURES_0_3, RESULTS, ROOT, load_split, markdown_table, run_meta, write_results
 
 WEIGHTS = {"embedding": 1.0, "kl": 0.3, "simclr": 0.3}

@@ -6,7 +6,7 @@ The pool is the bench_scale recipe (banking-77 train, topped up with same-intent
 driver's RSS is reported and the actors' is sampled while they run. Query vectors come from
 seeded banking-77 test queries encoded by the single-process retriever.
 
-    python eval/bench_scale_out.py [--size 100000] [--workers 1,2] [--queries 200]
+    python eval/bench/bench_scale_out.py [--size 100000] [--workers 1,2] [--queries 200]
 
 Writes eval/results/bench_scale_out.{json,md}.
 """
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's scripts it imports
 from bench_scale import make_pool
 from common import BASE_WEIGHTS, DEFAULT_DATA, FEATURES_0_3, RESULTS, load_split, markdown_table, run_meta, write_results
 

@@ -14,7 +14,7 @@ itself (an experiment-only subclass of ``SimCLRLoss`` set on the encoder before 
 
 Blocks are encoded once per variant; SimCLR weights 0.3, 0.5 and 1 are swept at KL 0.3.
 
-    python eval/explore_simclr.py
+    python eval/explore/explore_simclr.py
 
 Writes eval/results/ablate_quality/dev-simclr-losses.{json,md}.
 """
@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's scripts it imports
 from common import DEFAULT_DATA, FEATURES_0_3, RESULTS, markdown_table, pool_and_queries, read_results, run_meta, write_results
 from explore_weights import evaluate
 

@@ -6,7 +6,7 @@ pool differ from ours (stated beside the table). Ours: Gemma 3 270M base (comple
 examples chosen by each selector from a seeded pool of N per label, on the same seeded test queries; every
 selector's 1-NN (the examples alone) and feature build seconds for the pool beside its accuracy.
 
-    python eval/milios_table.py --per-label 10 --limit 1000
+    python eval/icl/milios_table.py --per-label 10 --limit 1000
 
 Runs ``icl-fungi eval --per-label N`` with the selectors embedding (MiniLM), fungi (the default), bm25 (bm25s) and
 mpnet (all-mpnet-base-v2, assembled from PyPI parts by ``common.mpnet_folder``); replies come from and go to
@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import (
     DEFAULT_DATA,
     RESULTS,

@@ -6,7 +6,7 @@ banking-77 train split under ``--data``. The encoder is fitted on the CPU
 (KL head, negatives), saved, and loaded on the GPU, so both devices use the same fitted state; the
 features of ``--check`` texts must agree within ``--tol`` (max |difference| of unit blocks).
 
-    python eval/bench_gpu.py [--model FOLDER] [--texts texts.json | --data BANKING77] [--batch-sizes 128,512] [--out results.json]
+    python eval/bench/bench_gpu.py [--model FOLDER] [--texts texts.json | --data BANKING77] [--batch-sizes 128,512] [--out results.json]
 
 ``texts.json``: ``{"texts": [...], "labels": [...]}``.
 """
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: icl_fungi without an install (a lent GPU machine)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import DEFAULT_DATA, FEATURES_0_3, RESULTS, load_split, markdown_table, run_meta, write_results
 
 from icl_fungi import DEFAULT_MODEL, FeatureConfig, FungiEncoder

@@ -7,7 +7,7 @@ re-encoding, combined as the retriever does (block means, weights, PCA on the po
 Each setting also records statistics of the pool a rule could use: examples per label, and the
 leave-one-out 1-NN accuracy and label margin of the plain embedding on a pool sample.
 
-    python eval/explore_weights.py [--encoders minilm,mpnet,gemma] [--per-label 5,20,0] [--simclr 0,0.3]
+    python eval/explore/explore_weights.py [--encoders minilm,mpnet,gemma] [--per-label 5,20,0] [--simclr 0,0.3]
 
 ``--simclr 0`` computes no SimCLR block (the 0.4.0 default features: embedding and KL).
 
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's scripts it imports
 from common import (
     DEFAULT_DATA,
     FEATURES_0_3,

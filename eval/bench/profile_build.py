@@ -1,7 +1,7 @@
 """Where the time goes: cProfile of ``ICLRetriever.fit`` and of ``build_prompt`` (query string to rendered prompt),
 default features, on the banking-77 train pool.
 
-    python eval/profile_build.py [--n 10003] [--queries 200] [--reference 7c2eceb]
+    python eval/bench/profile_build.py [--n 10003] [--queries 200] [--reference 7c2eceb]
 
 With ``--reference COMMIT`` the same profile also runs on that commit's library (``git archive`` into a temporary
 folder), so "before" and "after" come from one run of one script. Each profile runs in its own process after a
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import BASE_WEIGHTS, DEFAULT_DATA, ROOT, load_split, run_meta, write_results
 
 TOP = 14  # rows per table

@@ -6,7 +6,7 @@ other 80 %; ``--split test`` (for reporting chosen configurations once) searches
 against the whole train pool. Every configuration is spelled out against ``common.BASE_FEATURES``;
 the result file records each one's full resolved configuration. Resumable.
 
-    python eval/ablate_quality.py --grid final2 --split test [--model NAME] [--device cuda]
+    python eval/explore/ablate_quality.py --grid final2 --split test [--model NAME] [--device cuda]
 
 Writes eval/results/ablate_quality/<split>-<grid>.{json,md}.
 """
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import (
     DEFAULT_DATA,
     EMBEDDING,

@@ -6,48 +6,40 @@ user has), then summarises the run: accuracy of each selector, its paired differ
 ``embedding`` selector, and what the LLM saw (share of prompts whose most similar example has the
 gold label, share of gold-label examples among the k).
 
-    python eval/icl_dev.py --selectors "embedding,kl=fungi;features=embedding+kl" --limit 300
+    python eval/icl/icl_dev.py --selectors "embedding,kl=fungi;features=embedding+kl" --limit 300
+    python eval/icl/icl_dev.py --selectors embedding,fungi --name dev-icl-tf --eval-args "--reader transformers --device cuda"
 
 Responses are cached in eval/cache/banking77-dev-gemma3-270m-k20-completion.jsonl (resumable).
-Writes eval/results/icl_dev/<name>.{json,md} (no texts, only indices, labels and figures).
+Writes eval/results/icl_dev/<name>.{json,md} (no texts, only indices, labels and figures). ``--eval-args`` appends
+flags to the ``icl-fungi eval`` call (e.g. another reader); the result's meta records them and the eval command.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import (
     DEFAULT_DATA,
     RESULTS,
     ROOT,
-    dev_split,
+    eval_extra_args,
     format_difference,
-    load_split,
     markdown_table,
     run_cli_eval,
     run_meta,
+    write_dev_folder,
     write_results,
 )
 
 from icl_fungi.evaluation import paired_comparison
 
 CACHE = ROOT / "eval" / "cache" / "banking77-dev-gemma3-270m-k20-completion.jsonl"
-
-
-def write_dev_folder(data: Path, out: Path) -> None:
-    """``out/train.csv`` (the dev pool) and ``out/test.csv`` (the dev queries)."""
-    pool_t, pool_l, dev_t, dev_l = dev_split(*load_split(data, "train"))
-    out.mkdir(parents=True, exist_ok=True)
-    for name, texts, labels in (("train", pool_t, pool_l), ("test", dev_t, dev_l)):
-        with open(out / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "category"])
-            w.writerows(zip(texts, labels, strict=True))
+# the icl-fungi eval settings this script sets itself (its own flags); --eval-args may not change them
+OWNED = ("data", "out", "selectors", "k", "limit", "seed", "cache", "per_label")
 
 
 def summarise(report: dict) -> dict[str, dict]:
@@ -89,7 +81,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--per-label", type=int, default=None, help="few-shot pool: N dev-pool examples per label (icl-fungi eval --per-label)")
     ap.add_argument("--cache", default=str(CACHE), help=f"response cache (default: {CACHE.relative_to(ROOT)})")
     ap.add_argument("--name", default="dev-icl", help="result file name under eval/results/icl_dev/")
-    return ap.parse_args(argv)
+    ap.add_argument("--eval-args", default="", help="extra icl-fungi eval flags, one quoted string "
+                    "(e.g. \"--reader transformers --endpoint-id X\"; write --eval-args=VALUE when VALUE is one flag or "
+                    "starts with a short one)")
+    args = ap.parse_args(argv)
+    try:
+        args.eval_extra = eval_extra_args(args.eval_args, OWNED)
+    except ValueError as err:
+        ap.error(str(err))
+    return args
+
+
+def eval_options(args: argparse.Namespace) -> list[str]:
+    """The ``icl-fungi eval`` options of a run (``--data`` and ``--out`` aside), ``--eval-args`` last.
+
+    >>> eval_options(parse_args(["--selectors", "embedding", "--eval-args", "--concurrency 2"]))[-2:]
+    ['--concurrency', '2']
+    """
+    return ["--selectors", args.selectors, "-k", str(args.k), "--limit", args.limit, "--seed", "0", "--cache", args.cache,
+            *(["--per-label", str(args.per_label)] if args.per_label else []), *args.eval_extra]
 
 
 def main() -> None:
@@ -97,20 +107,20 @@ def main() -> None:
     folder = ROOT / "runs" / "dev-banking77"
     write_dev_folder(Path(args.data), folder)
     run_dir = ROOT / "runs" / f"icl-{args.name}"
-    options = ["--selectors", args.selectors, "-k", str(args.k), "--limit", args.limit, "--seed", "0", "--cache", args.cache,
-               *(["--per-label", str(args.per_label)] if args.per_label else [])]
-    cmd, report = run_cli_eval(folder, run_dir, *options)
+    cmd, report = run_cli_eval(folder, run_dir, *eval_options(args))
     rows = summarise(report)
     table = [{"selector": s, "spec": json.dumps(r["spec"]), "queries": r["n"], "accuracy": r["accuracy"],
               "vs embedding (95 % CI)": format_difference(r.get("vs_embedding")), "nearest example gold": r["gold_nearest"],
               f"gold share of {args.k}": r["gold_share"]}
              for s, r in rows.items()]
     cols = ["selector", "queries", "accuracy", "vs embedding (95 % CI)", "nearest example gold", f"gold share of {args.k}", "spec"]
-    meta = run_meta(eval_command=" ".join(cmd), settings=report.get("settings"), selector_configs=report["selector_configs"])
+    meta = run_meta(eval_command=" ".join(cmd), eval_args=args.eval_extra, settings=report.get("settings"),
+                    selector_configs=report["selector_configs"])
     between = pair_table(report["paired"])
     text = markdown_table(table, cols) + (f"\n\nBetween selectors (paired on the same queries):\n\n{between}" if between else "")
+    what = f"{report['endpoint']['model']}, k = {args.k}, {rows[next(iter(rows))]['n']} queries"
     write_results(RESULTS / "icl_dev" / f"{args.name}.json", {"meta": meta, "rows": rows, "paired": report["paired"]},
-                  title=f"In-context accuracy on the dev split (Gemma 3 270M, k = {args.k}, {rows[next(iter(rows))]['n']} queries"
+                  title=f"In-context accuracy on the dev split ({what}"
                         + (f", {args.per_label} examples per label)" if args.per_label else ")"),
                   table=text)
     print(markdown_table(table, cols))

@@ -5,7 +5,7 @@ loaders that download from the hub), so the pairs are built from banking-77: eac
 written for its intent in eval/data/banking77_replies.json (77 replies, written for this project). The
 retriever sees the queries and the replies, never the intents: its features are the label-free ones.
 
-    python eval/pair_task.py --per-label 5 -k 5 --limit 300
+    python eval/icl/pair_task.py --per-label 5 -k 5 --limit 300
 
 Writes the pair data folder runs/banking77-replies/ (train.csv, test.csv: text, reply; not committed), runs
 ``icl-fungi eval --output-column reply`` on it (exact match after normalisation and token F1), caches the replies in
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import (
     DEFAULT_DATA,
     RESULTS,

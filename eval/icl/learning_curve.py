@@ -2,13 +2,17 @@
 
 Runs ``icl-fungi eval`` once per pool size (``--per-label N`` for N in ``--sizes``; ``all`` is the whole train
 split), on the same seeded test queries and one response cache (``all`` reads ``--all-cache``, the full-pool
-run's), so a rerun sends only what is missing
-(``--cached-only`` draws from the cache alone). k is ``min(--k, N)``: a prompt never shows more examples than
-a label has. Then draws accuracy (and its 95 % Wilson band) against N into ``curve.png`` and writes
-``curve.json``, ``curve.md`` and ``curve.html`` (the plot and the table on one page) into ``--out``.
+run's), so a rerun sends only what is missing (``--cached-only`` draws from the cache alone). k is ``min(-k, N)``
+(``--k-rule min``, the default: a prompt never shows more examples than a label has) or ``-k`` at every size
+(``--k-rule fixed``); the title says which. ``--eval-args`` appends flags to every ``icl-fungi eval`` call (e.g.
+another reader), recorded in ``curve.json``'s meta. Then draws accuracy (and its 95 % Wilson band) against N into
+``curve.png`` and writes ``curve.json``, ``curve.md`` and ``curve.html`` (the plot and the table on one page) into
+``--out``.
 
-    python eval/learning_curve.py --selectors embedding,fungi --sizes 5,10,20,all --limit 1000 \\
+    python eval/icl/learning_curve.py --selectors embedding,fungi --sizes 5,10,20,all --limit 1000 \\
         --cache eval/cache/banking77-gemma3-270m-fewshot-completion.jsonl --out eval/results/learning-curve
+    python eval/icl/learning_curve.py --sizes 5,10,20 --k-rule fixed --runs runs/curve-tf --out runs/curve-tf \\
+        --eval-args "--reader transformers --device cuda --batch-size 64"
 """
 
 from __future__ import annotations
@@ -18,8 +22,21 @@ import base64
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, ROOT, format_difference, markdown_table, run_cli_eval, run_meta, versus_embedding, write_results
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
+from common import (
+    DEFAULT_DATA,
+    ROOT,
+    eval_extra_args,
+    format_difference,
+    markdown_table,
+    run_cli_eval,
+    run_meta,
+    versus_embedding,
+    write_results,
+)
+
+# the icl-fungi eval settings this script sets itself (its own flags); --eval-args may not change them
+OWNED = ("data", "out", "selectors", "k", "limit", "seed", "cache", "per_label", "pool_seed", "cached_only", "base_url", "model")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--selectors", default="embedding,fungi", help="icl-fungi eval selector specs")
     ap.add_argument("--sizes", default="5,10,20,all", help="examples per label, 'all' for the whole train split")
-    ap.add_argument("-k", type=int, default=20, help="examples per prompt, at most N (default: 20)")
+    ap.add_argument("-k", type=int, default=20, help="examples per prompt (default: 20; at most N with --k-rule min)")
+    ap.add_argument("--k-rule", choices=("min", "fixed"), default="min",
+                    help="min: k = min(-k, N) at N per label (default); fixed: k = -k at every size")
     ap.add_argument("--limit", default="1000", help="seeded test queries (or 'all')")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool-seed", type=int, default=0)
@@ -41,10 +60,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", default=None, help="model name at --base-url")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "curve"), help="folder of the per-size eval runs")
     ap.add_argument("--out", default=str(ROOT / "eval" / "results" / "learning-curve"))
+    ap.add_argument("--eval-args", default="", help="extra icl-fungi eval flags for every size, one quoted string "
+                    "(e.g. \"--reader transformers --endpoint-id X\"; write --eval-args=VALUE when VALUE is one flag or "
+                    "starts with a short one)")
     args = ap.parse_args(argv)
     for size in args.sizes.split(","):
         if size != "all" and not (size.isdigit() and int(size) > 0):
             ap.error(f"--sizes: {size!r} is not a positive number or 'all'")
+    if args.k < 1:
+        ap.error(f"-k: {args.k} is not a positive number")
+    try:
+        args.eval_extra = eval_extra_args(args.eval_args, OWNED)
+    except ValueError as err:
+        ap.error(str(err))
     return args
 
 
@@ -58,10 +86,17 @@ def all_cache(args: argparse.Namespace) -> str:
     return str(FULL_POOL_CACHE) if Path(args.data).resolve() == Path(DEFAULT_DATA).resolve() else args.cache
 
 
-def run_size(args: argparse.Namespace, size: str) -> dict:
-    """``icl-fungi eval`` at one pool size; returns its report."""
-    k = args.k if size == "all" else min(args.k, int(size))
-    out = Path(args.runs) / f"per-label-{size}"
+def size_options(args: argparse.Namespace, size: str) -> list[str]:
+    """The ``icl-fungi eval`` options at one pool size (``--data`` and ``--out`` aside).
+
+    >>> opts = size_options(parse_args(["--eval-args", "--concurrency 2", "--cache", "c.jsonl"]), "5")
+    >>> opts[opts.index("-k") + 1], opts[-2:]
+    ('5', ['--concurrency', '2'])
+    >>> opts = size_options(parse_args(["--k-rule", "fixed", "--cache", "c.jsonl"]), "5")
+    >>> opts[opts.index("-k") + 1]
+    '20'
+    """
+    k = args.k if size == "all" or args.k_rule == "fixed" else min(args.k, int(size))
     options = ["--selectors", args.selectors, "-k", str(k), "--limit", args.limit, "--seed", str(args.seed),
                "--cache", all_cache(args) if size == "all" else args.cache]
     if size != "all":
@@ -70,7 +105,12 @@ def run_size(args: argparse.Namespace, size: str) -> dict:
         options.append("--cached-only")
     if args.base_url:
         options += ["--base-url", args.base_url, "--model", args.model or "model"]
-    return run_cli_eval(args.data, out, *options)[1]
+    return options + args.eval_extra
+
+
+def run_size(args: argparse.Namespace, size: str) -> dict:
+    """``icl-fungi eval`` at one pool size; returns its report."""
+    return run_cli_eval(args.data, Path(args.runs) / f"per-label-{size}", *size_options(args, size))[1]
 
 
 def curve_rows(reports: dict[str, dict]) -> list[dict]:
@@ -131,7 +171,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(reports.values()))
-    title = f"{first['endpoint']['model']}, {rows[0]['n']} banking-77 test queries, k = min(20, N)"
+    k_text = f"k = min({args.k}, N)" if args.k_rule == "min" else f"k = {args.k} at every size"
+    title = f"{first['endpoint']['model']}, {rows[0]['n']} banking-77 test queries, {k_text}"
     plot(rows, out / "curve.png", title)
     table_rows = [{**r, "ci95": f"{r['ci95'][0]:.4f}-{r['ci95'][1]:.4f}",
                    "vs embedding": "" if r["vs embedding"] is None else
@@ -140,7 +181,8 @@ def main() -> None:
     cols = ["per label", "k", "selector", "n", "accuracy", "ci95", "vs embedding", "mcnemar p", "1-NN", "k-NN vote", "P@k",
             "gold in top-k", "copies nearest", "build s"]
     table = markdown_table(table_rows, cols, digits=4)
-    write_results(out / "curve.json", {"meta": run_meta(sizes=args.sizes, selectors=args.selectors, limit=args.limit),
+    write_results(out / "curve.json", {"meta": run_meta(sizes=args.sizes, selectors=args.selectors, limit=args.limit, k=args.k,
+                                                         k_rule=args.k_rule, eval_args=args.eval_extra),
                                        "rows": rows, "run_keys": {s: r["run_key"] for s, r in reports.items()}},
                   title=f"Learning curve: {title}", table=table + "\n\n![learning curve](curve.png)")
     write_html(out / "curve.html", out / "curve.png", table, f"Learning curve: {title}")

@@ -10,8 +10,8 @@ Heads: ``prototypes`` (spherical k-means centroids, K rows), ``random`` (the FUN
 ``instances`` (soft neighbours: every sample text is its own class; registered here from outside the
 library, as a user would).
 
-    python eval/explore_label_free.py [--split dev] [--per-label 5,20,0] [--heads proto64,proto256,...]
-    python eval/explore_label_free.py --split test --library-default
+    python eval/explore/explore_label_free.py [--split dev] [--per-label 5,20,0] [--heads proto64,proto256,...]
+    python eval/explore/explore_label_free.py --split test --library-default
 
 Writes eval/results/label_free/<split>-label-free.{json,md}. ``--library-default`` instead builds the library's
 own retrievers on the pool's texts alone (``ICLRetriever.from_texts(texts, labels=None)``, the label-free
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's scripts it imports
 from common import DEFAULT_DATA, RESULTS, markdown_table, pool_and_queries, read_results, run_meta, write_results
 from explore_small_pools import small_pool
 from explore_weights import evaluate

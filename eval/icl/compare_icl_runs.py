@@ -4,7 +4,7 @@ Reads the ``report.json`` of two ``icl-fungi eval`` runs, matches records by que
 prints accuracy of each, the paired difference with its 95 % interval, the discordant counts
 and the exact McNemar p-value (``icl_fungi.evaluation.paired_comparison``).
 
-    python eval/compare_icl_runs.py eval/results/banking77-gemma3-270m-n1000-neighbors/report.json \\
+    python eval/icl/compare_icl_runs.py eval/results/banking77-gemma3-270m-n1000-neighbors/report.json \\
         eval/results/banking77-gemma3-270m-n1000-labels/report.json [--selector fungi]
 """
 

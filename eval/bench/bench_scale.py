@@ -6,7 +6,7 @@ that, synthetic texts are added by recombining two train sentences of the same i
 (the first half of one with the second half of the other, seeded). Each size runs in
 its own process, so its peak RSS is its own. Writes eval/results/bench_scale.{json,md,png}.
 
-    python eval/bench_scale.py [--sizes 1000,10000,100000] [--queries 200]
+    python eval/bench/bench_scale.py [--sizes 1000,10000,100000] [--queries 200]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BASE_WEIGHTS, DEFAULT_DATA, FEATURES_0_3, RESULTS, load_split, run_meta, write_results
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
+from common import BASE_WEIGHTS, DEFAULT_DATA, FEATURES_0_3, RESULTS, command_line, load_split, run_meta, write_results
 
 
 def make_pool(texts: list[str], labels: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -168,7 +168,7 @@ def main() -> None:
             sys.exit(f"pool {n} failed:\n{proc.stderr[-3000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row.update(requested=n, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   command="python eval/bench_scale.py " + " ".join(sys.argv[1:]))
+                   command=command_line())
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     results.sort(key=lambda m: m["pool"])

@@ -5,7 +5,7 @@ sample of ``n`` examples per label is kept; the dev queries are searched against
 for k = min(20, n). Heads: label means (T 0.07) and soft k-NN (T 0.05), centred, KL block
 weights 0.3 / 0.5 / 1, combined as the retriever does (exact search).
 
-    python eval/explore_small_pools.py [--per-label 5,20]
+    python eval/explore/explore_small_pools.py [--per-label 5,20]
 
 Writes eval/results/ablate_quality/dev-small-pools.{json,md}.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import (
     DEFAULT_DATA,
     EMBEDDING,

