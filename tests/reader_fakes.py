@@ -21,8 +21,8 @@ def write_fake_model(folder: Path, seed: int = 0) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
                                    eos_token="<eos>")
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(vocab), n_positions=512, n_embd=32, n_layer=2, n_head=2, initializer_range=0.5, bos_token_id=2, eos_token_id=3,
-                        pad_token_id=1)
+    config = GPT2Config(vocab_size=len(vocab), n_positions=512, n_embd=32, n_layer=2, n_head=2, initializer_range=0.5,
+                        bos_token_id=2, eos_token_id=3, pad_token_id=1)
     GPT2LMHeadModel(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
