@@ -26,7 +26,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..version import __version__
-from .gate import Gate
+from .batcher import Overloaded
+from .gate import Gate, retry_headers
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .schemas import (
     AddRequest,
@@ -86,6 +87,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = {403: "forbidden", 413: "too_large", 503: "not_ready"}.get(exc.status, "invalid_request")
         headers = {"Retry-After": "1"} if exc.status == 503 else None
         return JSONResponse(error_body(exc.message, exc.field, kind), exc.status, headers=headers)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        headers = {name.decode(): value.decode() for name, value in retry_headers(exc.retry_after_s)}
+        return JSONResponse(error_body(str(exc), None, "overloaded"), 503, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -156,7 +162,7 @@ def create_app(settings: ServeSettings, *, service: Service | None = None) -> Fa
     _install_routes(app, service, metrics)
     metrics.routes = frozenset(route_paths(app))
     app.add_middleware(Gate, metrics=metrics, api_key=settings.api_key, open_paths=OPEN_PATHS,
-                       max_body_bytes=settings.max_body_bytes)
+                       max_body_bytes=settings.max_body_bytes, shed=service.shed)
     return app
 
 

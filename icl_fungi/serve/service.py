@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..template import Prompt, PromptTemplate
-from .batcher import Batcher
+from .batcher import Batcher, Overloaded
 from .metrics import Metrics
 from .schemas import InputError
 from .settings import ServeSettings
@@ -26,6 +26,7 @@ __all__ = ["Service"]
 
 logger = logging.getLogger(__name__)
 
+QUERY_PATHS = frozenset({"/v1/retrieve", "/v1/prompt"})  # the routes that go through the batcher's queue
 IN_PROCESS_INDEXES = ("hnswlib",)  # indexes whose whole state is saved with the retriever (what replay assumes)
 
 
@@ -85,9 +86,11 @@ class Service:
                 self.on_failure()
             return
         s = self.settings
-        self.batcher = Batcher(self.retriever, window_s=s.gather_ms / 1000, max_batch=s.max_batch, on_batch=self.metrics.observe_batch)
+        self.batcher = Batcher(self.retriever, window_s=s.gather_ms / 1000, max_batch=s.max_batch, max_queue=s.max_queue,
+                               on_batch=self.metrics.observe_batch)
         self.batcher.start()
         self.metrics.track_pool(lambda: len(self.retriever))
+        self.metrics.track_queue(lambda: self.batcher.queued)
         self.metrics.ready.set(1)
         self.state = "ready"
         logger.info("ready: %d examples from %s", len(self.retriever), s.path)
@@ -117,6 +120,14 @@ class Service:
         logger.info("folded the add log into %s (%d examples)", self.settings.path, len(self.retriever))
 
     # ------------------------------------------------------------------ requests
+    def shed(self, path: str) -> tuple[str, float] | None:
+        """For the gate: ``(message, seconds to wait)`` when a request to ``path`` would find the query queue full."""
+        refusal = self.batcher.refusal() if self.batcher is not None and path in QUERY_PATHS else None
+        if refusal is None:
+            return None
+        self.metrics.rejected.inc()
+        return str(refusal), refusal.retry_after_s
+
     def check_ready(self) -> None:
         if self.state != "ready":
             raise InputError(None, f"the retriever is {self.state}" + (f": {self.error}" if self.error else ""), 503)
@@ -125,7 +136,11 @@ class Service:
         """``retrieve_batch(queries, k, selection=selection)``, in a batch shared with concurrent requests."""
         self.check_ready()
         assert self.batcher is not None
-        return await self.batcher.retrieve(queries, k, selection, key)
+        try:
+            return await self.batcher.retrieve(queries, k, selection, key)
+        except Overloaded:
+            self.metrics.rejected.inc()
+            raise
 
     async def prompt(self, query: str, k: int, *, template: str | PromptTemplate | None, order: str, max_tokens: int | None,
                      selection: Any, key: str | None, seed: int) -> Prompt:
