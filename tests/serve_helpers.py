@@ -99,3 +99,13 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(120)
+
+
+def app_ready(client: Any, timeout: float = 120) -> dict[str, Any]:
+    """Poll an in-process app's ``/readyz`` (a ``TestClient``) until it is ready; its body. Fails if loading failed."""
+    deadline = time.monotonic() + timeout
+    while (r := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+        assert r.json()["status"] == "loading", r.json()
+        time.sleep(0.05)
+    assert r.status_code == 200, r.json()
+    return r.json()

@@ -4,8 +4,6 @@ by a clean exit; rows no add log accounts for are refused, never deleted."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 pytest.importorskip("fastapi")
@@ -18,15 +16,9 @@ from icl_fungi.milvus import MilvusIndex
 from icl_fungi.serve import AddLog, ServeSettings, create_app
 from icl_fungi.serve.remote import restore_saved_rows
 
+from .serve_helpers import app_ready
+
 NEW = ["my crypto wallet transfer is stuck", "crypto withdrawal to my wallet is pending"]
-
-
-def _ready(client: TestClient, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while (r := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
-        assert r.json()["status"] == "loading", r.json()
-        time.sleep(0.05)
-    return r.json()
 
 
 def test_a_milvus_pool_takes_adds_replays_them_and_folds_them_in(intent_pool, st_model, tmp_path):
@@ -36,7 +28,7 @@ def test_a_milvus_pool_takes_adds_replays_them_and_folds_them_in(intent_pool, st
     n = len(built)
     built.index.close()
     with TestClient(create_app(ServeSettings(path, model=st_model, compact_on_exit=False))) as c:  # exits as a crash would
-        assert _ready(c)["pool_size"] == n
+        assert app_ready(c)["pool_size"] == n
         first = c.post("/v1/examples", json={"texts": NEW, "labels": ["crypto", "crypto"]}, headers={"Idempotency-Key": "k-1"})
         assert first.status_code == 200, first.text
         assert first.json()["ids"] == [n, n + 1]
@@ -45,7 +37,7 @@ def test_a_milvus_pool_takes_adds_replays_them_and_folds_them_in(intent_pool, st
     with pytest.raises(ValueError, match=f"holds {n + 2} rows"):  # the collection outgrew the saved retriever
         ICLRetriever.load(path, model=st_model)
     with TestClient(create_app(ServeSettings(path, model=st_model))) as c:  # rows past the saved count go, the log puts them back
-        assert _ready(c)["pool_size"] == n + 2
+        assert app_ready(c)["pool_size"] == n + 2
         again = c.post("/v1/examples", json={"texts": NEW, "labels": ["crypto", "crypto"]}, headers={"Idempotency-Key": "k-1"})
         assert again.json() | {"pool_size": 0} == first.json() | {"pool_size": 0}
         assert again.headers["idempotent-replayed"] == "true"
