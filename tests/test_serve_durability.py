@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -256,3 +258,19 @@ def test_a_retry_after_a_kill_between_the_log_and_the_reply_adds_once(fungi_retr
         late = c.post("/v1/examples", json=two, headers={"Idempotency-Key": "retry-2"})
         assert late.json()["ids"] == [base + 1, base + 2] and late.headers["idempotent-replayed"] == "true"
         assert c.get("/readyz").json()["pool_size"] == base + 3
+
+
+@pytest.mark.slow  # a build and four server starts: about 2.5 min on 2 busy cores
+def test_a_short_kill_9_storm_loses_and_duplicates_nothing(tmp_path):
+    """eval/storm_serve.py for 3 cycles (its committed result has 20): kill -9 during concurrent adds and queries."""
+    out = tmp_path / "storm.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "eval" / "storm_serve.py"), "--cycles", "3", "--max-run", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    final = result["final"]
+    assert result["passes"] and len(result["cycles"]) == 3 and final["acked_adds"] > 0
+    assert final["acked_lost"] == final["acked_duplicated"] == final["acked_misplaced"] == final["unacked_duplicated"] == 0
+    assert all(row["missing"] == row["doubled"] == 0 for row in result["cycles"])
+    assert result["clients"].get("queries answered 200", 0) > 0 and result["clients"].get("add replies cut off by a kill", 0) > 0
