@@ -141,7 +141,8 @@ def _serve_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     s.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="require 'Authorization: Bearer KEY' on every route but /healthz and /readyz, KEY read from "
                         "the environment variable VAR (never from the command line)")
-    s.add_argument("--gather-ms", type=float, default=3.0, help="how long a query waits for others to share its forward pass (default: 3)")
+    s.add_argument("--gather-ms", type=float, default=10.0,
+                   help="how long a batch waits at most for the queries expected to share its forward pass (default: 10)")
     s.add_argument("--max-batch", type=int, default=32, help="queries per forward pass at most (default: 32)")
     s.add_argument("--max-queue", type=int, default=64,
                    help="queries waiting for a forward pass at most; past it requests get 503 + Retry-After at once (default: 64)")

@@ -1,8 +1,10 @@
 """Gathering concurrent queries into one forward pass.
 
-A batch takes every query already queued; it waits for more only while it holds fewer queries than the
-previous batch did (the clients of that batch are coming back), and then at most ``window_s`` once the
-worker is free, and never past ``max_batch`` queries. The batch runs on one worker thread, split into
+A batch takes every query already queued; it waits for more only while it holds fewer queries than are
+expected (those of the previous batch, whose clients are coming back, plus those that queued while it ran, so
+closed-loop clients that arrived in two halves merge into one batch instead of taking turns), and then at most
+``window_s``, and at most a quarter of the previous forward pass, once the worker is free; never past
+``max_batch`` queries. The batch runs on one worker thread, split into
 groups of equal ``k`` and selection, each one ``retrieve_batch`` call; queries that arrive meanwhile form the
 next batch. Throughput grows with the number of clients, while a lone client pays at most the window
 (usually nothing: its previous batch held one query). The queue is bounded: past ``max_queue`` queries waiting,
@@ -39,6 +41,7 @@ from typing import Any
 __all__ = ["Batcher", "Overloaded"]
 
 FIRST_PASS_GUESS_S = 0.05  # what Retry-After assumes a forward pass takes until one was timed
+WAIT_SHARE = 0.25  # a batch waits for stragglers at most this share of the previous forward pass
 
 
 class Overloaded(Exception):
@@ -77,7 +80,7 @@ class Batcher:
         self.batches = 0
         self.queued = 0  # queries waiting for a forward pass
         self.last_batch_s = FIRST_PASS_GUESS_S  # the time of the latest forward pass (a guess before the first)
-        self._expected = 1  # queries in the previous batch: worth waiting for until this one holds as many
+        self._expected = 1  # queries worth waiting for: the previous batch's and those that queued while it ran
         self._queue: asyncio.Queue[_Job | None] | None = None
         self._task: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-fungi-batch")
@@ -128,7 +131,8 @@ class Batcher:
         the previous one (never past ``max_batch`` queries); True when the stop sentinel was taken."""
         assert self._queue is not None
         jobs, n = [first], len(first.queries)
-        deadline = time.monotonic() + self.window_s  # from when the worker is free: queued clients' peers get their window too
+        # from when the worker is free (queued clients' peers get their window too), never long next to a forward pass
+        deadline = time.monotonic() + min(self.window_s, WAIT_SHARE * self.last_batch_s)
         while n < self.max_batch:
             try:
                 nxt = self._took(self._queue.get_nowait())
@@ -155,8 +159,9 @@ class Batcher:
             if first is None:
                 break
             jobs, stopping = await self._gather(first)
-            self._expected = sum(len(j.queries) for j in jobs)
             outcomes = await loop.run_in_executor(self._worker, self._run, jobs)
+            # who comes next: this batch's clients, coming back, and those that queued meanwhile (one batch, not two halves)
+            self._expected = min(self.max_batch, sum(len(j.queries) for j in jobs) + self.queued)
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if job.future.done():  # the client went away
                     continue
