@@ -69,7 +69,7 @@ def run_clients(n: int, seconds: float, call: Callable[[int, int], bool], setup:
     flat = [x for row in latencies for x in row]
     return {"clients": n, "requests": len(flat), "errors": sum(errors), "seconds": round(wall, 2),
             "rps": round(len(flat) / wall, 2), "p50_ms": round(float(np.percentile(flat, 50)) * 1000, 1),
-            "p99_ms": round(float(np.percentile(flat, 99)) * 1000, 1)}
+            "p99_ms": round(float(np.percentile(flat, 99)) * 1000, 1), "latencies_s": flat}
 
 
 def served_call(url: str, route: str, queries: list[str], k: int) -> tuple[Callable[[int, int], bool], Callable[[], None]]:
@@ -128,3 +128,20 @@ def pass_times(r: Any, queries: list[str], n: int, k: int, repeats: int = 15) ->
     """Median and slowest ms of ``repeats`` in-process passes of ``n`` queries."""
     ms = np.asarray(_passes(r, queries, n, k, repeats)) * 1000
     return {"p50_ms": round(float(np.median(ms)), 1), "max_ms": round(float(ms.max()), 1)}
+
+
+def interleaved_bar(url: str, r: Any, queries: list[str], k: int, route: str, rounds: int, seconds: float = 2.0,
+                    passes: int = 4) -> dict[str, Any]:
+    """The 2-core bar on a shared machine: ``rounds`` times, 8 served clients for ``seconds`` then ``passes`` in-process
+    passes of 8 queries, so that both sample the same moments' load; p99 of every served request over the median pass."""
+    call, setup = served_call(url, route, queries, k)
+    served: list[float] = []
+    own: list[float] = []
+    before = server_batches(url)
+    for _ in range(rounds):
+        served += run_clients(8, seconds, call, setup)["latencies_s"]
+        own += _passes(r, queries, 8, k, passes)
+    p99, pass_8 = float(np.percentile(served, 99)) * 1000, float(np.median(own)) * 1000
+    return {"rounds": rounds, "requests": len(served), "p50_ms": round(float(np.median(served)) * 1000, 1), "p99_ms": round(p99, 1),
+            "pass_of_8_ms": round(pass_8, 1), "pass_of_8_p90_ms": round(float(np.percentile(own, 90)) * 1000, 1),
+            "server_batches": batches_between(before, server_batches(url)), "ratio": round(p99 / pass_8, 2)}
