@@ -220,7 +220,7 @@ def _post(url: str, body: dict, key: str) -> httpx.Response:
     return httpx.post(f"{url}/v1/examples", json=body, headers={"Idempotency-Key": key}, timeout=120)
 
 
-@pytest.mark.slow  # two server starts: about 40 s on 2 cores
+@pytest.mark.slow  # two server starts: 15 s (idle) to 40 s (busy) on 2 cores
 def test_a_retry_after_a_kill_between_the_log_and_the_reply_adds_once(fungi_retriever, st_model, tmp_path):
     from fastapi.testclient import TestClient
 
@@ -260,7 +260,7 @@ def test_a_retry_after_a_kill_between_the_log_and_the_reply_adds_once(fungi_retr
         assert c.get("/readyz").json()["pool_size"] == base + 3
 
 
-@pytest.mark.slow  # a build and four server starts: about 2.5 min on 2 busy cores
+@pytest.mark.slow  # a build and four server starts: about 1 min on 2 idle cores, 2.5 min on busy ones
 def test_a_short_kill_9_storm_loses_and_duplicates_nothing(tmp_path):
     """eval/storm_serve.py for 3 cycles (its committed result has 20): kill -9 during concurrent adds and queries."""
     out = tmp_path / "storm.json"
