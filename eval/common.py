@@ -168,7 +168,8 @@ def provenance_markdown(block: dict[str, Any], date: str | None = None) -> list[
 # checks such a command's arguments against the script at its new path. Old path -> path at HEAD:
 MOVED_SCRIPTS: dict[str, str] = {
     **{f"eval/{name}.py": f"eval/bench/{name}.py"
-       for name in ("bench_features", "bench_gpu", "bench_scale", "bench_scale_out", "bench_serve", "profile_build")},
+       for name in ("bench_features", "bench_gpu", "bench_scale", "bench_scale_out", "bench_serve", "profile_build",
+                    "storm_serve")},
     **{f"eval/{name}.py": f"eval/explore/{name}.py"
        for name in ("explore_kl_losses", "explore_label_free", "explore_simclr", "explore_small_pools", "explore_vote",
                     "explore_weights", "ablate_quality", "ablate_gemma")},

@@ -166,8 +166,11 @@ def _serve_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     s.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="require 'Authorization: Bearer KEY' on every route but /healthz and /readyz, KEY read from "
                         "the environment variable VAR (never from the command line)")
-    s.add_argument("--gather-ms", type=float, default=3.0, help="how long a query waits for others to share its forward pass (default: 3)")
+    s.add_argument("--gather-ms", type=float, default=10.0,
+                   help="how long a batch waits at most for the queries expected to share its forward pass (default: 10)")
     s.add_argument("--max-batch", type=int, default=32, help="queries per forward pass at most (default: 32)")
+    s.add_argument("--max-queue", type=int, default=64,
+                   help="queries waiting for a forward pass at most; past it requests get 503 + Retry-After at once (default: 64)")
     s.add_argument("--max-k", type=int, default=100, help="largest k a request may ask for (default: 100)")
     s.add_argument("--max-queries", type=int, default=64, help="queries per /v1/retrieve request at most (default: 64)")
     s.add_argument("--max-text-chars", type=int, default=4000, help="characters per query or example at most (default: 4000)")
@@ -319,9 +322,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise RuntimeError(f"icl-fungi serve needs the serve extra: pip install 'icl-fungi[serve]' ({err})") from None
     settings = ServeSettings(
         args.retriever, host=args.host, port=args.port, api_key=key, gather_ms=args.gather_ms, max_batch=args.max_batch,
-        max_k=args.max_k, max_queries=args.max_queries, max_text_chars=args.max_text_chars, max_examples=args.max_examples,
-        max_body_bytes=args.max_body_bytes, read_only=args.read_only, compact_on_exit=args.compact_on_exit,
-        model=args.model, device=args.device, shutdown_timeout=args.shutdown_timeout,
+        max_queue=args.max_queue, max_k=args.max_k, max_queries=args.max_queries, max_text_chars=args.max_text_chars,
+        max_examples=args.max_examples, max_body_bytes=args.max_body_bytes, read_only=args.read_only,
+        compact_on_exit=args.compact_on_exit, model=args.model, device=args.device, shutdown_timeout=args.shutdown_timeout,
     )
     if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("icl_fungi").warning("serving on %s without --api-key-env: anyone who reaches it can add examples", args.host)

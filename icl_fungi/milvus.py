@@ -190,6 +190,24 @@ class MilvusIndex(SavedPart):
             self._count += len(vectors)
         return ids
 
+    def rows(self) -> int:
+        """The collection's exact row count (a ``count(*)`` query: a server's statistics may still count deleted rows)."""
+        got = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(got[0]["count(*)"])
+
+    def truncate(self, n: int) -> int:
+        """Delete the rows with ids ``>= n``; returns how many went. For a collection that outgrew the retriever saved
+        with it: ``icl-fungi serve`` adds rows before a compaction saves their count, and its add log puts them back."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        with self._lock:
+            self.client.load_collection(self.collection)
+            before = self.rows()
+            self.client.delete(self.collection, filter=f"id >= {n}")
+            self.client.flush(self.collection)
+            self._count = min(self._count, n)
+            return before - self.rows()
+
     # -------------------------------------------------------------- queries
     def query(self, queries: np.ndarray, k: int, *, labels: Collection[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, cosine similarities)``, (n_queries, min(k, len)), best first; ``labels`` filters in the engine."""
@@ -263,7 +281,7 @@ class MilvusIndex(SavedPart):
             raise ValueError(f"collection {self.collection!r} at {self.uri} holds {have}-dimensional vectors; "
                              f"the retriever saved at {path} has {self._dim}-dimensional ones")
         c.load_collection(self.collection)
-        rows = int(c.get_collection_stats(self.collection).get("row_count", -1))
+        rows = self.rows()
         if rows != self._count:
             raise ValueError(f"collection {self.collection!r} at {self.uri} holds {rows} rows; the retriever saved at "
                              f"{path} has {self._count} examples")

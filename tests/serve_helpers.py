@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,40 @@ class ServerProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
         self._out.close()
+
+
+class ThreadedServer:
+    """A real uvicorn serving ``app`` on a free loopback port, in a thread of this process (no model to load again:
+    the app's settings carry the test session's model). ``with ThreadedServer(app) as url: ...``."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.server.started, "uvicorn did not start"
+        while httpx.get(f"{self.url}/readyz", timeout=30).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(120)
+
+
+def app_ready(client: Any, timeout: float = 120) -> dict[str, Any]:
+    """Poll an in-process app's ``/readyz`` (a ``TestClient``) until it is ready; its body. Fails if loading failed."""
+    deadline = time.monotonic() + timeout
+    while (r := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+        assert r.json()["status"] == "loading", r.json()
+        time.sleep(0.05)
+    assert r.status_code == 200, r.json()
+    return r.json()

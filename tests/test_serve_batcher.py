@@ -84,6 +84,22 @@ def test_closed_loop_clients_stay_in_one_batch_and_max_batch_holds():
     assert max(n for n, _, _ in capped.calls) <= 4 and sum(n for n, _, _ in capped.calls) == 10
 
 
+def test_two_halves_of_closed_loop_clients_merge_into_one_batch():
+    fake = Slow(0.03)
+
+    async def halves(b):
+        async def client(i):
+            await asyncio.sleep(0.015 * (i >= 4))  # the second half arrives while the first half's pass runs
+            for j in range(8):
+                await b.retrieve([f"c{i}-{j}"], 2)
+
+        await asyncio.gather(*(client(i) for i in range(8)))
+
+    run(halves, fake, window_s=0.02, max_batch=32)
+    sizes = [n for n, _, _ in fake.calls]
+    assert sizes[0] == 4 and sum(sizes) == 64 and sizes.count(8) >= 5, sizes  # the halves do not take turns for ever
+
+
 def test_groups_of_equal_k_and_selection_are_separate_calls_and_an_error_stays_in_its_group():
     fake = Slow(0.0)
 

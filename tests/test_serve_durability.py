@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,7 +22,7 @@ from icl_fungi.cli import main
 from icl_fungi.features import DEFAULT_MODEL
 from icl_fungi.serve.wal import AddLog, log_dir, replay
 
-from .serve_helpers import ServerProcess
+from .serve_helpers import ServerProcess, app_ready
 
 pytest.importorskip("fastapi")
 
@@ -212,3 +214,64 @@ def test_sigterm_lets_requests_in_flight_finish_then_folds_the_log(fungi_retriev
     with AddLog.open(path) as log:
         assert log.pending() == []
     assert "Traceback" not in server.output()
+
+
+def _post(url: str, body: dict, key: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/examples", json=body, headers={"Idempotency-Key": key}, timeout=120)
+
+
+@pytest.mark.slow  # two server starts: 15 s (idle) to 40 s (busy) on 2 cores
+def test_a_retry_after_a_kill_between_the_log_and_the_reply_adds_once(fungi_retriever, st_model, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from icl_fungi.serve import ServeSettings, create_app
+    from icl_fungi.serve.service import FAULT_ENV
+
+    path, base = _saved_copy(fungi_retriever, tmp_path)
+    one = {"texts": ["my card was swallowed by the machine"], "labels": ["lost_card"]}
+    two = {"texts": ["a refund for a double charge", "refund my duplicate payment"], "labels": ["refund", "refund"]}
+    first = ServerProcess(path, env={FAULT_ENV: "after-log"})  # dies once the add is logged and fsynced
+    first.wait_ready()
+    with pytest.raises(httpx.TransportError):
+        _post(first.url, one, "retry-1")
+    assert first.proc.wait(60) == -signal.SIGKILL and "killing the server" in first.output()
+    second = ServerProcess(path, env={FAULT_ENV: "before-reply"})  # dies with its first new add in the pool, unacknowledged
+    second.wait_ready()
+    again = _post(second.url, one, "retry-1")  # the replayed log knows the key
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == {"ids": [base], "seq": 0, "pool_size": base + 1}
+    with pytest.raises(httpx.TransportError):
+        _post(second.url, two, "retry-2")
+    assert second.proc.wait(60) == -signal.SIGKILL
+    second.kill()
+    with TestClient(create_app(ServeSettings(path, model=st_model))) as c:  # restart: both retries answer as the first tries would have
+        app_ready(c)
+        replies = [c.post("/v1/examples", json=body, headers={"Idempotency-Key": key})
+                   for body, key in ((one, "retry-1"), (two, "retry-2"))]
+        assert [r.json()["ids"] for r in replies] == [[base], [base + 1, base + 2]] and [r.json()["seq"] for r in replies] == [0, 1]
+        reused = c.post("/v1/examples", json=two, headers={"Idempotency-Key": "retry-1"})
+        assert reused.status_code == 422 and "retry-1" in reused.json()["error"]["message"]
+    texts = ICLRetriever.load(path, model=st_model).texts  # the clean exit folded the log into the saved retriever
+    assert texts[base:] == one["texts"] + two["texts"]
+    with TestClient(create_app(ServeSettings(path, model=st_model, compact_on_exit=False))) as c:  # keys outlive the compaction
+        app_ready(c)
+        late = c.post("/v1/examples", json=two, headers={"Idempotency-Key": "retry-2"})
+        assert late.json()["ids"] == [base + 1, base + 2] and late.headers["idempotent-replayed"] == "true"
+        assert c.get("/readyz").json()["pool_size"] == base + 3
+
+
+@pytest.mark.slow  # a build and four server starts: about 1 min on 2 idle cores, 2.5 min on busy ones
+def test_a_short_kill_9_storm_loses_and_duplicates_nothing(tmp_path):
+    """eval/bench/storm_serve.py for 3 cycles (its committed result has 20): kill -9 during concurrent adds and queries."""
+    out = tmp_path / "storm.json"
+    root = Path(__file__).resolve().parents[1]
+    script = root / "eval" / "bench" / "storm_serve.py"
+    done = subprocess.run([sys.executable, str(script), "--cycles", "3", "--max-run", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    final = result["final"]
+    assert result["passes"] and len(result["cycles"]) == 3 and final["acked_adds"] > 0
+    assert final["acked_lost"] == final["acked_duplicated"] == final["acked_misplaced"] == final["unacked_duplicated"] == 0
+    assert all(row["missing"] == row["doubled"] == 0 for row in result["cycles"])
+    assert result["clients"].get("queries answered 200", 0) > 0 and result["clients"].get("add replies cut off by a kill", 0) > 0

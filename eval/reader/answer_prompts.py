@@ -43,9 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=0, help="answer only the first N distinct prompts (0: all)")
     ap.add_argument("--same-length", action="store_true", help="batch only prompts of one token count (no padding)")
     ap.add_argument("--probe", type=int, default=0,
-                    help="first answer N prompts of the first file that carry a cached reply (padded batches, into "
-                         "OUT_DIR/probe.cache.jsonl); below --probe-min identical replies, batch without padding")
-    ap.add_argument("--probe-min", type=float, default=0.95)
+                    help="first answer N prompts of the first file that carry a cached reply with and without padding; "
+                         "where under --probe-min of the replies agree, batch without padding")
+    ap.add_argument("--probe-min", type=float, default=0.99)
     return ap.parse_args(argv)
 
 
@@ -60,17 +60,23 @@ def read_prompts(path: str) -> list:
     return list(seen.values())
 
 
-def probe(reader: TransformersReader, path: str, n: int, cache: Path, minimum: float) -> dict:
-    """Answer ``n`` prompts of ``path`` that carry a cached reply in padded batches; below ``minimum`` identical
-    replies, switch the reader to batches without padding. Returns the figures."""
+def probe(reader: TransformersReader, path: str, n: int, out: Path, minimum: float) -> dict:
+    """Answer ``n`` prompts of ``path`` in padded batches and in batches without padding (each into its own cache in
+    ``out``); where fewer than ``minimum`` of the replies agree, padding changes answers with this transformers, and
+    the reader keeps batches without padding. Also the share identical to the cached replies the rows carry."""
     opener = lzma.open if path.endswith(".xz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
         rows = [r for r in map(json.loads, fh) if r.get("reply") is not None][:n]
-    reader.cache = ResponseCache(cache)
-    replies = send_all(reader, [r["prompt"] for r in rows], show_progress=False)
-    same = sum(x.text == r["reply"] for x, r in zip(replies, rows, strict=True)) / max(1, len(rows))
-    reader.same_length = reader.same_length or same < minimum
-    result = {"n": len(rows), "identical": round(same, 4), "same_length_batches": reader.same_length}
+    texts = {}
+    for same_length in (False, True):
+        reader.same_length = same_length
+        reader.cache = ResponseCache(out / f"probe-{'same-length' if same_length else 'padded'}.cache.jsonl")
+        texts[same_length] = [x.text for x in send_all(reader, [r["prompt"] for r in rows], show_progress=False)]
+    agree = sum(a == b for a, b in zip(texts[False], texts[True], strict=True)) / max(1, len(rows))
+    reader.same_length = agree < minimum
+    result = {"n": len(rows), "padded_agrees_with_unpadded": round(agree, 4),
+              "identical_to_cached": round(sum(a == r["reply"] for a, r in zip(texts[False], rows, strict=True)) / max(1, len(rows)), 4),
+              "same_length_batches": reader.same_length}
     print("probe", result, flush=True)
     return result
 
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"endpoint_id": reader.endpoint_id, "model": reader.model, "device": args.device, "dtype": args.dtype,
                "batch_size": args.batch_size, "load_s": round(time.perf_counter() - t0, 1), "files": {}}
     if args.probe:
-        summary["probe"] = probe(reader, args.prompts.split(",")[0], args.probe, out / "probe.cache.jsonl", args.probe_min)
+        summary["probe"] = probe(reader, args.prompts.split(",")[0], args.probe, out, args.probe_min)
     earlier: set[str] = set()
     for path in args.prompts.split(","):
         name = Path(path).name.removesuffix(".xz").removesuffix(".jsonl")

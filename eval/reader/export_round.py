@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("-k", type=int, default=20)
     ap.add_argument("--selectors", default="embedding,fungi")
     ap.add_argument("--orders", default="similar_last", help="similar_last, random, similar_first (comma-separated)")
+    ap.add_argument("--template", default=None, help="prompt template (default: the eval's)")
     ap.add_argument("--xz", action="store_true", help="also write each file xz-compressed")
     ap.add_argument("--out-dir", default=str(ROOT / "runs" / "export-round"))
     return ap.parse_args(argv)
@@ -64,6 +65,8 @@ def main() -> None:
                "--limit", args.limit, "--export-prompts", str(path), "--out", str(out / f"unused-{args.split}-{size}")]
         if size != "all":
             cmd += ["--per-label", size, "--pool-seed", "0"]
+        if args.template:
+            cmd += ["--template", args.template]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
         if args.xz:

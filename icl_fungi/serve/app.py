@@ -20,13 +20,14 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..version import __version__
-from .gate import Gate
+from .batcher import Overloaded
+from .gate import Gate, retry_headers
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .schemas import (
     AddRequest,
@@ -37,6 +38,7 @@ from .schemas import (
     RetrieveRequest,
     RetrieveResponse,
     check_add,
+    check_idempotency_key,
     check_prompt,
     check_retrieve,
     error_body,
@@ -49,6 +51,9 @@ __all__ = ["create_app", "route_paths", "run_server"]
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/healthz", "/readyz")  # answered without the API key
+IDEMPOTENCY_HELP = ("a key of your own (1-255 visible ASCII characters, e.g. a UUID): a retry with the same key and body adds "
+                    "nothing and gets the first reply again (header Idempotent-Replayed: true); the same key with another body "
+                    "gets 422")
 
 
 def route_paths(app: FastAPI) -> list[str]:
@@ -83,9 +88,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InputError)
     async def bad_input(_: Request, exc: InputError) -> JSONResponse:
-        kind = {403: "forbidden", 413: "too_large", 503: "not_ready"}.get(exc.status, "invalid_request")
+        kind = exc.kind or {403: "forbidden", 413: "too_large", 503: "not_ready"}.get(exc.status, "invalid_request")
         headers = {"Retry-After": "1"} if exc.status == 503 else None
         return JSONResponse(error_body(exc.message, exc.field, kind), exc.status, headers=headers)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        headers = {name.decode(): value.decode() for name, value in retry_headers(exc.retry_after_s)}
+        return JSONResponse(error_body(str(exc), None, "overloaded"), 503, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -115,11 +125,13 @@ def _install_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
         return JSONResponse({"prompt": made, "kind": "completion" if isinstance(made, str) else "chat"})
 
     @app.post("/v1/examples", response_model=AddResponse, summary="Add examples (acknowledged once durable)")
-    async def add(req: AddRequest) -> Any:
+    async def add(req: AddRequest, idempotency_key: str | None = Header(None, description=IDEMPOTENCY_HELP)) -> Any:
         pool = service.retriever
         check_add(req, settings, has_labels=pool is None or pool.has_labels, has_outputs=pool is not None and pool.has_outputs)
-        ids, seq = await service.add(req.texts, req.labels, req.outputs)
-        return JSONResponse({"ids": ids, "seq": seq, "pool_size": len(service.retriever)})
+        key = check_idempotency_key(idempotency_key)
+        ids, seq, again = await service.add(req.texts, req.labels, req.outputs, key=key)
+        headers = {"Idempotent-Replayed": "true"} if again else None
+        return JSONResponse({"ids": ids, "seq": seq, "pool_size": len(service.retriever)}, headers=headers)
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> Any:
@@ -156,7 +168,7 @@ def create_app(settings: ServeSettings, *, service: Service | None = None) -> Fa
     _install_routes(app, service, metrics)
     metrics.routes = frozenset(route_paths(app))
     app.add_middleware(Gate, metrics=metrics, api_key=settings.api_key, open_paths=OPEN_PATHS,
-                       max_body_bytes=settings.max_body_bytes)
+                       max_body_bytes=settings.max_body_bytes, shed=service.shed)
     return app
 
 

@@ -1,12 +1,17 @@
 """Gathering concurrent queries into one forward pass.
 
-A batch takes every query already queued; it waits for more only while it holds fewer queries than the
-previous batch did (the clients of that batch are coming back), and then at most ``window_s`` once the
-worker is free, and never past ``max_batch`` queries. The batch runs on one worker thread, split into
+A batch takes every query already queued; it waits for more only while it holds fewer queries than are
+expected (those of the previous batch, whose clients are coming back, plus those that queued while it ran, so
+closed-loop clients that arrived in two halves merge into one batch instead of taking turns), and then at most
+``window_s``, and at most a quarter of the previous forward pass, once the worker is free; never past
+``max_batch`` queries. The batch runs on one worker thread, split into
 groups of equal ``k`` and selection, each one ``retrieve_batch`` call; queries that arrive meanwhile form the
 next batch. Throughput grows with the number of clients, while a lone client pays at most the window
-(usually nothing: its previous batch held one query). Results equal single in-process calls (padding in a batch moves scores by
-~1e-7; ``tests/test_serve.py`` checks ids and scores against ``retrieve``).
+(usually nothing: its previous batch held one query). The queue is bounded: past ``max_queue`` queries waiting,
+:meth:`Batcher.retrieve` raises :class:`Overloaded` at once (the service answers 503 with ``Retry-After``), so a
+served query waits for at most ``max_queue / max_batch + 1`` forward passes however many clients call. Results
+equal single in-process calls (padding in a batch moves scores by ~1e-7; ``tests/test_serve.py`` checks ids and
+scores against ``retrieve``).
 
 Example:
     >>> import asyncio
@@ -33,7 +38,19 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "Overloaded"]
+
+FIRST_PASS_GUESS_S = 0.05  # what Retry-After assumes a forward pass takes until one was timed
+WAIT_SHARE = 0.25  # a batch waits for stragglers at most this share of the previous forward pass
+
+
+class Overloaded(Exception):
+    """The batcher's queue is full; ``retry_after_s``: about how long it takes to drain."""
+
+    def __init__(self, queued: int, limit: int, retry_after_s: float) -> None:
+        super().__init__(f"overloaded: {queued} queries are waiting (the limit is {limit}); retry in about "
+                         f"{retry_after_s * 1000:.0f} ms")
+        self.queued, self.limit, self.retry_after_s = queued, limit, retry_after_s
 
 
 @dataclasses.dataclass
@@ -48,17 +65,22 @@ class _Job:
 class Batcher:
     """Batches ``retrieve`` calls of many requests into ``retriever.retrieve_batch`` calls on one worker thread.
 
+    ``max_queue``: queries waiting (not yet in a forward pass) at most, ``None`` for no bound; a request that would
+    go past it is refused with :class:`Overloaded`, unless nothing waits (so any request can get in).
     ``on_batch(n_queries, seconds)`` is called after each forward pass (for metrics).
     """
 
-    def __init__(self, retriever: Any, *, window_s: float = 0.003, max_batch: int = 32,
+    def __init__(self, retriever: Any, *, window_s: float = 0.003, max_batch: int = 32, max_queue: int | None = None,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         self.retriever = retriever
         self.window_s = window_s
         self.max_batch = max_batch
+        self.max_queue = max_queue
         self.on_batch = on_batch
         self.batches = 0
-        self._expected = 1  # queries in the previous batch: worth waiting for until this one holds as many
+        self.queued = 0  # queries waiting for a forward pass
+        self.last_batch_s = FIRST_PASS_GUESS_S  # the time of the latest forward pass (a guess before the first)
+        self._expected = 1  # queries worth waiting for: the previous batch's and those that queued while it ran
         self._queue: asyncio.Queue[_Job | None] | None = None
         self._task: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-fungi-batch")
@@ -83,26 +105,43 @@ class Batcher:
         """
         if self._queue is None or self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
+        n = len(queries)
+        refusal = self.refusal(n)
+        if refusal is not None:
+            raise refusal
         loop = asyncio.get_running_loop()
         job = _Job(list(queries), k, selection, key, loop.create_future())
         self._queue.put_nowait(job)
+        self.queued += n
         return await job.future
+
+    def refusal(self, n: int = 1) -> Overloaded | None:
+        """The :class:`Overloaded` error a request of ``n`` queries would get now, or None when it would be queued."""
+        if self.max_queue is None or not self.queued or self.queued + n <= self.max_queue:
+            return None
+        return Overloaded(self.queued, self.max_queue, (self.queued / self.max_batch + 1) * self.last_batch_s)
+
+    def _took(self, job: _Job | None) -> _Job | None:
+        if job is not None:
+            self.queued -= len(job.queries)
+        return job
 
     async def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
         """``first``, the jobs already queued, and those arriving within its window while the batch is smaller than
         the previous one (never past ``max_batch`` queries); True when the stop sentinel was taken."""
         assert self._queue is not None
         jobs, n = [first], len(first.queries)
-        deadline = time.monotonic() + self.window_s  # from when the worker is free: queued clients' peers get their window too
+        # from when the worker is free (queued clients' peers get their window too), never long next to a forward pass
+        deadline = time.monotonic() + min(self.window_s, WAIT_SHARE * self.last_batch_s)
         while n < self.max_batch:
             try:
-                nxt = self._queue.get_nowait()
+                nxt = self._took(self._queue.get_nowait())
             except asyncio.QueueEmpty:
                 remaining = deadline - time.monotonic()
                 if n >= self._expected or remaining <= 0:
                     break
                 try:
-                    nxt = await asyncio.wait_for(self._queue.get(), remaining)
+                    nxt = self._took(await asyncio.wait_for(self._queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
             if nxt is None:
@@ -116,12 +155,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            first = await self._queue.get()
+            first = self._took(await self._queue.get())
             if first is None:
                 break
             jobs, stopping = await self._gather(first)
-            self._expected = sum(len(j.queries) for j in jobs)
             outcomes = await loop.run_in_executor(self._worker, self._run, jobs)
+            # who comes next: this batch's clients, coming back, and those that queued meanwhile (one batch, not two halves)
+            self._expected = min(self.max_batch, sum(len(j.queries) for j in jobs) + self.queued)
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if job.future.done():  # the client went away
                     continue
@@ -155,7 +195,8 @@ class Batcher:
                 outcomes[i] = rows[at : at + len(jobs[i].queries)]
                 at += len(jobs[i].queries)
         self.batches += 1
+        self.last_batch_s = time.perf_counter() - started
         if self.on_batch is not None:
             with contextlib.suppress(Exception):
-                self.on_batch(sum(len(j.queries) for j in jobs), time.perf_counter() - started)
+                self.on_batch(sum(len(j.queries) for j in jobs), self.last_batch_s)
         return outcomes

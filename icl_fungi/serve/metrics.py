@@ -46,6 +46,8 @@ class Metrics:
         self.batch_seconds = Histogram("icl_fungi_batch_seconds", "Time of one forward pass and search",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.adds = Counter("icl_fungi_examples_added", "Examples added and acknowledged (durable)", registry=r)
+        self.queue = Gauge("icl_fungi_queue_queries", "Queries waiting for a forward pass", registry=r)
+        self.rejected = Counter("icl_fungi_rejected", "Requests refused with 503 because the query queue was full", registry=r)
 
     def method(self, method: str) -> str:
         """The method label: a standard HTTP method, else ``other`` (a client cannot make up label values)."""
@@ -71,6 +73,10 @@ class Metrics:
     def track_pool(self, size: Callable[[], float]) -> None:
         """Report ``size()`` as the pool size at each scrape."""
         self.pool_size.set_function(size)
+
+    def track_queue(self, depth: Callable[[], float]) -> None:
+        """Report ``depth()`` as the query queue's depth at each scrape."""
+        self.queue.set_function(depth)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

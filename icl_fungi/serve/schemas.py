@@ -24,21 +24,22 @@ from ..selection import Selection
 from ..template import PromptTemplate, available_templates
 from .settings import ServeSettings
 
-__all__ = ["AddRequest", "InputError", "PromptRequest", "RetrieveRequest", "check_add", "check_prompt", "check_retrieve",
-           "error_body"]
+__all__ = ["AddRequest", "InputError", "PromptRequest", "RetrieveRequest", "check_add", "check_idempotency_key", "check_prompt",
+           "check_retrieve", "error_body"]
 
 MAX_SPEC_CHARS = 1000
 MAX_LABEL_CHARS = 500
 MAX_PROMPT_TOKENS = 10_000_000
 MAX_SEED = 2**32 - 1
+MAX_KEY_CHARS = 255
 
 
 class InputError(Exception):
     """Bad input: answered with ``status`` and a JSON error naming ``field``."""
 
-    def __init__(self, field: str, message: str, status: int = 422) -> None:
+    def __init__(self, field: str | None, message: str, status: int = 422, kind: str | None = None) -> None:
         super().__init__(message)
-        self.field, self.message, self.status = field, message, status
+        self.field, self.message, self.status, self.kind = field, message, status, kind
 
 
 def error_body(message: str, field: str | None = None, kind: str = "invalid_request") -> dict[str, Any]:
@@ -184,3 +185,17 @@ def check_add(req: AddRequest, settings: ServeSettings, *, has_labels: bool = Tr
     for i, label in enumerate(req.labels or ()):
         if isinstance(label, str):
             _check_text(f"labels[{i}]", label, MAX_LABEL_CHARS, "label")
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header: ``None``, or 1 to 255 visible ASCII characters (no spaces); InputError otherwise.
+
+    >>> check_idempotency_key("9b2f-41c7"), check_idempotency_key(None)
+    ('9b2f-41c7', None)
+    """
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_KEY_CHARS or not all("!" <= c <= "~" for c in value):
+        raise InputError("idempotency-key", f"idempotency-key: expected 1 to {MAX_KEY_CHARS} visible ASCII characters "
+                         f"(no spaces), got {len(value)} characters")
+    return value

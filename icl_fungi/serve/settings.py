@@ -32,8 +32,11 @@ class ServeSettings:
         path: the saved retriever's directory (its add log is the sibling ``<path>.wal``).
         host, port: where to listen (loopback unless told otherwise).
         api_key: with a key, every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>``.
-        gather_ms: how long the first query of a batch waits for others to share its forward pass.
+        gather_ms: how long a batch waits at most for the queries expected to share its forward pass (and at most
+            a quarter of the previous pass).
         max_batch: queries per forward pass at most.
+        max_queue: queries waiting for a forward pass at most; past it a query request gets 503 with ``Retry-After``
+            at once (overload sheds load instead of growing every client's latency).
         max_k, max_queries, max_text_chars, max_examples, max_body_bytes: input limits (a request over one
             gets a 4xx naming the field).
         read_only: refuse ``POST /v1/examples`` (no add log is opened).
@@ -46,8 +49,9 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = dataclasses.field(default=None, repr=False)
-    gather_ms: float = 3.0
+    gather_ms: float = 10.0
     max_batch: int = 32
+    max_queue: int = 64
     max_k: int = 100
     max_queries: int = 64
     max_text_chars: int = 4000
@@ -71,5 +75,5 @@ class ServeSettings:
         if self.gather_ms > 1000:
             raise ValueError(f"gather_ms must be at most 1000 (a window, not a delay), got {self.gather_ms}")
         _positive("shutdown_timeout", self.shutdown_timeout, kind=float)
-        for name in ("max_batch", "max_k", "max_queries", "max_text_chars", "max_examples", "max_body_bytes"):
+        for name in ("max_batch", "max_queue", "max_k", "max_queries", "max_text_chars", "max_examples", "max_body_bytes"):
             _positive(name, getattr(self, name))
