@@ -108,3 +108,18 @@ def test_the_readme_pairs_line_builds_as_written(tmp_path, monkeypatch, capsys):
     (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
     assert main(["-q", *argv]) == 0, capsys.readouterr().err
     assert "saved a retriever over 3 examples with outputs" in capsys.readouterr().out
+
+
+def test_no_tracked_file_holds_merge_markers():
+    """A merge resolved by hand leaves no conflict markers in a tracked text file."""
+    import subprocess
+
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True).stdout.split()
+    marker = re.compile(r"^(<{7} |={7}$|>{7} )", re.M)
+    found = []
+    for name in files:
+        path = ROOT / name
+        text_file = path.suffix in {".py", ".md", ".toml", ".json", ".txt", ".cfg", ".sh", ""} and path.is_file()
+        if text_file and path.stat().st_size < 5_000_000 and marker.search(path.read_text(errors="replace")):
+            found.append(name)
+    assert found == []
