@@ -4,9 +4,10 @@ coverage (gold label among the k) and FUNGI's precision (k-NN vote, P@k), withou
 Dev split (80 % of train as the pool, sampled to N per label with pool seed 0; the 20 % held out as queries). Per
 pool size, the default FUNGI retriever and the plain-embedding one are built once; every design is simulated on
 exact similarities (no LLM): plain top-k of each, reciprocal-rank fusion, and FUNGI top-k with the labels of the
-embedding's top candidates guaranteed a slot. The embedding's ranking is read either from its own retriever
-(``true``) or from the FUNGI index queried with the query's embedding block alone (``proxy``: what a retriever can do
-with one index).
+embedding's top candidates guaranteed a slot (``coverM``: the labels of the embedding's top M; ``cover20`` at k = 20
+is the library's ``Selection("cover")``), each with the automatic KL weight and with fixed ones (``-klW``). The
+embedding's ranking is read either from its own retriever (``true``) or from the FUNGI index queried with the query's
+embedding block alone (``proxy``: what the library does, with one index).
 
     python eval/explore/coverage.py --sizes 5,10,20,all --k 20
 """
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sizes", default="5,10,20,all")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--queries", type=int, default=0, help="dev queries (0: all 1,998)")
+    ap.add_argument("--kl-weights", default="0.5", help="fixed KL weights besides the automatic one (comma-separated)")
     ap.add_argument("--out", default=str(RESULTS / "explore" / "dev-coverage.json"))
     return ap.parse_args(argv)
 
@@ -106,33 +108,47 @@ def proxy_sims(r: ICLRetriever, queries: list[str], pool_vectors: np.ndarray) ->
     return v @ pool_vectors.T
 
 
-def run_size(size: str, pool: tuple, queries: tuple, k: int) -> list[dict]:
+def designs_for(tag: str, fungi: ICLRetriever, texts: list, lab: np.ndarray, q_texts: list, e_rank: np.ndarray, k: int,
+                with_true: bool) -> dict:
+    """The FUNGI-based designs of one FUNGI retriever (``tag``: its KL weight's name)."""
+    f_pool = fungi.index.get_vectors(range(len(texts)))
+    f_sims = fungi.vectors(q_texts) @ f_pool.T
+    p_sims = proxy_sims(fungi, q_texts, f_pool)
+    deep = min(200, len(texts))
+    f_rank, p_rank = topk(f_sims, deep), topk(p_sims, deep)
+    out = {f"fungi{tag}": (f_rank[:, :k].tolist(), f_sims), f"rrf-proxy{tag}": (rrf(f_rank, p_rank, k), f_sims),
+           f"cover10-proxy{tag}": (cover(f_rank, p_rank, f_sims, lab, k, 10), f_sims),
+           f"cover20-proxy{tag}": (cover(f_rank, p_rank, f_sims, lab, k, 20), f_sims)}
+    if with_true:
+        overlap = float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(e_rank, p_rank, strict=True)]))
+        out.update({"proxy-embedding": (p_rank[:, :k].tolist(), p_sims, overlap), "rrf-true": (rrf(f_rank, e_rank, k), f_sims),
+                    "cover20-true": (cover(f_rank, e_rank, f_sims, lab, k, 20), f_sims)})
+    return out
+
+
+def run_size(size: str, pool: tuple, queries: tuple, k: int, kl_weights: list[float]) -> list[dict]:
     texts, labels = pool if size == "all" else sample_per_label(*pool, int(size), seed=0)
     lab = np.array(labels, dtype=object)
     q_texts, gold = queries
-    fungi = ICLRetriever.from_texts(texts, labels, index=VectorIndex(exact_threshold=10**9), show_progress_bar=False)
     emb = ICLRetriever.from_texts(texts, labels, features=("embedding",), center_blocks=False,
                                   index=VectorIndex(exact_threshold=10**9), show_progress_bar=False)
-    f_pool = fungi.index.get_vectors(range(len(texts)))
     e_pool = emb.index.get_vectors(range(len(texts)))
-    f_sims = fungi.vectors(q_texts) @ f_pool.T
     e_sims = emb.vectors(q_texts) @ e_pool.T
-    p_sims = proxy_sims(fungi, q_texts, f_pool)
-    deep = min(200, len(texts))
-    f_rank, e_rank, p_rank = topk(f_sims, deep), topk(e_sims, deep), topk(p_sims, deep)
-    overlap = float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(e_rank, p_rank, strict=True)]))
-    designs = {"embedding": (e_rank[:, :k].tolist(), e_sims), "fungi": (f_rank[:, :k].tolist(), f_sims),
-               "proxy-embedding": (p_rank[:, :k].tolist(), p_sims)}
-    for name, er in (("true", e_rank), ("proxy", p_rank)):
-        designs[f"rrf-{name}"] = (rrf(f_rank, er, k), f_sims)
-        for m in (5, 10, 20):
-            designs[f"cover{m}-{name}"] = (cover(f_rank, er, f_sims, lab, k, m), f_sims)
-        designs[f"cover10-{name}-nn"] = (cover(f_rank, er, f_sims, lab, k, 10, nearest="embedding"), f_sims)
+    e_rank = topk(e_sims, min(200, len(texts)))
+    designs = {"embedding": (e_rank[:, :k].tolist(), e_sims)}
+    weights = {}
+    for w in [None, *kl_weights]:  # None: the automatic weight
+        fungi = ICLRetriever.from_texts(texts, labels, index=VectorIndex(exact_threshold=10**9), show_progress_bar=False,
+                                        block_weights=None if w is None else {"kl": w})
+        tag = "" if w is None else f"-kl{w:g}"
+        weights[tag] = fungi.block_weights.get("kl")
+        designs.update(designs_for(tag, fungi, texts, lab, q_texts, e_rank, k, with_true=w is None))
     rows = []
-    for name, (chosen, sims) in designs.items():
+    for name, (chosen, sims, *overlap) in designs.items():
+        tag = next((t for t in weights if t and name.endswith(t)), "")
         rows.append({"per label": size, "design": name, **metrics(chosen, sims, lab, gold, k),
-                     "proxy top-k overlap": overlap if name == "proxy-embedding" else None,
-                     "kl weight": fungi.block_weights.get("kl")})
+                     "proxy top-k overlap": overlap[0] if overlap else None,
+                     "kl weight": None if name == "embedding" else weights[tag]})
         print(rows[-1], flush=True)
     return rows
 
@@ -143,9 +159,11 @@ def main() -> None:
     if args.queries:
         pick = np.random.default_rng(0).choice(len(dev_t), args.queries, replace=False)
         dev_t, dev_l = [dev_t[i] for i in pick], [dev_l[i] for i in pick]
-    rows = [r for size in args.sizes.split(",") for r in run_size(size, (pool_t, pool_l), (dev_t, dev_l), args.k)]
+    weights = [float(w) for w in args.kl_weights.split(",") if w]
+    rows = [r for size in args.sizes.split(",") for r in run_size(size, (pool_t, pool_l), (dev_t, dev_l), args.k, weights)]
     cols = ["per label", "design", "gold in k", "1-NN", "vote", "P@k", "labels", "kl weight", "proxy top-k overlap"]
-    write_results(Path(args.out), {"meta": run_meta(sizes=args.sizes, k=args.k, queries=len(dev_t)), "rows": rows},
+    write_results(Path(args.out), {"meta": run_meta(sizes=args.sizes, k=args.k, queries=len(dev_t), kl_weights=weights),
+                                   "rows": rows},
                   title=f"Coverage against agreement at k = {args.k}, dev split ({len(dev_t)} queries)",
                   table=markdown_table(rows, cols, digits=4))
 
