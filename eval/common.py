@@ -339,14 +339,19 @@ def build_retriever(texts: list[str], labels: list, spec: dict[str, Any], *, mod
 
 def versus_embedding(paired: dict, name: str) -> dict | None:
     """``name`` against ``embedding`` (difference, CI, McNemar p) from a report's paired comparisons, which hold
-    each pair once in selector order."""
-    if f"{name}_vs_embedding" in paired:
-        return paired[f"{name}_vs_embedding"]
-    other = paired.get(f"embedding_vs_{name}")
-    if other is None:
-        return None
-    lo, hi = other["ci95"]
-    return {**other, "difference": 0.0 - other["difference"], "ci95": [0.0 - hi, 0.0 - lo]}  # 0.0 - x: no -0.0
+    each pair once in selector order; an order variant ``X+ORDER`` (``eval/reader/export_round.py``'s names) against
+    ``embedding+ORDER`` when the report has it."""
+    bases = [f"embedding+{name.split('+', 1)[1]}"] if "+" in name else []
+    for base in [*bases, "embedding"]:
+        if name == base:
+            return None
+        if f"{name}_vs_{base}" in paired:
+            return paired[f"{name}_vs_{base}"]
+        other = paired.get(f"{base}_vs_{name}")
+        if other is not None:
+            lo, hi = other["ci95"]
+            return {**other, "difference": 0.0 - other["difference"], "ci95": [0.0 - hi, 0.0 - lo]}  # 0.0 - x: no -0.0
+    return None
 
 
 def format_difference(pair: dict | None, p_format: str | None = ".3f") -> str:

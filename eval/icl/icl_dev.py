@@ -43,7 +43,7 @@ OWNED = ("data", "out", "selectors", "k", "limit", "seed", "cache", "per_label")
 
 
 def summarise(report: dict) -> dict[str, dict]:
-    """Per selector: accuracy, paired difference to ``embedding``, and from the report's retrieval figures the
+    """Per selector: accuracy, paired difference to ``embedding`` (in the same order), and from the report's retrieval figures the
     share of queries whose nearest example has the gold label (1-NN) and the gold share of the k (P@k)."""
     k = report["settings"]["k"]
     by_sel: dict[str, dict[int, dict]] = {}
@@ -55,10 +55,11 @@ def summarise(report: dict) -> dict[str, dict]:
         retrieval = report["selectors"][sel]["retrieval"]
         row = {"n": len(idx), "accuracy": report["selectors"][sel]["accuracy"], "gold_nearest": retrieval["1nn_acc"],
                "gold_share": retrieval[f"p@{k}"], "spec": report["selector_specs"][sel]}
-        if sel != "embedding" and "embedding" in by_sel:
-            common = [q for q in idx if q in by_sel["embedding"]]
+        base = f"embedding+{sel.split('+', 1)[1]}" if "+" in sel and f"embedding+{sel.split('+', 1)[1]}" in by_sel else "embedding"
+        if sel != base and base in by_sel:  # an order variant X+ORDER against embedding+ORDER
+            common = [q for q in idx if q in by_sel[base]]
             row["vs_embedding"] = paired_comparison([recs[q]["correct"] for q in common],
-                                                    [by_sel["embedding"][q]["correct"] for q in common])
+                                                    [by_sel[base][q]["correct"] for q in common])
         rows[sel] = row
     return rows
 

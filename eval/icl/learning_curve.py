@@ -121,7 +121,8 @@ def curve_rows(reports: dict[str, dict]) -> list[dict]:
         for name, m in rep["selectors"].items():
             r = m["retrieval"]
             pair = versus_embedding(rep["paired"], name)
-            rows.append({"per label": size, "k": k, "selector": name, "n": m["n"], "accuracy": m["accuracy"],
+            order = (rep.get("selector_specs", {}).get(name) or {}).get("order", "similar_last")
+            rows.append({"per label": size, "k": k, "selector": name, "order": order, "n": m["n"], "accuracy": m["accuracy"],
                          "ci95": m["accuracy_ci95"], "1-NN": r["1nn_acc"], "k-NN vote": r[f"knn{k}_vote_acc"], "P@k": r[f"p@{k}"],
                          "gold in top-k": r[f"gold_in_top{k}"], "copies nearest": m.get("answers_nearest_label"),
                          "build s": (rep["selector_configs"].get(name) or {}).get("build_s"),
@@ -178,7 +179,7 @@ def main() -> None:
                    "vs embedding": "" if r["vs embedding"] is None else
                    format_difference({"difference": r["vs embedding"], "ci95": r["vs embedding ci95"]}, p_format=None)}
                   for r in rows]
-    cols = ["per label", "k", "selector", "n", "accuracy", "ci95", "vs embedding", "mcnemar p", "1-NN", "k-NN vote", "P@k",
+    cols = ["per label", "k", "selector", "order", "n", "accuracy", "ci95", "vs embedding", "mcnemar p", "1-NN", "k-NN vote", "P@k",
             "gold in top-k", "copies nearest", "build s"]
     table = markdown_table(table_rows, cols, digits=4)
     write_results(out / "curve.json", {"meta": run_meta(sizes=args.sizes, selectors=args.selectors, limit=args.limit, k=args.k,
