@@ -372,7 +372,10 @@ def _load_encoder(cls: type[FungiEncoder], path: Path, *, model: Any, **options:
     from ..parts import read_part
 
     info, _ = read_part(path)
-    config = FeatureConfig.from_dict(info.get("feature_config"))
+    try:  # a saved file's config of the wrong type is damaged data: a ValueError naming the file
+        config = FeatureConfig.from_dict(info.get("feature_config"))
+    except TypeError as err:
+        raise ValueError(f"{path}: its feature_config is not valid: {err}") from None
     enc = cls(model, config, **options)
     enc.model_name = info.get("model", enc.model_name)
     if enc.target.name != info.get("target_layer") or model_fingerprint(enc.model) != info.get("model_fingerprint"):
