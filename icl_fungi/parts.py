@@ -35,7 +35,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -102,8 +102,7 @@ def read_array(f: Path) -> np.ndarray:
     try:
         with f.open("rb") as fh:
             version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(fh)
+            shape, dtype = _read_header(fh, version)
             if dtype.hasobject:
                 raise ValueError("its dtype holds Python objects (pickle)")
             expected = fh.tell() + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
@@ -116,6 +115,18 @@ def read_array(f: Path) -> np.ndarray:
         return array
     except (ValueError, EOFError, OverflowError, TypeError, SyntaxError) as err:
         raise ValueError(f"{f} is not a plain numeric array: {err!s:.200}") from None
+
+
+def _read_header(fh: BinaryIO, version: tuple[int, int]) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from a ``.npy`` header. numpy parses the header text with ``ast`` and ``tokenize``, which
+    raise their own errors on damaged bytes (``SyntaxError``, ``tokenize.TokenError``, ``RecursionError`` on deep
+    nesting): every one of them means the same thing here, a header that is not one numpy wrote."""
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        shape, _, dtype = read_header(fh)
+    except Exception as err:  # noqa: BLE001 - any parse failure of untrusted header text is a damaged file
+        raise ValueError(f"its header does not parse ({type(err).__name__}: {err!s:.120})") from None
+    return shape, dtype
 
 
 class SavedPart:

@@ -3,6 +3,7 @@ our own checks with a clear error, and no marker file the payload would write ap
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -184,3 +185,27 @@ def test_a_pickled_array_is_refused_without_running_it(saved, tmp_path, monkeypa
         with pytest.raises(ValueError, match=name.replace(".", r"\.")):
             ICLRetriever.load(path)
         _marker_absent(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (b"{", b"z"),  # numpy's ast parse fails, then its tokenize fallback raises TokenError (the CI case)
+        (b"}", b"{"),  # unbalanced braces
+        (b"'shape': (", b"'shape': " + b"(" * 9),  # deep nesting
+        (b"'<f8'", b"'|O8'"),  # an object dtype: would need pickle
+        (b"(7,)", b"(9999999999999,)"),  # a shape the file cannot hold
+    ],
+)
+def test_a_damaged_npy_header_is_a_value_error_naming_the_file(tmp_path, old, new):
+    """Header bytes numpy's parser chokes on, or that ask for something unsafe: a ValueError naming the file."""
+    from icl_fungi.parts import read_array
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(7, dtype=np.float64))
+    data = buffer.getvalue()
+    assert old in data
+    path = tmp_path / "damaged.npy"
+    path.write_bytes(data.replace(old, new, 1))
+    with pytest.raises(ValueError, match=r"damaged\.npy"):
+        read_array(path)
