@@ -70,7 +70,7 @@ class ICLRetriever(PromptMethods, AsyncMethods):
         fit_weights: choose the weights from the labelled pool itself (no held-out labels used):
             ``"auto"`` (default) sets the KL weight, unless ``block_weights`` gives it, from how well the
             plain embedding already groups the pool's labels (:data:`~icl_fungi.combine.AUTO_KL_ANCHORS`:
-            1 on a few examples per label, 0.3 on a pool the embedding already separates); ``"loo"``
+            0.5 on a few examples per label, 0.3 on a pool the embedding already separates); ``"loo"``
             searches the gradient blocks' weights for the best leave-one-out P@20; ``None`` keeps the
             given or default weights (embedding 1, kl 0.3, simclr 0.3).
     """

@@ -73,3 +73,17 @@ def test_eval_runs_selector_specs(intent_data, tmp_path):
         chosen = [train_labels[i] for i in r["examples"]]
         assert len(chosen) == 5 and len(set(chosen)) == 5
     assert set(report["paired"]) == {"near_vs_far", "near_vs_cap", "far_vs_cap"}
+
+
+def test_a_selector_without_selection_uses_the_retrievers_default(intent_data, tmp_path):
+    """``fungi`` alone shows what a user's ``retrieve`` call returns (the retriever's ``default_selection``, cover
+    on a labelled pool), not top-k; a spec that names a selection keeps it."""
+    assert parse_selector("fungi").selection is None and parse_selector("fungi").describe()["selection"] is None
+    specs = ("dflt=fungi", "cov=fungi;selection=cover", "top=fungi;selection=topk")
+    with FakeLLM() as llm:
+        report = run_icl_eval(_settings(intent_data, tmp_path / "s", llm.base_url, selectors=specs))
+    assert report["selector_configs"]["dflt"]["default_selection"]["strategy"]["name"] == "cover"
+    rows = {name: [r["examples"] for r in report["records"] if r["selector"] == name] for name in ("dflt", "cov", "top")}
+    assert rows["dflt"] == rows["cov"]
+    assert rows["dflt"] != rows["top"]  # the fixture's pool is small enough that cover changes some rows
+

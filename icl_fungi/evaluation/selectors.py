@@ -7,7 +7,8 @@ encoder: a sentence-transformers name or folder), any :class:`FeatureConfig` fie
 ``fit_weights``, the :class:`Selection` options (``selection=label_coverage``, ``n_labels``,
 ``max_per_label``, ``mmr_lambda``, ``fetch_k``, ``exclude_query``, ``dedup_threshold``,
 ``allowed_labels=a|b``) and
-``order`` (as in ``build_prompt``).
+``order`` (as in ``build_prompt``). Without ``selection``, a selector uses its retriever's
+``default_selection`` (what a user's ``retrieve`` call gets).
 
 Example:
     >>> spec = parse_selector("cov=fungi;selection=label_coverage;n_labels=4;w.kl=0.5")
@@ -45,7 +46,7 @@ class SelectorSpec:
     features: dict[str, Any] = dataclasses.field(default_factory=dict)
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
     fit_weights: str | None = DEFAULT_FIT_WEIGHTS
-    selection: Selection = dataclasses.field(default_factory=Selection)
+    selection: Selection | None = None  # None: the retriever's default_selection
     order: str = "similar_last"
     model: str | None = None
 
@@ -57,7 +58,8 @@ class SelectorSpec:
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for the report)."""
         return {"base": self.base, "model": self.model, "features": self.features, "weights": self.weights,
-                "fit_weights": self.fit_weights, "selection": self.selection.describe(), "order": self.order}
+                "fit_weights": self.fit_weights,
+                "selection": None if self.selection is None else self.selection.describe(), "order": self.order}
 
 
 def parse_selector(text: str) -> SelectorSpec:
@@ -111,7 +113,7 @@ def parse_selector(text: str) -> SelectorSpec:
     try:
         if base not in FIXED:
             FeatureConfig(**features)  # checks the values now, not after a build
-        chosen = Selection(**selection)
+        chosen = Selection(**selection) if selection else None
     except (TypeError, ValueError) as err:
         raise ValueError(f"selector {name!r}: {err}") from None
     return SelectorSpec(name, base, features, weights, fit_weights, chosen, order, model)
