@@ -44,7 +44,8 @@ OWNED = ("data", "out", "selectors", "k", "limit", "seed", "cache", "per_label")
 
 def summarise(report: dict) -> dict[str, dict]:
     """Per selector: accuracy, paired difference to ``embedding`` (in the same order), and from the report's retrieval figures the
-    share of queries whose nearest example has the gold label (1-NN) and the gold share of the k (P@k)."""
+    share of queries whose nearest example has the gold label (1-NN), the gold share of the k (P@k) and the mean prompt
+    tokens."""
     k = report["settings"]["k"]
     by_sel: dict[str, dict[int, dict]] = {}
     for r in report["records"]:
@@ -54,7 +55,8 @@ def summarise(report: dict) -> dict[str, dict]:
         idx = sorted(recs)
         retrieval = report["selectors"][sel]["retrieval"]
         row = {"n": len(idx), "accuracy": report["selectors"][sel]["accuracy"], "gold_nearest": retrieval["1nn_acc"],
-               "gold_share": retrieval[f"p@{k}"], "spec": report["selector_specs"][sel]}
+               "gold_share": retrieval[f"p@{k}"], "prompt_tokens_mean": report["selectors"][sel]["prompt_tokens"] / len(idx),
+               "spec": report["selector_specs"][sel]}
         base = f"embedding+{sel.split('+', 1)[1]}" if "+" in sel and f"embedding+{sel.split('+', 1)[1]}" in by_sel else "embedding"
         if sel != base and base in by_sel:  # an order variant X+ORDER against embedding+ORDER
             common = [q for q in idx if q in by_sel[base]]
@@ -112,9 +114,10 @@ def main() -> None:
     rows = summarise(report)
     table = [{"selector": s, "spec": json.dumps(r["spec"]), "queries": r["n"], "accuracy": r["accuracy"],
               "vs embedding (95 % CI)": format_difference(r.get("vs_embedding")), "nearest example gold": r["gold_nearest"],
-              f"gold share of {args.k}": r["gold_share"]}
+              f"gold share of {args.k}": r["gold_share"], "prompt tokens (mean)": r["prompt_tokens_mean"]}
              for s, r in rows.items()]
-    cols = ["selector", "queries", "accuracy", "vs embedding (95 % CI)", "nearest example gold", f"gold share of {args.k}", "spec"]
+    cols = ["selector", "queries", "accuracy", "vs embedding (95 % CI)", "nearest example gold", f"gold share of {args.k}",
+            "prompt tokens (mean)", "spec"]
     meta = run_meta(eval_command=" ".join(cmd), eval_args=args.eval_extra, settings=report.get("settings"),
                     selector_configs=report["selector_configs"])
     between = pair_table(report["paired"])
