@@ -27,6 +27,7 @@ __all__ = [
     "LABEL_FREE_KL_WEIGHT_CLUSTERED",
     "LABEL_FREE_MIN_PER_ROW",
     "BlockCombiner",
+    "auto_kl_weight",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,17 @@ AUTO_KL_ANCHORS = ((0.60, 0.5), (0.78, 0.3))
 LABEL_FREE_KL_WEIGHT = 0.3
 LABEL_FREE_KL_WEIGHT_CLUSTERED = 0.5
 LABEL_FREE_MIN_PER_ROW = 4.0
+
+
+def auto_kl_weight(p_at_k: float, anchors: tuple = AUTO_KL_ANCHORS) -> float:
+    """The KL weight ``fit_weights="auto"`` gives a pool whose plain embedding has leave-one-out P@k ``p_at_k``: linear
+    between the two ``(P@k, weight)`` anchors, constant outside them.
+
+    >>> auto_kl_weight(0.40), auto_kl_weight(0.69), auto_kl_weight(0.90)
+    (0.5, 0.4, 0.3)
+    """
+    (p_lo, w_hi), (p_hi, w_lo) = anchors
+    return round(float(np.interp(p_at_k, [p_lo, p_hi], [w_hi, w_lo])), 3)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -169,8 +181,7 @@ class BlockCombiner(SavedPart):
         only = {f: float(f == "embedding") for f in self.features}
         queries = np.sort(np.random.default_rng(seed).choice(n, size=min(n, n_queries), replace=False))
         p = _loo_precision(_unit(self.transform(blocks, only).astype(np.float32)), lab, queries, kk)
-        (p_lo, w_hi), (p_hi, w_lo) = AUTO_KL_ANCHORS
-        self.weights["kl"] = round(float(np.interp(p, [p_lo, p_hi], [w_hi, w_lo])), 3)
+        self.weights["kl"] = auto_kl_weight(p)
         logger.info("automatic block weights: %s (the embedding's leave-one-out P@%d on the pool: %.4f)", self.weights, kk, p)
         return {"weights": dict(self.weights), "loo_p@k": p, "k": kk}
 

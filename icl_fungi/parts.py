@@ -113,7 +113,7 @@ def read_array(f: Path) -> np.ndarray:
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
             raise ValueError("it holds NaN or infinite values")  # they would spread through every score
         return array
-    except (ValueError, EOFError, OverflowError, TypeError, SyntaxError) as err:
+    except (ValueError, EOFError, OverflowError, TypeError) as err:
         raise ValueError(f"{f} is not a plain numeric array: {err!s:.200}") from None
 
 

@@ -259,8 +259,8 @@ def test_real_dspy_program_against_the_embedded_llm(trainset, intent_queries, st
     query's FUNGI demos (checked in ``run_over_http``).
 
     No accuracy bar: the 270M base model does not follow DSPy's output format. Measured here: 0 of 12 answers
-    readable; under the ChatAdapter it replies ``[[ ## completed ## ]]`` without the label field (the JSON
-    fallback, off here, failed too) (the fake-server test above checks the parsing path with well-formed replies)."""
+    readable; under the ChatAdapter it replies ``[[ ## completed ## ]]`` without the label field, and the JSON
+    fallback (off here) failed too. The fake-server test above checks the parsing path with well-formed replies."""
     if os.environ.get("CI"):
         import llama_cpp  # noqa: F401 - in CI the embedded LLM must be installed: fail, never skip
     else:

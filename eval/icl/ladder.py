@@ -3,8 +3,8 @@ label is among the k examples (a reader's ceiling), 1-NN (a copier's), the weigh
 and the labels shown, for the plain embedding, the library's default and the 0.4 default.
 
 The default is what ``ICLRetriever.from_texts(texts, labels)`` retrieves (cover selection, the automatic KL weight);
-the 0.4 default is top-k with the KL weight its anchors gave, ``interp(P@k, [0.60, 0.78], [1.0, 0.3])`` of the same
-leave-one-out P@k the automatic rule reads. Queries: the ``--limit`` seeded test queries ``icl-fungi eval --limit N
+the 0.4 default is top-k with the KL weight its anchors gave (``auto_kl_weight`` with :data:`OLD_ANCHORS`) for the
+same leave-one-out P@k the automatic rule reads. Queries: the ``--limit`` seeded test queries ``icl-fungi eval --limit N
 --seed S`` draws; pools: ``--per-label N --pool-seed 0`` (``all``: the whole train split); retrievers built as the eval
 builds its selectors, so the figures are those of the eval's reports, at every size, without an LLM run.
 
@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/: common.py
 from common import DEFAULT_DATA, RESULTS, load_split, markdown_table, run_meta, write_results
 
 from icl_fungi import ICLRetriever
+from icl_fungi.combine import auto_kl_weight
 from icl_fungi.evaluation import retrieval_metrics
-from icl_fungi.evaluation.splits import sample_per_label
+from icl_fungi.evaluation.splits import sample_per_label, sample_queries
 
 OLD_ANCHORS = ((0.60, 1.0), (0.78, 0.3))  # the 0.4 default's (P@k, KL weight) anchors
 
@@ -39,12 +40,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="the eval's --seed (query sample and feature seed)")
     ap.add_argument("--out", default=str(RESULTS / "round4-test" / "ladder.json"))
     return ap.parse_args(argv)
-
-
-def seeded_queries(texts: list[str], labels: list, limit: int, seed: int) -> tuple[list[str], list]:
-    """The queries ``icl-fungi eval --limit --seed`` answers: a seeded sample without replacement, in split order."""
-    index = sorted(np.random.default_rng(seed).choice(len(texts), size=min(limit, len(texts)), replace=False).tolist())
-    return [texts[i] for i in index], [labels[i] for i in index]
 
 
 def ladder(rows: list, gold: list, k: int) -> dict[str, float]:
@@ -63,9 +58,7 @@ def run_size(size: str, pool: tuple[list, list], queries: tuple[list, list], k: 
     emb = ICLRetriever.from_texts(texts, labels, features=("embedding",), center_blocks=False, **common)
     default = ICLRetriever.from_texts(texts, labels, **common)
     p = default.weight_search_[0]["loo_p@k"]
-    (p_lo, w_hi), (p_hi, w_lo) = OLD_ANCHORS
-    old_w = round(float(np.interp(p, [p_lo, p_hi], [w_hi, w_lo])), 3)
-    old = ICLRetriever.from_texts(texts, labels, block_weights={"kl": old_w}, **common)
+    old = ICLRetriever.from_texts(texts, labels, block_weights={"kl": auto_kl_weight(p, OLD_ANCHORS)}, **common)
     chosen = {"embedding": (emb, None), "default": (default, None), "fungi-0.4": (old, "topk")}
     out = []
     for name, (r, selection) in chosen.items():
@@ -84,7 +77,9 @@ def run_size(size: str, pool: tuple[list, list], queries: tuple[list, list], k: 
 def main() -> None:
     args = parse_args()
     pool = load_split(args.data, "train")
-    queries = seeded_queries(*load_split(args.data, "test"), args.limit, args.seed)
+    te_texts, te_labels = load_split(args.data, "test")
+    index = sample_queries(len(te_texts), args.limit, seed=args.seed)
+    queries = [te_texts[i] for i in index], [te_labels[i] for i in index]
     rows = [row for size in args.sizes.split(",") for row in run_size(size.strip(), pool, queries, args.k, args.seed)]
     columns = ["per label", "selector", "kl weight", "gold in top-k", "gold in top-k vs embedding", "1-NN",
                "1-NN vs embedding", "k-NN vote", "k-NN vote vs embedding", "P@k", "labels shown"]

@@ -37,7 +37,7 @@ from .report import check_out_folder, eval_versions, write_report
 from .scoring import Chosen, make_records, paired, retriever_config, selector_metrics
 from .selectors import SelectorSpec, parse_selector
 from .settings import SELECTORS, EvalSettings, task_class
-from .splits import load_splits, sample_per_label
+from .splits import load_splits, sample_per_label, sample_queries
 from .tasks import LabelTask, OutputTask
 
 __all__ = ["SELECTORS", "EvalSettings", "load_splits", "run_icl_eval"]
@@ -111,9 +111,7 @@ def _load_data(settings: EvalSettings) -> tuple[tuple[list, list], tuple[list, l
 
 def _sample_queries(settings: EvalSettings, te_texts: list, te_labels: list) -> _Queries:
     """``--limit`` test queries drawn with ``--seed``, in test-split order."""
-    rng = np.random.default_rng(settings.seed)
-    n = len(te_texts) if settings.limit is None else min(settings.limit, len(te_texts))
-    q_index = sorted(rng.choice(len(te_texts), size=n, replace=False).tolist())
+    q_index = sample_queries(len(te_texts), settings.limit, seed=settings.seed)
     return _Queries(q_index, [te_texts[i] for i in q_index], [te_labels[i] for i in q_index])
 
 

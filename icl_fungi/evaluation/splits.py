@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data import load_pool, looks_like_hub_name
 
-__all__ = ["LABEL_COLUMNS", "load_splits", "sample_per_label"]
+__all__ = ["LABEL_COLUMNS", "load_splits", "sample_per_label", "sample_queries"]
 
 LABEL_COLUMNS = ("label", "category", "intent")
 _SPLIT_FILES = ("csv", "tsv", "jsonl", "json")
@@ -75,6 +75,17 @@ def load_splits(data: str, text_column: str = "text", label_column: str | None =
     train = load_pool(sources[0], text_column=text_column, label_column=label_column)
     test = load_pool(sources[1], text_column=text_column, label_column=label_column)
     return train[0], train[1], test[0], test[1], label_column
+
+
+def sample_queries(n: int, limit: int | None, *, seed: int = 0) -> list[int]:
+    """Positions of the ``limit`` test queries ``icl-fungi eval --limit --seed`` answers (all ``n`` when ``limit`` is
+    ``None``): a seeded sample without replacement, in split order.
+
+    >>> sample_queries(10, 3, seed=0) == sample_queries(10, 3, seed=0)
+    True
+    """
+    size = n if limit is None else min(limit, n)
+    return sorted(np.random.default_rng(seed).choice(n, size=size, replace=False).tolist())
 
 
 def sample_per_label(texts: Sequence[str], labels: Sequence, n: int, *, seed: int = 0) -> tuple[list[str], list]:
