@@ -81,13 +81,18 @@ def _interval(ci: list[float] | None) -> str:
     return "" if not ci else f"{ci[0]:+.4f} to {ci[1]:+.4f}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``: the arguments after the script, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("curves", nargs="+", type=Path, help="curve.json files of learning_curve.py")
     ap.add_argument("--default", default="fungi", help="the selector held to the bars")
     ap.add_argument("--baseline", default="embedding")
     ap.add_argument("--out", required=True, type=Path)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     order = {"5": 0, "10": 1, "20": 2, "all": 3}
     rows = sorted(read_rows(args.curves), key=lambda r: (order.get(str(r["per label"]), 9), r["order"] != "similar_last",
                                                          r["selector"] != args.baseline))
