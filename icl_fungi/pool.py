@@ -120,3 +120,43 @@ class ExamplePool:
         """This pool followed by ``new`` (a new value; see :meth:`check_same_kind`)."""
         self.check_same_kind(new)
         return ExamplePool(self.texts + new.texts, _join(self.labels, new.labels), _join(self.outputs, new.outputs))
+
+
+class PoolMethods:
+    """The pool's read-only views (texts, labels, outputs, label set and counts) for a class that keeps its
+    :class:`ExamplePool` in ``_pool`` (:class:`~icl_fungi.ICLRetriever`): the pool's shape here, retrieval there."""
+
+    _pool: ExamplePool
+
+    @property
+    def texts(self) -> list[str]:
+        """Pool texts (a copy)."""
+        return list(self._pool.texts)
+
+    @property
+    def labels(self) -> list[Label] | None:
+        """Pool labels (a copy); ``None`` for a pool without labels."""
+        return None if (labels := self._pool.labels) is None else list(labels)
+
+    @property
+    def outputs(self) -> list[str] | None:
+        """Pool outputs (a copy); ``None`` for a pool without outputs."""
+        return None if (outputs := self._pool.outputs) is None else list(outputs)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when the pool's examples have labels."""
+        return self._pool.has_labels
+
+    @property
+    def has_outputs(self) -> bool:
+        """True when the pool's examples have outputs (a pool of pairs)."""
+        return self._pool.has_outputs
+
+    def label_set(self) -> list[Label]:
+        """The pool's distinct labels, sorted as prompts list them (empty for a pool without labels)."""
+        return list(self._pool.label_set)
+
+    def label_counts(self) -> dict[Label, int]:
+        """Examples per label in the pool (empty for a pool without labels)."""
+        return self._pool.label_counts()

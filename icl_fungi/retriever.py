@@ -33,7 +33,7 @@ from .features.config import LABEL_FREE_KL_HEAD
 from .index import Index, VectorIndex, index_class, registered_indexes
 from .manifest import check_save_target, read_retriever, write_retriever
 from .pca import PCA
-from .pool import ExamplePool, RetrievedExample
+from .pool import ExamplePool, PoolMethods, RetrievedExample
 from .prompt import PromptMethods
 from .selection import Selection, select_from_index
 
@@ -50,7 +50,7 @@ def _check_k(k: object) -> int:
     return int(k)
 
 
-class ICLRetriever(PromptMethods, AsyncMethods):
+class ICLRetriever(PoolMethods, PromptMethods, AsyncMethods):
     """An example pool, its FUNGI feature vectors and a cosine index.
 
     Build one with :meth:`from_texts`, :meth:`from_pairs` or :meth:`from_dataset` (or construct it with an
@@ -246,31 +246,6 @@ class ICLRetriever(PromptMethods, AsyncMethods):
         return len(self.index)
 
     @property
-    def texts(self) -> list[str]:
-        """Pool texts (a copy)."""
-        return list(self._pool.texts)
-
-    @property
-    def labels(self) -> list[Label] | None:
-        """Pool labels (a copy); ``None`` for a pool without labels."""
-        return None if (labels := self._pool.labels) is None else list(labels)
-
-    @property
-    def outputs(self) -> list[str] | None:
-        """Pool outputs (a copy); ``None`` for a pool without outputs."""
-        return None if (outputs := self._pool.outputs) is None else list(outputs)
-
-    @property
-    def has_labels(self) -> bool:
-        """True when the pool's examples have labels."""
-        return self._pool.has_labels
-
-    @property
-    def has_outputs(self) -> bool:
-        """True when the pool's examples have outputs (a pool of pairs)."""
-        return self._pool.has_outputs
-
-    @property
     def config(self) -> FeatureConfig:
         """The feature configuration."""
         return self.encoder.config
@@ -352,10 +327,6 @@ class ICLRetriever(PromptMethods, AsyncMethods):
                       for j, (q, v) in enumerate(zip(queries, vectors, strict=True))]
         return [sorted((pool.example(i, s) for i, s in row), key=lambda x: (-x.score, x.index)) for row in picked]
 
-    def label_set(self) -> list[Label]:
-        """The pool's distinct labels, sorted as prompts list them (empty for a pool without labels)."""
-        return list(self._pool.label_set)
-
     def add_examples(self, texts: Sequence[str], labels: Sequence[Label] | None = None,
                      outputs: Sequence[str] | None = None) -> list[int]:
         """Add examples to the pool (the PCA and the KL head fitted on the pool are kept): with labels exactly
@@ -373,10 +344,6 @@ class ICLRetriever(PromptMethods, AsyncMethods):
             self._pool = self._pool.extended(new)  # published before the index can return the new ids
             ids = self.index.add(vectors, labels=new.index_labels())
         return [int(i) for i in ids]
-
-    def label_counts(self) -> dict[Label, int]:
-        """Examples per label in the pool (empty for a pool without labels)."""
-        return self._pool.label_counts()
 
     # --------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
